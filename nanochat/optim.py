@@ -1,0 +1,83 @@
+"""Per-member optimizers: AdamW for embeddings, lm_head and vectors; Muon for the blocks' matrices.
+
+Both act on (P, ...) parameters with a per-member learning rate (P,), which is zero for failed members, so a
+diverged member stops moving while the others carry on. Muon's Newton-Schulz iteration normalises each member's
+matrix by that member's own norm: no statistic mixes members.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .population import bcast, member_sum
+
+# Quintic Newton-Schulz coefficients (as popularised by Muon) that push singular values towards 1 in few steps.
+_NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(grad: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """Approximately orthogonalise each member's matrix: (P, m, n) -> (P, m, n)."""
+    a, b, c = _NS_COEFFS
+    x = grad
+    transposed = x.shape[-2] > x.shape[-1]
+    if transposed:
+        x = x.transpose(-1, -2)
+    x = x / bcast(member_sum(x * x).sqrt() + eps, 3)
+    for _ in range(steps):
+        gram = x @ x.transpose(-1, -2)
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.transpose(-1, -2) if transposed else x
+
+
+class PopulationOptimizer:
+    """AdamW + Muon over a population model; `step(lr_scale, active)` updates active members only."""
+
+    def __init__(self, model: nn.Module, learning_rate: float, matrix_lr: float, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, momentum: float = 0.95):
+        self.adam_params: list[nn.Parameter] = []
+        self.muon_params: list[nn.Parameter] = []
+        for name, p in model.named_parameters():
+            # Block matrices (P, m, n) go to Muon; embeddings, lm_head, biases and other vectors to AdamW.
+            if name.startswith("blocks.") and p.dim() == 3 and min(p.shape[1:]) > 1:
+                self.muon_params.append(p)
+            else:
+                self.adam_params.append(p)
+        self.lr, self.matrix_lr, self.wd = learning_rate, matrix_lr, weight_decay
+        self.betas, self.eps, self.momentum = betas, eps, momentum
+        self.adam_state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.adam_params]
+        self.muon_state = [torch.zeros_like(p) for p in self.muon_params]
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self, lr_scale: float, active: torch.Tensor) -> None:
+        """One update; `active` (P,) bool. Gradients of inactive members are zeroed (they may be NaN/Inf)."""
+        self.t += 1
+        gate = active.to(torch.float32)
+        b1, b2 = self.betas
+        bias1, bias2 = 1 - b1**self.t, 1 - b2**self.t
+        for p, (m, v) in zip(self.adam_params, self.adam_state):
+            if p.grad is None:
+                continue
+            keep = bcast(gate, p.dim())
+            g = torch.where(keep > 0, p.grad, torch.zeros_like(p.grad))
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            lr = self.lr * lr_scale * keep
+            update = (m / bias1) / ((v / bias2).sqrt() + self.eps) + self.wd * p
+            p.sub_(lr * update)
+        for p, buf in zip(self.muon_params, self.muon_state):
+            if p.grad is None:
+                continue
+            keep = bcast(gate, p.dim())
+            g = torch.where(keep > 0, p.grad, torch.zeros_like(p.grad))
+            buf.mul_(self.momentum).add_(g)
+            nesterov = g + self.momentum * buf
+            rows, cols = p.shape[-2:]
+            scale = max(1.0, rows / cols) ** 0.5  # keeps the update's RMS comparable for tall and wide matrices
+            lr = self.matrix_lr * lr_scale * keep
+            p.sub_(lr * (scale * newton_schulz(nesterov) + self.wd * p))
+
+    def zero_grad(self) -> None:
+        for p in self.adam_params + self.muon_params:
+            p.grad = None

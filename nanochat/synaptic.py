@@ -1,0 +1,410 @@
+"""The synaptic GPT with a leading population dimension: presynaptic attention, postsynaptic MLP, FLOPs estimate.
+
+Every parameter and state tensor has shape (P, ...), one slice per population member, and every continuous
+SynapticConfig knob is a (P,) tensor broadcast into the computation (`Knobs`). P = 1 is the single-model case; the
+code path is identical. Nothing here reduces across members (see `population.py` for how per-member reductions are
+kept batch invariant), and all randomness comes from one generator per distinct seed, drawn identically whatever P.
+
+Shapes: P members, B batch rows, T positions, C = n_embd, H heads of size D, Q = presyn_chunk queries per chunk.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig, SynapticConfig
+from .population import Knobs, PopulationLinear, bcast, member_mean, member_sum
+
+_MAX_BINOMIAL_N = 8  # stochastic release draws Binomial(round(clamp(rrp, 0, 8)), p)
+
+
+class ReleaseNoise:
+    """Uniform draws for stochastic release: one generator per distinct eval seed, gathered to members.
+
+    A group's generator advances only when some member of that group has stochastic_train_frac > 0, and then by
+    the same shapes in the same order whatever else is in the population, so a member sees the same numbers alone
+    or in a batch of 16.
+    """
+
+    def __init__(self, seeds: list[int], fracs: list[float], device: torch.device):
+        distinct = sorted(set(seeds))
+        self.group_of_member = torch.tensor([distinct.index(s) for s in seeds], device=device)
+        self.generators = []
+        for s in distinct:
+            g = torch.Generator(device=device)
+            g.manual_seed(_derive_seed(s, stream=1))  # stream 1: release noise (stream 0 is weight init)
+            self.generators.append(g)
+        self.group_active = [any(f > 0 for s2, f in zip(seeds, fracs) if s2 == s) for s in distinct]
+        self.enabled = any(self.group_active)
+        self.device = device
+
+    def draw(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Uniforms of shape (P, *shape); groups with no stochastic member get zeros and do not advance."""
+        per_group = [
+            torch.rand(shape, generator=g, device=self.device) if active else torch.zeros(shape, device=self.device)
+            for g, active in zip(self.generators, self.group_active)
+        ]
+        return torch.stack(per_group).index_select(0, self.group_of_member)
+
+
+def _derive_seed(seed: int, stream: int) -> int:
+    """Independent, reproducible generator seeds for the different random streams of one eval seed."""
+    return (int(seed) * 1_000_003 + stream * 7_919) % (2**63 - 1)
+
+
+def release_probability(c: torch.Tensor, cl: torch.Tensor, sn: torch.Tensor, k: Knobs, nd: int) -> torch.Tensor:
+    """p(c, cl, sn): three calcium sensors (syt1, syt7, Doc2), gated by the complexin clamp, scaled by SNAREs."""
+    sensors = (
+        0.8 * torch.sigmoid(bcast(k.syt1_slope, nd) * (c - 0.55))
+        + 0.2 * torch.sigmoid(bcast(k.syt7_slope, nd) * (c - 0.25))
+        + bcast(k.doc2_gain, nd) * torch.sigmoid(4.0 * (c - 0.12))
+    )
+    unclamp = torch.sigmoid(8.0 * (c - bcast(k.cpx_thresh, nd)) - 2.0 * (cl + bcast(k.complexin_bias, nd)))
+    return (sensors * unclamp * sn).clamp(0.0, 0.999)
+
+
+class PresynapticState:
+    """Per (member, row, head, key position) presynaptic state of one attention layer for one sequence.
+
+    It starts fresh for every sequence and advances causally chunk by chunk; it is never differentiated.
+    """
+
+    def __init__(self, shape: tuple[int, int, int, int], k: Knobs, device: torch.device):
+        P, B, H, T = shape
+        full = lambda v: bcast(v, 4).expand(P, B, H, T).clone()  # noqa: E731
+        self.c = torch.zeros(P, B, H, T, device=device)
+        self.rrp = full(k.init_rrp)
+        self.res = full(k.init_reserve)
+        self.sn = full(k.init_snare)
+        self.cl = full(k.init_clamp)
+        self.amp = full(k.init_amp)
+        self.en = full(k.init_energy)
+        self.queue = torch.zeros(P, B, H, T, k.structure.endo_delay, device=device)  # endocytosis delay line
+
+    def logit_scale(self, n_keys: int, ema: torch.Tensor, k: Knobs) -> torch.Tensor:
+        """p_j * rrp_j * amp_j / (ema + eps) for the first n_keys keys: (P, B, H, 1, n_keys)."""
+        sl = slice(0, n_keys)
+        p = release_probability(self.c[..., sl], self.cl[..., sl], self.sn[..., sl], k, 4)
+        scale = p * self.rrp[..., sl] * self.amp[..., sl] / bcast(ema + k.release_eps, 4)
+        return scale.unsqueeze(-2)
+
+    @torch.no_grad()
+    def release(
+        self,
+        dots: torch.Tensor,  # (P, B, H, Qc, Tk) raw q.k/sqrt(D) of this chunk
+        allowed: torch.Tensor,  # (Qc, Tk) causal mask
+        ema: torch.Tensor,  # (P,) running mean release magnitude of this layer, updated in place
+        k: Knobs,
+        noise: ReleaseNoise | None,
+    ) -> None:
+        """Each query releases onto its top-k keys; then the keys' pools, calcium and slow variables advance."""
+        n_keys = dots.shape[-1]
+        topk = min(k.structure.attn_topk, n_keys)
+        vals, idx = dots.masked_fill(~allowed, float("-inf")).topk(topk, dim=-1)  # edges: (P, B, H, Qc, K)
+        valid = torch.isfinite(vals)
+        vals = torch.where(valid, vals, torch.zeros_like(vals))
+
+        def at_edges(state: torch.Tensor) -> torch.Tensor:
+            view = state[..., :n_keys].unsqueeze(-2).expand(*idx.shape[:-1], n_keys)
+            return torch.gather(view, -1, idx)
+
+        rrp_e = at_edges(self.rrp)
+        c_e = bcast(k.tau_c, 5) * at_edges(self.c) + bcast(k.alpha_c, 5) * F.softplus(vals)
+        p_e = release_probability(c_e, at_edges(self.cl), at_edges(self.sn), k, 5)
+        r_e = p_e * rrp_e
+        if noise is not None and noise.enabled:
+            # Binomial(n, p_e) as the count of n uniforms below p_e, on a random fraction of query rows.
+            rows = noise.draw(tuple(idx.shape[1:-1]))  # (P, B, H, Qc)
+            u = noise.draw(tuple(idx.shape[1:]) + (_MAX_BINOMIAL_N,))  # (P, B, H, Qc, K, 8)
+            n = rrp_e.clamp(0, _MAX_BINOMIAL_N).round()
+            slot = torch.arange(_MAX_BINOMIAL_N, device=dots.device)
+            draws = ((u < p_e.unsqueeze(-1)) & (slot < n.unsqueeze(-1))).sum(-1).to(r_e.dtype)
+            stochastic_row = (rows < bcast(k.stochastic_train_frac, 4)).unsqueeze(-1)
+            r_e = torch.where(stochastic_row, draws, r_e)
+        r_e = r_e * valid
+
+        # Per key, summed over the chunk's edges.
+        flat_idx = idx.flatten(-2)
+        zeros = torch.zeros(*idx.shape[:-2], n_keys, device=dots.device)
+        released = zeros.scatter_add(-1, flat_idx, r_e.flatten(-2))
+        drive = zeros.scatter_add(-1, flat_idx, vals.flatten(-2))
+        touched = zeros.scatter_add(-1, flat_idx, valid.to(r_e.dtype).flatten(-2)) > 0
+
+        sl = slice(0, n_keys)
+        rrp = self.rrp[..., sl]
+        released = torch.minimum(released, rrp)  # a key cannot release more vesicles than its pool holds
+        amp_before = self.amp[..., sl].clone()
+
+        self.c[..., sl] = bcast(k.tau_c, 4) * self.c[..., sl] + bcast(k.alpha_c, 4) * F.softplus(drive) * touched
+        rrp -= released
+        res = self.res[..., sl]
+        if k.structure.endo_delay > 0:
+            queue = self.queue[..., sl, :]
+            res += queue[..., 0]  # the oldest endocytosed vesicles join the reserve
+            queue.copy_(torch.cat([queue[..., 1:], (bcast(k.rec_rate, 4) * released).unsqueeze(-1)], dim=-1))
+        else:
+            res += bcast(k.rec_rate, 4) * released
+        # Priming grows with the reserve and with the room left in the pool (capacity init_rrp), paid with energy.
+        room = (1.0 - rrp / bcast(k.init_rrp, 4)).clamp_min(0.0)
+        flux = torch.minimum(bcast(k.prime_rate, 4) * res * room * self.en[..., sl], res)
+        res -= flux
+        rrp += flux
+        sn = self.sn[..., sl]
+        sn.copy_((sn - bcast(k.unprime_per_release, 4) * released + bcast(k.nsf_recover, 4) * (1 - sn)).clamp(0, 1))
+        cl = self.cl[..., sl]
+        cl.copy_(
+            (cl + bcast(k.nsf_recover, 4) * (bcast(k.init_clamp, 4) - cl)
+             - bcast(k.unprime_per_release, 4) * released * cl).clamp_min(0)
+        )
+        amp = self.amp[..., sl]
+        amp.copy_((amp + bcast(k.amp_load, 4) * released - bcast(k.amp_leak, 4) * (amp - bcast(k.init_amp, 4))).clamp_min(0))
+        en = self.en[..., sl]
+        en.copy_((en + bcast(k.energy_fill, 4) * (1 - en) - bcast(k.energy_use, 4) * released).clamp(0, 1))
+
+        # Running mean release magnitude over this member's edges only.
+        amp_e = torch.gather(amp_before.unsqueeze(-2).expand(*idx.shape[:-1], n_keys), -1, idx)
+        magnitude = member_sum((r_e * amp_e).abs()) / member_sum(valid.to(r_e.dtype)).clamp_min(1.0)
+        ema.mul_(0.99).add_(0.01 * magnitude)
+
+
+def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class PresynapticAttention(nn.Module):
+    """Causal self-attention whose logits carry a log(release) term and a distance barrier (SPEC: presynaptic)."""
+
+    def __init__(self, mcfg: ModelConfig, population: int):
+        super().__init__()
+        C, D = mcfg.n_embd, mcfg.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = mcfg.n_head, mcfg.n_kv_head, D
+        self.c_q = PopulationLinear(population, C, mcfg.n_head * D)
+        self.c_k = PopulationLinear(population, C, mcfg.n_kv_head * D)
+        self.c_v = PopulationLinear(population, C, mcfg.n_kv_head * D)
+        self.c_proj = PopulationLinear(population, C, C, zero_init=True)
+        # Running mean release magnitude (per member), the normaliser of the log(release) term. Like a norm layer's
+        # running statistic it persists across training steps; it is only updated while training.
+        self.register_buffer("ema", torch.ones(population))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: Knobs,
+                noise: ReleaseNoise | None) -> torch.Tensor:
+        P, B, T, C = x.shape
+        H, D, Q = self.n_head, self.head_dim, k.structure.presyn_chunk
+        flat = x.reshape(P, B * T, C)
+        q = self.c_q(flat).view(P, B, T, H, D).transpose(2, 3)
+        key = self.c_k(flat).view(P, B, T, self.n_kv_head, D).transpose(2, 3)
+        v = self.c_v(flat).view(P, B, T, self.n_kv_head, D).transpose(2, 3)
+        q = _rotary(F.rms_norm(q, (D,)), cos, sin)  # qk-norm, then rotary
+        key = _rotary(F.rms_norm(key, (D,)), cos, sin)
+        if self.n_kv_head != H:
+            key = key.repeat_interleave(H // self.n_kv_head, dim=2)
+            v = v.repeat_interleave(H // self.n_kv_head, dim=2)
+
+        state = PresynapticState((P, B, H, T), k, x.device)
+        ema = self.ema.clone()  # advanced chunk by chunk; written back only when training
+        positions = torch.arange(T, device=x.device)
+        lam = bcast(k.lambda_loge, 5)
+        outs = []
+        for start in range(0, T, Q):
+            stop = min(start + Q, T)  # queries [start, stop) see keys [0, stop)
+            dots = q[:, :, :, start:stop] @ key[:, :, :, :stop].transpose(-1, -2) / math.sqrt(D)
+            qpos, kpos = positions[start:stop, None], positions[None, :stop]
+            allowed = kpos <= qpos
+            # Barrier distance in chunks (not fractions of T) so that barrier_strength <= 0.5 moves logits.
+            bias = -bcast(k.barrier_strength, 5) * ((qpos - kpos).abs().to(x.dtype) / Q)
+            bias = bias.masked_fill(~allowed, float("-inf"))
+            scale = state.logit_scale(stop, ema, k)  # state left by chunks before this one
+            logits = dots + lam * torch.log(torch.sigmoid(dots) * scale + bcast(k.release_eps, 5)) + bias
+            outs.append(torch.softmax(logits, dim=-1) @ v[:, :, :, :stop])
+            if self.training or start + Q < T:  # the last chunk's release would only matter to ema, when training
+                state.release(dots.detach(), allowed, ema, k, noise if self.training else None)
+        if self.training:
+            self.ema.copy_(ema)
+        y = torch.cat(outs, dim=3).transpose(2, 3).reshape(P, B * T, C)
+        return self.c_proj(y).view(P, B, T, C)
+
+
+class SynapticLinear(nn.Module):
+    """y = x W + b, then y <- y * (1 + fast + slow) + (y U) V, with Hebbian fast/slow gains (SPEC: postsynaptic).
+
+    `fast` and `slow` are per-member state vectors over output channels, changed by `hebbian_update` after each
+    training step (never by the optimizer). U (out x R) and V (R x out) are trainable, V starts at zero.
+    """
+
+    def __init__(self, population: int, d_in: int, d_out: int, rank: int, zero_init: bool = False):
+        super().__init__()
+        self.linear = PopulationLinear(population, d_in, d_out, bias=True, zero_init=zero_init)
+        self.U = nn.Parameter(torch.empty(population, d_out, rank))
+        self.V = nn.Parameter(torch.zeros(population, rank, d_out))
+        for name in ("fast", "slow", "post_trace", "camkii", "pp1", "bdnf"):
+            self.register_buffer(name, torch.zeros(population, 1, d_out))
+        self.register_buffer("pre_trace", torch.zeros(population))
+        self._stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def init_member(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        d_out, rank = self.U.shape[1:]
+        u = torch.randn(d_out, rank, generator=generator) / math.sqrt(d_out)
+        return {"U": u, "V": torch.zeros(rank, d_out)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (P, N, in) -> (P, N, out)
+        y = self.linear(x)
+        out = y * (1.0 + self.fast + self.slow) + torch.bmm(torch.bmm(y, self.U), self.V)
+        if self.training:  # activity statistics for the Hebbian rule (no gradient)
+            with torch.no_grad():
+                self._stats = (member_mean(x.abs()), y.mean(dim=1, keepdim=True))
+        return out
+
+    @torch.no_grad()
+    def hebbian_update(self, k: Knobs, active: torch.Tensor) -> None:
+        """Traces -> co-activity delta -> fast gain; CaMKII/PP1/BDNF gate the slow gain. Frozen for failed members."""
+        if self._stats is None:
+            return
+        pre_act, post_act = self._stats
+        self._stats = None
+        keep = active.to(pre_act.dtype)
+        d = k.post_trace_decay
+        pre_trace = bcast(d, 1) * self.pre_trace + (1 - bcast(d, 1)) * pre_act
+        post_trace = bcast(d, 3) * self.post_trace + (1 - bcast(d, 3)) * post_act
+        # Co-activity of the traces, deliberately not normalised: its scale (set by hebb_gain) is what gives
+        # post_fast_lr and post_slow_lr their meaning across the seed ranges.
+        delta = bcast(k.hebb_gain, 3) * bcast(pre_trace, 3) * post_trace
+        level = post_trace.abs()
+        camkii = self.camkii + bcast(k.camkii_up, 3) * (torch.sigmoid(8.0 * (level - bcast(k.camkii_thr, 3))) - self.camkii)
+        pp1 = self.pp1 + (torch.sigmoid(8.0 * (bcast(k.pp1_thr, 3) - level)) - self.pp1) / bcast(k.pp1_tau, 3)
+        bdnf = self.bdnf + (camkii - self.bdnf) / bcast(k.bdnf_tau, 3)
+        gate = camkii - pp1  # LTP where CaMKII dominates, LTD where PP1 does
+        fast = bcast(k.post_fast_decay, 3) * self.fast + bcast(k.post_fast_lr, 3) * delta
+        slow = self.slow + bcast(k.post_slow_lr, 3) * (1 + bcast(k.bdnf_scale, 3) * bdnf) * delta * gate
+        for name, new in (("pre_trace", pre_trace), ("post_trace", post_trace), ("camkii", camkii), ("pp1", pp1),
+                          ("bdnf", bdnf), ("fast", fast), ("slow", slow)):
+            old = getattr(self, name)
+            old.copy_(torch.where(bcast(keep, old.dim()) > 0, new, old))
+
+
+class SynapticMLP(nn.Module):
+    """LayerNorm -> SynapticLinear(C, 4C) -> ReLU^2 -> SynapticLinear(4C, C)."""
+
+    def __init__(self, mcfg: ModelConfig, rank: int, population: int):
+        super().__init__()
+        C = mcfg.n_embd
+        self.fc = SynapticLinear(population, C, 4 * C, rank)
+        self.proj = SynapticLinear(population, 4 * C, C, rank, zero_init=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        P, B, T, C = x.shape
+        h = self.fc(F.layer_norm(x, (C,)).reshape(P, B * T, C))
+        return self.proj(F.relu(h).square()).view(P, B, T, C)
+
+
+class Block(nn.Module):
+    def __init__(self, mcfg: ModelConfig, rank: int, population: int):
+        super().__init__()
+        self.attn = PresynapticAttention(mcfg, population)
+        self.mlp = SynapticMLP(mcfg, rank, population)
+
+    def forward(self, x, cos, sin, k: Knobs, noise: ReleaseNoise | None):
+        x = x + self.attn(F.rms_norm(x, (x.shape[-1],)), cos, sin, k, noise)
+        return x + self.mlp(x)
+
+
+class SynapticGPT(nn.Module):
+    """A population of P synaptic GPTs: embedding, n_layer blocks, final RMSNorm, untied lm_head.
+
+    `configs[i]` and `seeds[i]` describe member i. Weights are initialised per distinct seed (same seed, same
+    weights, whatever P), and stochastic release draws come from per-seed generators (`ReleaseNoise`).
+    """
+
+    def __init__(self, mcfg: ModelConfig, configs: list[SynapticConfig], seeds: list[int],
+                 device: torch.device | str = "cpu"):
+        super().__init__()
+        if len(configs) != len(seeds):
+            raise ValueError("configs and seeds must have one entry per member")
+        device = torch.device(device)
+        P = len(configs)
+        self.mcfg, self.population, self.seeds = mcfg, P, list(seeds)
+        self.knobs = Knobs(configs, device)
+        rank = self.knobs.structure.post_rank
+        self.wte = nn.Parameter(torch.empty(P, mcfg.vocab_size, mcfg.n_embd))
+        self.blocks = nn.ModuleList([Block(mcfg, rank, P) for _ in range(mcfg.n_layer)])
+        self.lm_head = nn.Parameter(torch.empty(P, mcfg.n_embd, mcfg.vocab_size))
+        D = mcfg.head_dim
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+        angles = torch.outer(torch.arange(mcfg.sequence_len, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+        self._init_weights()
+        self.to(device)
+        self.noise = ReleaseNoise(self.seeds, self.knobs.host["stochastic_train_frac"], device)
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        """Draw each distinct seed's weights from its own generator, in a fixed order, then copy to its members."""
+        distinct = sorted(set(self.seeds))
+        member_group = torch.tensor([distinct.index(s) for s in self.seeds])
+        per_group: dict[str, list[torch.Tensor]] = {}
+        for seed in distinct:
+            g = torch.Generator().manual_seed(_derive_seed(seed, stream=0))
+            values = {
+                "wte": torch.randn(self.mcfg.vocab_size, self.mcfg.n_embd, generator=g),
+                "lm_head": torch.randn(self.mcfg.n_embd, self.mcfg.vocab_size, generator=g) * 1e-3,
+            }
+            for mod_name, module in self.named_modules():
+                if hasattr(module, "init_member"):
+                    for pname, value in module.init_member(g).items():
+                        values[f"{mod_name}.{pname}"] = value
+            for name, value in values.items():
+                per_group.setdefault(name, []).append(value)
+        params = dict(self.named_parameters())
+        missing = set(params) - set(per_group)
+        if missing:  # every parameter must come from a seeded generator, or batch invariance is lost
+            raise RuntimeError(f"parameters without a seeded init: {sorted(missing)}")
+        for name, values in per_group.items():
+            params[name].copy_(torch.stack(values).index_select(0, member_group))
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-member mean cross-entropy, shape (P,). idx/targets: (B, T) token ids shared by all members."""
+        P, (B, T) = self.population, idx.shape
+        V = self.mcfg.vocab_size
+        # Member p reads row p*V + token of the flattened (P*V, C) embedding table.
+        rows = (idx.reshape(1, B * T) + V * torch.arange(P, device=idx.device)[:, None]).reshape(-1)
+        x = F.embedding(rows, self.wte.reshape(P * V, -1)).view(P, B, T, -1)
+        x = F.rms_norm(x, (x.shape[-1],))
+        cos, sin = self.cos[:T], self.sin[:T]
+        noise = self.noise if self.training else None
+        for block in self.blocks:
+            x = block(x, cos, sin, self.knobs, noise)
+        x = F.rms_norm(x, (x.shape[-1],))
+        logits = torch.bmm(x.reshape(P, B * T, -1), self.lm_head)
+        ce = F.cross_entropy(logits.reshape(P * B * T, V), targets.reshape(-1).repeat(P), reduction="none")
+        return member_mean(ce.view(P, B * T))
+
+    @torch.no_grad()
+    def hebbian_update(self, active: torch.Tensor) -> None:
+        for module in self.modules():
+            if isinstance(module, SynapticLinear):
+                module.hebbian_update(self.knobs, active)
+
+    def estimate_flops(self) -> int:
+        return estimate_flops(self.mcfg, self.knobs.structure.post_rank)
+
+
+def estimate_flops(mcfg: ModelConfig, post_rank: int) -> int:
+    """Training FLOPs per token per member: 6 * (matmul weights used per token) + 12 * n_layer * n_embd * T.
+
+    6 = 2 (multiply-add) * 3 (forward, backward w.r.t. inputs, backward w.r.t. weights). Weights counted: q, k, v,
+    output projection, both MLP matrices, both low-rank postsynaptic pairs (U, V) and the lm_head; the embedding is
+    a lookup, not a matmul. The attention term counts q.k and att.v for every key position (the usual convention,
+    which ignores causal masking). Elementwise work (presynaptic dynamics, norms, softmax) is not counted.
+    """
+    C, L, T, R = mcfg.n_embd, mcfg.n_layer, mcfg.sequence_len, post_rank
+    kv = mcfg.n_kv_head * mcfg.head_dim
+    attn = C * C + 2 * C * kv + C * C
+    mlp = C * 4 * C + 4 * C * C + 2 * (4 * C * R) + 2 * (C * R)
+    matmul_weights = L * (attn + mlp) + C * mcfg.vocab_size
+    return 6 * matmul_weights + 12 * L * C * T

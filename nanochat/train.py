@@ -1,0 +1,111 @@
+"""`python -m nanochat.train`: train ONE synaptic GPT (a population of P = 1) and write summary.json + run.md.
+
+This is the sequential reference path of the pilot (one subprocess per candidate), with the seed's flags:
+
+    python -m nanochat.train --model-type synaptic --synaptic-config cand.json --device cpu --seed 123 \\
+        --target-flops 1e10 --out-dir artifacts/some/where
+
+Bad input (unknown config keys, invalid values, a missing --data path, an empty corpus, ...) prints one line
+`nanochat.train: error: ...` and exits with status 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, Member, ModelConfig, SynapticConfig, TrainConfig, load_synaptic_config, DEFAULT_TARGET_FLOPS
+from .data import load_corpus
+from .summary import write_member_artifacts
+from .trainer import resolve_device, train_population
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + message; we promise one line
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(prog="nanochat.train", description="Train one synaptic GPT under a FLOPs budget.")
+    p.add_argument("--model-type", default="synaptic", choices=["synaptic"])
+    p.add_argument("--synaptic-config", type=Path, help="JSON object of SynapticConfig overrides")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--seed", type=int, default=0, help="eval seed: weight init and stochastic release")
+    p.add_argument("--data", type=Path, help="text file, directory of .txt, or directory of .parquet shards "
+                   "(default: the embedded standard-library corpus)")
+    g = p.add_argument_group("model")
+    g.add_argument("--vocab-size", type=int, default=256)
+    g.add_argument("--n-layer", type=int, default=4)
+    g.add_argument("--n-head", type=int, default=4)
+    g.add_argument("--n-kv-head", type=int, default=4)
+    g.add_argument("--n-embd", type=int, default=128)
+    g.add_argument("--sequence-len", type=int, default=256)
+    g = p.add_argument_group("training")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--target-flops", type=float, default=DEFAULT_TARGET_FLOPS)
+    g.add_argument("--max-steps", type=int, default=None, help="cap on the steps derived from --target-flops")
+    g.add_argument("--learning-rate", type=float, default=3e-3, help="AdamW rate (embeddings, lm_head, vectors)")
+    g.add_argument("--matrix-lr", type=float, default=0.02, help="Muon rate (block matrices)")
+    g.add_argument("--optimizer-type", default="adamw", choices=["adamw"],
+                   help="accepted for the seed's CLI; the synaptic model always uses AdamW + Muon")
+    g.add_argument("--warmup-steps", type=int, default=10)
+    g.add_argument("--log-interval", type=int, default=10)
+    g.add_argument("--data-seed", type=int, default=0, help="batch order (shared by all candidates)")
+    g.add_argument("--time-limit-s", type=float, default=None)
+    g = p.add_argument_group("artifacts")
+    g.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
+    g.add_argument("--artifacts-kind", default="nanochat")
+    g.add_argument("--artifacts-topic", default="train")
+    g.add_argument("--run-id", default=None, help="default: a UTC timestamp")
+    g.add_argument("--out-dir", type=Path, default=None,
+                   help="write summary.json and run.md exactly here (overrides the artifacts-dir/kind/topic/run-id path)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing summary.json in the output dir")
+    g.add_argument("--quiet", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        synaptic = load_synaptic_config(args.synaptic_config) if args.synaptic_config else SynapticConfig()
+        model_cfg = ModelConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
+                                n_kv_head=args.n_kv_head, n_embd=args.n_embd, sequence_len=args.sequence_len)
+        train_cfg = TrainConfig(batch_size=args.batch_size, target_flops=args.target_flops, max_steps=args.max_steps,
+                                learning_rate=args.learning_rate, matrix_lr=args.matrix_lr,
+                                warmup_steps=args.warmup_steps, log_interval=args.log_interval,
+                                data_seed=args.data_seed, time_limit_s=args.time_limit_s)
+        device = resolve_device(args.device)
+        run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        out_dir = args.out_dir or args.artifacts_dir / args.artifacts_kind / args.artifacts_topic / run_id
+        if (out_dir / "summary.json").exists() and not args.overwrite:
+            raise ConfigError(f"{out_dir / 'summary.json'} already exists (use --overwrite or another --run-id)")
+        corpus = load_corpus(args.data)
+    except ConfigError as exc:
+        print(f"nanochat.train: error: {exc}", file=sys.stderr)
+        return 2
+
+    member = Member(synaptic=synaptic, seed=args.seed)
+    log = None if args.quiet else (lambda step, losses: print(f"step {step:5d}  loss {losses[0]:.4f}", flush=True))
+    try:
+        result = train_population([member], model_cfg, train_cfg, corpus, device, on_log=log)
+    except ConfigError as exc:
+        print(f"nanochat.train: error: {exc}", file=sys.stderr)
+        return 2
+    except torch.OutOfMemoryError as exc:
+        print(f"nanochat.train: error: out of memory: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 3
+    path = write_member_artifacts(out_dir, member=member, member_result=result.members[0], population=result,
+                                  model_cfg=model_cfg, train_cfg=train_cfg, corpus=corpus,
+                                  meta={"run_id": run_id, "entry_point": "nanochat.train"})
+    m = result.members[0]
+    if not args.quiet:
+        print(f"{m.status}: {len(m.losses)} steps, score(3) {m.score(3):.4f}, {result.measured_time_s:.1f} s -> {path}")
+    return 0 if m.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

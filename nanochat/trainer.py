@@ -1,0 +1,212 @@
+"""Train a population of synaptic GPTs in lock-step under one FLOPs budget and report per-member results.
+
+This is the core that `python -m nanochat.train` (P = 1), the pilot's batched evaluator and the benchmarks share:
+
+    result = train_population(members, ModelConfig(), TrainConfig(), load_corpus(), device="cpu")
+    result.members[i].losses / .status / .failure_step / .failure_reason / .score(3)
+
+The back-propagated loss is the sum over members of each member's mean cross-entropy, so every member gets exactly
+its own gradient. Failure detection runs on the device (no host sync per step): a member whose loss is NaN/Inf
+("nan") or exceeds `diverge_factor` times its first loss ("diverged") is frozen from that step on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from .config import ConfigError, Member, ModelConfig, TrainConfig, check_same_structure
+from .data import BatchStream, Corpus
+from .optim import PopulationOptimizer
+from .synaptic import SynapticGPT, estimate_flops
+
+STATUS_OK, STATUS_NAN, STATUS_DIVERGED, STATUS_TIMEOUT = "ok", "nan", "diverged", "timeout"
+_FAILURE_CODES = {1: STATUS_NAN, 2: STATUS_DIVERGED}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How a FLOPs target turns into optimizer steps (identical for every member of a population)."""
+
+    max_steps: int
+    target_flops: float
+    flops_per_token_est: int
+    tokens_per_step_global: int  # tokens one member processes per step
+    flops_per_step_est: int
+    planned_total_flops_est: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_budget(model_cfg: ModelConfig, train_cfg: TrainConfig, post_rank: int = 8) -> Budget:
+    """steps = ceil(target_flops / (flops_per_token * batch_size * sequence_len)), capped by max_steps."""
+    per_token = estimate_flops(model_cfg, post_rank)
+    tokens = train_cfg.batch_size * model_cfg.sequence_len
+    steps = max(1, math.ceil(train_cfg.target_flops / (per_token * tokens)))
+    if train_cfg.max_steps is not None:
+        steps = min(steps, train_cfg.max_steps)
+    return Budget(steps, float(train_cfg.target_flops), per_token, tokens, per_token * tokens, per_token * tokens * steps)
+
+
+@dataclass
+class MemberResult:
+    losses: list[float]  # one per step the member trained (the failing step's value included)
+    status: str = STATUS_OK
+    failure_step: int | None = None
+    failure_reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    def score(self, tail: int = 3) -> float:
+        """Mean of the last `tail` losses (NaN if the member failed or has no finite tail)."""
+        if not self.ok or not self.losses:
+            return math.nan
+        last = self.losses[-tail:]
+        return sum(last) / len(last)
+
+
+@dataclass
+class PopulationResult:
+    members: list[MemberResult]
+    budget: Budget
+    device: str
+    step_times_s: list[float] = field(default_factory=list)
+    measured_time_s: float = 0.0
+    tokens_per_second: float = 0.0  # per member
+    population: int = 1
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unsupported device {device!r}; use cpu, cuda or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {device!r}; use cpu, cuda or auto")
+    return dev
+
+
+def lr_scale(step: int, total: int, warmup: int, warmdown_frac: float) -> float:
+    """Linear warmup, constant, then linear decay to 10% over the final `warmdown_frac` of the steps."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    warmdown = int(round(total * warmdown_frac))
+    if warmdown > 0 and step >= total - warmdown:
+        progress = (step - (total - warmdown) + 1) / warmdown
+        return 1.0 - 0.9 * progress
+    return 1.0
+
+
+def train_population(
+    members: list[Member],
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    corpus: Corpus,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int, int], None] | None = None,
+    on_log: Callable[[int, list[float]], None] | None = None,
+) -> PopulationResult:
+    """Train all members at once; see the module docstring. Raises ConfigError on bad input and lets
+    torch.OutOfMemoryError propagate (callers split the population and retry).
+
+    `progress(step, total)` is called after every step without touching the device; `on_log(step, losses)` every
+    `train_cfg.log_interval` steps and at the end, with the members' current losses (this one syncs the device).
+    """
+    if not members:
+        raise ConfigError("a population needs at least one member")
+    check_same_structure([m.synaptic for m in members])
+    dev = resolve_device(device)
+    budget = plan_budget(model_cfg, train_cfg, members[0].synaptic.post_rank)
+    stream = BatchStream(corpus, train_cfg.batch_size, model_cfg.sequence_len, train_cfg.data_seed, dev)
+    model = SynapticGPT(model_cfg, [m.synaptic for m in members], [m.seed for m in members], dev)
+    model.train()
+    opt = PopulationOptimizer(model, train_cfg.learning_rate, train_cfg.matrix_lr, train_cfg.weight_decay)
+
+    P, steps = len(members), budget.max_steps
+    losses = torch.full((steps, P), math.nan, device=dev)
+    active = torch.ones(P, dtype=torch.bool, device=dev)
+    fail_step = torch.full((P,), -1, dtype=torch.long, device=dev)
+    fail_code = torch.zeros(P, dtype=torch.long, device=dev)
+    inject = torch.full((P,), -1, dtype=torch.long, device=dev)
+    for i, m in enumerate(members):
+        if m.inject_nan_at_step is not None:
+            inject[i] = m.inject_nan_at_step
+    first_loss: torch.Tensor | None = None
+    timed_out_at: int | None = None
+
+    step_times: list[float] = []
+    use_events = dev.type == "cuda"
+    events = []
+    t_start = time.perf_counter()
+    steps_run = 0
+    for step in range(steps):
+        t0 = time.perf_counter()
+        if use_events:
+            ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            ev0.record()
+        inputs, targets = stream.next()
+        loss = model(inputs, targets)
+        loss = torch.where(inject == step, torch.full_like(loss, math.nan), loss)  # test hook (no-op normally)
+        detached = loss.detach()
+        losses[step] = detached
+        if first_loss is None:
+            first_loss = torch.where(torch.isfinite(detached), detached, torch.full_like(detached, math.inf))
+        bad = ~torch.isfinite(detached)
+        exploded = detached > first_loss * train_cfg.diverge_factor
+        newly_failed = active & (bad | exploded)
+        fail_step = torch.where(newly_failed, torch.full_like(fail_step, step), fail_step)
+        fail_code = torch.where(newly_failed, torch.where(bad, 1, 2), fail_code)
+        active = active & ~newly_failed
+        # Failed members contribute nothing: where() keeps their (possibly NaN) loss out of the backward pass.
+        torch.where(active, loss, torch.zeros_like(loss)).sum().backward()
+        model.hebbian_update(active)
+        opt.step(lr_scale(step, steps, train_cfg.warmup_steps, train_cfg.warmdown_frac), active)
+        opt.zero_grad()
+        steps_run = step + 1
+        if use_events:
+            ev1.record()
+            events.append((ev0, ev1))
+        else:
+            step_times.append(time.perf_counter() - t0)
+        if progress is not None:
+            progress(step + 1, steps)
+        if on_log is not None and ((step + 1) % train_cfg.log_interval == 0 or step + 1 == steps):
+            on_log(step + 1, detached.cpu().tolist())
+        if train_cfg.time_limit_s is not None and time.perf_counter() - t_start > train_cfg.time_limit_s and step + 1 < steps:
+            timed_out_at = step
+            break
+    if use_events:
+        torch.cuda.synchronize(dev)
+        step_times = [a.elapsed_time(b) / 1000.0 for a, b in events]
+    measured = time.perf_counter() - t_start
+
+    losses_host = losses[:steps_run].T.cpu().tolist()
+    fail_step_host, fail_code_host = fail_step.cpu().tolist(), fail_code.cpu().tolist()
+    results = []
+    for i in range(P):
+        if fail_step_host[i] >= 0:
+            s = fail_step_host[i]
+            status = _FAILURE_CODES[fail_code_host[i]]
+            value = losses_host[i][s]
+            reason = (f"loss is {value} at step {s}" if status == STATUS_NAN
+                      else f"loss {value:.4g} at step {s} exceeds {train_cfg.diverge_factor:g}x the first loss "
+                           f"{losses_host[i][0]:.4g}")
+            results.append(MemberResult(losses_host[i][: s + 1], status, s, reason))
+        elif timed_out_at is not None:
+            reason = f"time limit {train_cfg.time_limit_s:g}s reached after {steps_run} of {steps} steps"
+            results.append(MemberResult(losses_host[i], STATUS_TIMEOUT, timed_out_at, reason))
+        else:
+            results.append(MemberResult(losses_host[i]))
+    tokens = budget.tokens_per_step_global * steps_run
+    return PopulationResult(results, budget, str(dev), step_times, measured, tokens / measured if measured else 0.0, P)
