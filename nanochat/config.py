@@ -72,7 +72,7 @@ class SynapticConfig:
 
     # --- postsynaptic Hebbian plasticity ----------------------------------------------------------------------
     post_trace_decay: float = 0.9  # decay of the pre/post eligibility traces per training step
-    post_fast_decay: float = 0.9  # decay of the fast gain per training step
+    post_fast_decay: float = 0.99  # decay of the fast gain per step (0.9 kept it too small for post_fast_lr to matter)
     hebb_gain: float = 4.0  # scale of the co-activity delta (not normalised away; sets what the two rates mean)
     camkii_up: float = 0.2  # CaMKII activation rate towards its activity-driven target
     camkii_thr: float = 0.1  # |post trace| above which CaMKII switches on

@@ -60,7 +60,7 @@ class PopulationOptimizer:
             if p.grad is None:
                 continue
             keep = bcast(gate, p.dim())
-            g = torch.where(keep > 0, p.grad, torch.zeros_like(p.grad))
+            g = torch.where(bcast(active, p.dim()), p.grad, 0.0)
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
             lr = self.lr * lr_scale * keep
@@ -70,7 +70,7 @@ class PopulationOptimizer:
             if p.grad is None:
                 continue
             keep = bcast(gate, p.dim())
-            g = torch.where(keep > 0, p.grad, torch.zeros_like(p.grad))
+            g = torch.where(bcast(active, p.dim()), p.grad, 0.0)
             buf.mul_(self.momentum).add_(g)
             nesterov = g + self.momentum * buf
             rows, cols = p.shape[-2:]

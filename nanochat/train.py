@@ -53,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--optimizer-type", default="adamw", choices=["adamw"],
                    help="accepted for the seed's CLI; the synaptic model always uses AdamW + Muon")
     g.add_argument("--warmup-steps", type=int, default=10)
+    g.add_argument("--warmdown-frac", type=float, default=0.3, help="final fraction of steps decaying to 10%% lr")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--diverge-factor", type=float, default=3.0,
+                   help="a loss above this multiple of the first loss marks the run diverged")
     g.add_argument("--log-interval", type=int, default=10)
     g.add_argument("--data-seed", type=int, default=0, help="batch order (shared by all candidates)")
     g.add_argument("--time-limit-s", type=float, default=None)
@@ -76,8 +80,10 @@ def main(argv: list[str] | None = None) -> int:
                                 n_kv_head=args.n_kv_head, n_embd=args.n_embd, sequence_len=args.sequence_len)
         train_cfg = TrainConfig(batch_size=args.batch_size, target_flops=args.target_flops, max_steps=args.max_steps,
                                 learning_rate=args.learning_rate, matrix_lr=args.matrix_lr,
-                                warmup_steps=args.warmup_steps, log_interval=args.log_interval,
-                                data_seed=args.data_seed, time_limit_s=args.time_limit_s)
+                                weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+                                warmdown_frac=args.warmdown_frac, log_interval=args.log_interval,
+                                diverge_factor=args.diverge_factor, data_seed=args.data_seed,
+                                time_limit_s=args.time_limit_s)
         device = resolve_device(args.device)
         run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         out_dir = args.out_dir or args.artifacts_dir / args.artifacts_kind / args.artifacts_topic / run_id
