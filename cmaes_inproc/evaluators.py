@@ -1,0 +1,375 @@
+"""Turn evaluation requests (a config, a seed, an output dir) into scored outcomes, behind one interface.
+
+* `BatchedEvaluator`: trains requests together as populations (at most `max_batch` members each) with
+  `nanochat.trainer.train_population`, in this process. A population that runs out of memory is split in half and
+  retried, down to single members.
+* `SubprocessEvaluator`: the seed's path, one `python -m nanochat.train` per request.
+* `FallbackEvaluator`: batched first; requests it could not run (out of memory even alone, or the batched path
+  raised) go through the subprocess path, and are recorded as `subprocess-fallback`.
+* `ObjectiveEvaluator`: a user callable over decoded knobs, for reusing the CMA loop and artifacts elsewhere.
+
+Every evaluator calls `on_done(outcomes)` as soon as a group of requests is finished (so the pilot can append to its
+ledger and a killed run loses little work) and returns all outcomes in request order. Scoring is shared: the mean
+of the last `tail` train losses for a member that finished; a fixed penalty for any failure.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Mapping, Protocol, Sequence
+
+import torch
+
+from nanochat.config import ConfigError, Member, ModelConfig, SynapticConfig, TrainConfig
+
+STATUSES = ("ok", "nan", "diverged", "oom", "timeout", "error")
+# Statuses that say "this evaluator could not run it", not "this config is bad": the fallback retries these.
+RETRYABLE_STATUSES = ("oom", "error")
+DEFAULT_PENALTY = 1e3  # far above any cross-entropy of a byte model (ln 256 = 5.5); CMA-ES only uses ranks
+
+OnDone = Callable[[list["EvalOutcome"]], None]
+OnStep = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """One training run to do: `synaptic` on `seed`, artifacts into `out_dir`.
+
+    `config_path` is the synaptic_config.json the pilot wrote for this config (the subprocess path reads it; the
+    batched path trains the identical in-memory config). `knobs` are the decoded searched values (custom
+    objectives see only these). `meta` is what the summary records about the pilot (run id, role, gen, cand).
+    """
+
+    key: str
+    synaptic: SynapticConfig
+    seed: int
+    out_dir: Path
+    config_path: Path
+    knobs: Mapping[str, float]
+    meta: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    request: EvalRequest
+    score: float  # what CMA-ES sees: raw_score if ok, else the penalty
+    raw_score: float  # mean of the last `tail` finite losses (NaN if there are none)
+    status: str
+    losses: tuple[float, ...]
+    failure_step: int | None
+    failure_reason: str | None
+    evaluator: str  # "batched" | "subprocess" | "subprocess-fallback" | "objective"
+    summary_path: Path | None
+    note: str = ""  # e.g. why the batched path handed this request to the subprocess path
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class Evaluator(Protocol):
+    name: str
+
+    def evaluate(
+        self, requests: Sequence[EvalRequest], on_done: OnDone | None = None, on_step: OnStep | None = None
+    ) -> list[EvalOutcome]: ...
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Score = mean of the last `tail` losses of a finished run; failures get `penalty` (documented, fixed)."""
+
+    tail: int = 3
+    penalty: float = DEFAULT_PENALTY
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tail, bool) or not isinstance(self.tail, int) or self.tail < 1:
+            raise ConfigError(f"--score-tail must be >= 1, got {self.tail!r}")
+        if not math.isfinite(self.penalty):
+            raise ConfigError(f"penalty score must be finite, got {self.penalty!r}")
+
+    def raw(self, losses: Sequence[float]) -> float:
+        finite = []
+        for value in losses:  # the finite prefix: a failed run's last loss is NaN/Inf
+            if not math.isfinite(value):
+                break
+            finite.append(value)
+        tail = finite[-self.tail:]
+        return sum(tail) / len(tail) if tail else math.nan
+
+    def outcome(self, request: EvalRequest, status: str, losses: Sequence[float], evaluator: str, *,
+                failure_step: int | None = None, failure_reason: str | None = None,
+                summary_path: Path | None = None, note: str = "") -> EvalOutcome:
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        raw = self.raw(losses)
+        if status == "ok" and not math.isfinite(raw):  # a "finished" run without a usable loss is an error
+            status, failure_reason = "error", failure_reason or "no finite loss recorded"
+        score = raw if status == "ok" else self.penalty
+        return EvalOutcome(request, score, raw, status, tuple(float(v) for v in losses), failure_step,
+                           failure_reason, evaluator, summary_path, note)
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's headline (torch's OOM message continues with advice on further lines)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _last_line(text: str) -> str:
+    """The last line of a process's stderr: where a traceback or a one-line error says what happened."""
+    lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    # CPU allocation failures are plain RuntimeErrors from the default allocator.
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+# --- batched, in-process -------------------------------------------------------------------------------------------
+
+
+class BatchedEvaluator:
+    """Train requests as populations of at most `max_batch` members, splitting on out-of-memory.
+
+    `oom_hook(n_members) -> bool` is a test hook: when it returns True the population is treated as if it had run
+    out of memory, so tests can exercise the split-and-fallback path on any machine.
+    """
+
+    name = "batched"
+
+    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, corpus, device: str, scoring: Scoring,
+                 max_batch: int, run_meta: Mapping[str, object] | None = None,
+                 oom_hook: Callable[[int], bool] | None = None):
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ConfigError(f"--max-batch must be >= 1, got {max_batch!r}")
+        self.model_cfg, self.train_cfg, self.corpus, self.device = model_cfg, train_cfg, corpus, device
+        self.scoring, self.max_batch = scoring, max_batch
+        self.run_meta = dict(run_meta or {})
+        self.oom_hook = oom_hook
+
+    def evaluate(self, requests, on_done=None, on_step=None):
+        outcomes: list[EvalOutcome] = []
+        for start in range(0, len(requests), self.max_batch):
+            outcomes.extend(self._train_splitting(list(requests[start:start + self.max_batch]), on_done, on_step))
+        return outcomes
+
+    def _train_splitting(self, chunk: list[EvalRequest], on_done, on_step) -> list[EvalOutcome]:
+        failure: tuple[str, str] | None = None
+        try:
+            if self.oom_hook is not None and self.oom_hook(len(chunk)):
+                raise torch.OutOfMemoryError(f"simulated out of memory for a population of {len(chunk)} (test hook)")
+            outcomes = self._train(chunk, on_step)
+        except ConfigError:
+            raise  # bad input fails the same way on every path: report it instead of retrying
+        except Exception as exc:  # noqa: BLE001 - any failure of the batched path is handled below
+            if _is_out_of_memory(exc):
+                failure = ("oom", f"out of memory even as a population of 1: {_first_line(exc)}")
+            else:
+                failure = ("error", f"batched path failed: {type(exc).__name__}: {_first_line(exc)}")
+        # Retry outside the except block: until it ends, the traceback keeps the failed population's tensors alive.
+        if failure is not None:
+            self._release_memory()
+            if failure[0] == "oom" and len(chunk) > 1:
+                half = (len(chunk) + 1) // 2
+                return (self._train_splitting(chunk[:half], on_done, on_step)
+                        + self._train_splitting(chunk[half:], on_done, on_step))
+            outcomes = [self.scoring.outcome(r, failure[0], [], self.name, failure_reason=failure[1]) for r in chunk]
+        if on_done is not None:
+            on_done(outcomes)
+        return outcomes
+
+    def _train(self, chunk: list[EvalRequest], on_step) -> list[EvalOutcome]:
+        from nanochat.summary import write_member_artifacts  # imported late: the trainer pulls in the model code
+        from nanochat.trainer import train_population
+
+        members = [Member(synaptic=r.synaptic, seed=r.seed) for r in chunk]
+        population = train_population(members, self.model_cfg, self.train_cfg, self.corpus, device=self.device,
+                                      progress=on_step)
+        outcomes = []
+        for request, member, result in zip(chunk, members, population.members):
+            meta = {**self.run_meta, **request.meta, "evaluator": self.name, "population_size": len(chunk)}
+            summary = write_member_artifacts(request.out_dir, member=member, member_result=result,
+                                             population=population, model_cfg=self.model_cfg,
+                                             train_cfg=self.train_cfg, corpus=self.corpus, meta={"pilot": meta})
+            outcomes.append(self.scoring.outcome(request, result.status, result.losses, self.name,
+                                                 failure_step=result.failure_step,
+                                                 failure_reason=result.failure_reason, summary_path=Path(summary)))
+        return outcomes
+
+    def _release_memory(self) -> None:
+        gc.collect()  # the failed model and optimizer may sit in reference cycles
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# --- subprocess, one candidate per process ------------------------------------------------------------------------
+
+def train_cli_args(model_cfg: ModelConfig, train_cfg: TrainConfig, device: str, data: str | Path | None) -> list[str]:
+    """The `python -m nanochat.train` flags that reproduce (model_cfg, train_cfg) for one candidate.
+
+    `--synaptic-config`, `--seed` and the output flags are per request and added by the caller.
+    """
+    args = [
+        "--model-type", "synaptic", "--device", str(device),
+        "--batch-size", str(train_cfg.batch_size), "--sequence-len", str(model_cfg.sequence_len),
+        "--vocab-size", str(model_cfg.vocab_size), "--n-layer", str(model_cfg.n_layer),
+        "--n-head", str(model_cfg.n_head), "--n-kv-head", str(model_cfg.n_kv_head), "--n-embd", str(model_cfg.n_embd),
+        "--learning-rate", repr(float(train_cfg.learning_rate)), "--matrix-lr", repr(float(train_cfg.matrix_lr)),
+        "--optimizer-type", "adamw", "--target-flops", repr(float(train_cfg.target_flops)),
+        "--warmup-steps", str(train_cfg.warmup_steps), "--log-interval", str(train_cfg.log_interval),
+        "--data-seed", str(train_cfg.data_seed), "--weight-decay", repr(float(train_cfg.weight_decay)),
+        "--warmdown-frac", repr(float(train_cfg.warmdown_frac)),
+        "--diverge-factor", repr(float(train_cfg.diverge_factor)),
+    ]
+    if train_cfg.max_steps is not None:
+        args += ["--max-steps", str(train_cfg.max_steps)]
+    if train_cfg.time_limit_s is not None:
+        args += ["--time-limit-s", repr(float(train_cfg.time_limit_s))]
+    if data is not None:
+        args += ["--data", str(data)]
+    return args
+
+
+class SubprocessEvaluator:
+    """Run `python -m nanochat.train` once per request, one after another (the seed's evaluation path)."""
+
+    name = "subprocess"
+
+    def __init__(self, cli_args: Sequence[str], scoring: Scoring, timeout_s: float | None = None,
+                 python: str = sys.executable, label: str = "subprocess"):
+        self.cli_args, self.scoring, self.timeout_s = list(cli_args), scoring, timeout_s
+        self.python, self.name = python, label
+
+    def command(self, request: EvalRequest) -> list[str]:
+        # --overwrite: a resumed run may redo a request whose summary a killed run had already written.
+        return [self.python, "-m", "nanochat.train", *self.cli_args, "--synaptic-config", str(request.config_path),
+                "--seed", str(request.seed), "--out-dir", str(request.out_dir), "--overwrite", "--quiet"]
+
+    def evaluate(self, requests, on_done=None, on_step=None):
+        outcomes = []
+        for i, request in enumerate(requests):
+            outcome = self._run_one(request)
+            outcomes.append(outcome)
+            if on_done is not None:
+                on_done([outcome])
+            if on_step is not None:
+                on_step(i + 1, len(requests))
+        return outcomes
+
+    def _run_one(self, request: EvalRequest) -> EvalOutcome:
+        summary_path = request.out_dir / "summary.json"
+        summary_path.unlink(missing_ok=True)  # never mistake an older run's summary for this one's
+        try:
+            proc = subprocess.run(self.command(request), capture_output=True, text=True, timeout=self.timeout_s,
+                                  env=_env_with_package_on_path(), stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return self.scoring.outcome(request, "timeout", [], self.name,
+                                        failure_reason=f"subprocess exceeded --timeout-s {self.timeout_s:g}s")
+        # nanochat.train exits 0 (finished) or 1 (the member failed: nan/diverged/timeout) after writing its summary;
+        # 2 is bad input and 3 out of memory, with nothing written.
+        if proc.returncode not in (0, 1) or not summary_path.is_file():
+            message = _last_line(proc.stderr) or f"exit code {proc.returncode}"
+            status = "oom" if (proc.returncode == 3 or "out of memory" in proc.stderr.lower()) else "error"
+            return self.scoring.outcome(request, status, [], self.name,
+                                        failure_reason=f"nanochat.train exited {proc.returncode}: {message}")
+        try:
+            results = json.loads(summary_path.read_text())["results"]
+            losses = [math.nan if v is None else float(v) for v in results["losses"]]
+            status = results["status"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return self.scoring.outcome(request, "error", [], self.name,
+                                        failure_reason=f"unreadable {summary_path}: {type(exc).__name__}")
+        return self.scoring.outcome(request, status if status in STATUSES else "error", losses, self.name,
+                                    failure_step=results.get("failure_step"),
+                                    failure_reason=results.get("failure_reason"), summary_path=summary_path)
+
+
+def _env_with_package_on_path() -> dict[str, str]:
+    """The child must import the same nanochat as this process, even when the repo is not pip-installed."""
+    import nanochat
+
+    root = str(Path(nanochat.__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+# --- batched with subprocess fallback ------------------------------------------------------------------------------
+
+
+class FallbackEvaluator:
+    """Batched first; whatever the batched path could not run goes through the subprocess path.
+
+    Build the secondary with `label="subprocess-fallback"` so the ledger says which rows took the detour.
+    """
+
+    name = "batched"
+
+    def __init__(self, primary: BatchedEvaluator, secondary: SubprocessEvaluator):
+        self.primary, self.secondary = primary, secondary
+
+    def evaluate(self, requests, on_done=None, on_step=None):
+        retry: list[EvalOutcome] = []
+
+        def primary_done(outcomes: list[EvalOutcome]) -> None:
+            finished = [o for o in outcomes if o.status not in RETRYABLE_STATUSES]
+            retry.extend(o for o in outcomes if o.status in RETRYABLE_STATUSES)
+            if finished and on_done is not None:
+                on_done(finished)
+
+        by_key = {o.request.key: o for o in self.primary.evaluate(requests, primary_done, on_step)}
+        if retry:
+            notes = {o.request.key: f"batched {o.status}: {o.failure_reason}" for o in retry}
+
+            def secondary_done(outcomes: list[EvalOutcome]) -> None:
+                if on_done is not None:
+                    on_done([replace(o, note=notes[o.request.key]) for o in outcomes])
+
+            for o in self.secondary.evaluate([o.request for o in retry], secondary_done):
+                by_key[o.request.key] = replace(o, note=notes[o.request.key])
+        return [by_key[r.key] for r in requests]
+
+
+# --- user objective -----------------------------------------------------------------------------------------------
+
+
+class ObjectiveEvaluator:
+    """Score requests with `objective(list of decoded-knob dicts) -> list of floats` (lower is better).
+
+    No training and no summary.json; a non-finite value counts as a "nan" failure and gets the penalty. Seeds are
+    not passed: an objective that wants noise must bring its own.
+    """
+
+    name = "objective"
+
+    def __init__(self, objective: Callable[[list[dict[str, float]]], Sequence[float]], scoring: Scoring):
+        self.objective, self.scoring = objective, scoring
+
+    def evaluate(self, requests, on_done=None, on_step=None):
+        values = list(self.objective([dict(r.knobs) for r in requests]))
+        if len(values) != len(requests):
+            raise ValueError(f"objective returned {len(values)} values for {len(requests)} points")
+        outcomes = []
+        for request, value in zip(requests, values):
+            value = float(value)
+            if math.isfinite(value):
+                outcomes.append(self.scoring.outcome(request, "ok", [value], self.name))
+            else:
+                outcomes.append(self.scoring.outcome(request, "nan", [value], self.name, failure_step=0,
+                                                     failure_reason=f"objective returned {value}"))
+        if on_done is not None:
+            on_done(outcomes)
+        if on_step is not None:
+            on_step(len(requests), len(requests))
+        return outcomes

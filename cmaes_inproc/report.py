@@ -1,0 +1,155 @@
+"""summary.md: the human-readable account of a run, with the numbers that decided the verdict."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from .artifacts import RunLayout
+from .params import PARAM_SPECS
+from .verdict import DEAD_KNOB_THRESHOLD, Verdict, format_pct
+
+LAYOUT_DESCRIPTION = {
+    "run.json": "run spec: settings, parameter space, scaling, budget, corpus, reproduce command",
+    "progress.csv": "one row per CMA-ES candidate evaluation",
+    "controls.csv": "baseline (eval seed + noise seeds), confirmation of the best, sensitivity evaluations",
+    "best.json": "best candidate so far: decoded params, x, score, gen, cand, summary path",
+    "verdict.json": "the Go/No-Go numbers (also in summary.md)",
+    "summary.md": "this summary",
+    "checkpoint.pkl": "CMA-ES state after the last finished generation (for --resume)",
+    "eval/gen_GGGG/cand_CCCC/": "synaptic_config.json, seed_<eval_seed>/summary.json + run.md",
+    "eval/baseline/": "synaptic_config.json, seed_<s>/summary.json + run.md for the eval seed and each noise seed",
+    "eval/confirm/": "the best candidate re-evaluated on the same seeds",
+    "eval/sensitivity/<knob>_<low|high>/": "one-at-a-time sweep (--sensitivity)",
+    "plots/": "PNG figures embedded in summary.md (when matplotlib is installed)",
+}
+
+
+def _f(value: float, digits: int = 4) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _pct(value: float, signed: bool = True) -> str:
+    return format_pct(value, signed)
+
+
+def _budget_line(budget) -> str:
+    if budget is None:
+        return "- budget: custom objective (no training)"
+    return (f"- budget: {budget.max_steps} steps per evaluation ({budget.target_flops:.3g} target FLOPs, "
+            f"{budget.flops_per_token_est:,} FLOPs/token)")
+
+
+def render_cma_summary(*, run_id, spec, verdict: Verdict, best, records, per_gen: Sequence[float], budget,
+                       layout: RunLayout, figures: dict, evaluator_note: str = "") -> str:
+    n_eval = len(records)
+    by_evaluator: dict[str, int] = {}
+    for r in records:
+        by_evaluator[r.evaluator] = by_evaluator.get(r.evaluator, 0) + 1
+    lines = [
+        f"# CMA-ES Phase 1 pilot `{run_id}`",
+        "",
+        f"## Verdict: **{verdict.label}**",
+        "",
+    ]
+    if verdict.go:
+        lines.append(f"The best candidate beats the baseline by {_pct(verdict.confirmed_improvement)} on average over "
+                     f"{len(verdict.seeds)} seeds, more than the seed noise "
+                     f"({_pct(verdict.seed_noise, signed=False)}), with "
+                     f"{verdict.failures}/{verdict.evaluations} failed evaluations: the search space is alive.")
+    else:
+        lines.append("Reasons:")
+        lines += [f"- {reason}" for reason in verdict.reasons]
+    lines += ["", "| criterion | measured | required | pass |", "|---|---:|---:|:---:|"]
+    lines += [f"| {c.name} | {c.value} | {c.threshold} | {'yes' if c.passed else 'NO'} |" for c in verdict.criteria]
+    lines += [
+        "",
+        "## Baseline vs best",
+        "",
+        f"- baseline score (default config, eval seed {verdict.eval_seed}): {_f(verdict.baseline_score)}",
+        f"- best search score (eval seed): {_f(verdict.best_score)}"
+        + (f" (gen {best.gen}, cand {best.cand})" if best else ""),
+        f"- improvement on the eval seed: {_pct(verdict.search_improvement)} (selection-biased: best of {n_eval})",
+        f"- confirmed improvement, mean over seeds {', '.join(map(str, verdict.seeds))}: "
+        f"{_pct(verdict.confirmed_improvement)} (paired std {_pct(verdict.paired_std, signed=False)}, best wins on "
+        f"{verdict.wins}/{len(verdict.seeds)} seeds)",
+        f"- seed noise (relative std of the baseline score across seeds): {_pct(verdict.seed_noise, signed=False)}",
+        f"- failure rate: {verdict.failures}/{verdict.evaluations} candidate evaluations",
+        f"- spread of the finished candidates' scores: {_pct(verdict.score_spread, signed=False)} of the best",
+        "",
+        "Paired comparison (same seed, same data; lower score is better):",
+        "",
+        "| seed | baseline | best | improvement |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {p['seed']} | {_f(p['baseline'])} | {_f(p['best'])} | {_pct(p['rel_improvement'])} |"
+              for p in verdict.paired]
+    lines += ["", "Pathological checks (exploding or rising loss curves, failures):", ""]
+    if verdict.pathologies:
+        lines += [f"- {who}: {', '.join(problems)}" for who, problems in verdict.pathologies.items()]
+    else:
+        lines.append("- none: baseline and best curves are finite, never explode and do not rise at the end")
+
+    if best is not None:
+        lines += ["", "## Best candidate", "", "| knob | default | best | x | bounds (x) |", "|---|---:|---:|---:|---|"]
+        for i, ps in enumerate(PARAM_SPECS):
+            lines.append(f"| {ps.name} | {getattr(spec.base_synaptic, ps.name):.4g} | {best.params[ps.name]:.4g} | "
+                         f"{best.x[i]:.4f} | [{ps.low:g}, {ps.high:g}] {ps.kind} |")
+        if best.summary_path is not None:
+            lines += ["", f"Summary: `{layout.relative(best.summary_path)}`"]
+
+    lines += ["", "## Search", "",
+              f"- {spec.generations} generations x {spec.population_size} candidates, sigma {spec.sigma:g} "
+              f"(fraction of each knob's range), search seed {spec.search_seed}, eval seed {spec.eval_seed}, "
+              f"noise seeds {spec.noise_seeds}, score = mean of the last {spec.score_tail} train losses",
+              _budget_line(budget),
+              f"- evaluators: {', '.join(f'{k} x{v}' for k, v in sorted(by_evaluator.items())) or 'none'}"
+              + (f" ({evaluator_note})" if evaluator_note else ""),
+              "", "| generation | best score | best so far |", "|---:|---:|---:|"]
+    running = math.inf
+    for g, value in enumerate(per_gen):
+        running = min(running, value) if math.isfinite(value) else running
+        lines.append(f"| {g} | {_f(value)} | {_f(running)} |")
+    for name, title in (("best_per_generation", "Best score per generation"), ("loss_curves", "Loss curves")):
+        if name in figures:
+            lines += ["", f"![{title}]({figures[name]})"]
+    lines += ["", "Files: `progress.csv` (candidates), `controls.csv` (baseline/confirmation), `best.json`, "
+              "`verdict.json`, `run.json` (spec and the `python -m nanochat.train` command that reproduces any "
+              "evaluation), `eval/` (per-evaluation synaptic_config.json, summary.json, run.md).", ""]
+    return "\n".join(lines)
+
+
+def render_sensitivity_summary(*, run_id, spec, rows, baseline_score, seed_noise, budget, layout: RunLayout,
+                               figures: dict) -> str:
+    by_knob: dict[str, list[dict]] = {}
+    for r in rows:
+        by_knob.setdefault(r["knob"], []).append(r)
+    effect = {k: max((abs(r["rel_delta"]) for r in rs if math.isfinite(r["rel_delta"])), default=math.nan)
+              for k, rs in by_knob.items()}
+    dead = [k for k, e in effect.items() if not (math.isfinite(e) and e >= DEAD_KNOB_THRESHOLD)]
+    inert = [k for k, e in effect.items() if e == 0.0]  # bit-identical scores: the knob is not wired in at all
+    failed = [f"{r['knob']} {r['edge']} ({r['status']})" for r in rows if r["status"] != "ok"]
+    lines = [
+        f"# Sensitivity sweep `{run_id}`",
+        "",
+        f"Each knob at each edge of its range, all other knobs at the default, eval seed {spec.eval_seed}.",
+        "",
+        f"- baseline score: {_f(baseline_score)}",
+        f"- seed noise (relative std of the baseline over {len(spec.seeds)} seeds): {_pct(seed_noise, signed=False)}",
+        _budget_line(budget),
+        f"- alive knobs (|rel. change| >= {100 * DEAD_KNOB_THRESHOLD:g}% at some edge): "
+        f"{len(effect) - len(dead)}/{len(effect)}" + (f"; dead: {', '.join(dead)}" if dead else ""),
+        f"- knobs with no effect at all (bit-identical scores at both edges): {', '.join(inert) or 'none'}",
+        f"- failed evaluations: {', '.join(failed) if failed else 'none'}",
+        "",
+        "| knob | edge | value | score | delta | rel. delta |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: (-effect.get(r["knob"], 0) if math.isfinite(effect.get(r["knob"], 0))
+                                         else 0, r["knob"], r["edge"])):
+        lines.append(f"| {r['knob']} | {r['edge']} | {r['value']:.4g} | {_f(r['score'])} | {_f(r['delta'], 5)} | "
+                     f"{_pct(r['rel_delta'])} |")
+    if "sensitivity" in figures:
+        lines += ["", f"![Sensitivity]({figures['sensitivity']})"]
+    lines += ["", "Data: `sensitivity.csv`; evaluations under `eval/sensitivity/` and `eval/baseline/`.", ""]
+    return "\n".join(lines)
