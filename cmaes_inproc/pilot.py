@@ -189,7 +189,6 @@ class _PilotRun:
         self.scoring = Scoring(spec.score_tail, spec.penalty)
         self.corpus = None
         self.budget = None
-        self.fallback_note = ""
         self.cli_args: list[str] | None = None
         self.evaluator = self._build_evaluator(objective, oom_hook)
         self.progress_ledger = Ledger(layout.progress_csv, PROGRESS_COLUMNS)
@@ -226,7 +225,7 @@ class _PilotRun:
             "run_id": self.run_id,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "spec": spec.results_dict(),
-            "execution": {**spec.execution_dict(), "fallback": self.fallback_note or "subprocess (nanochat.train)"},
+            "execution": {**spec.execution_dict(), "fallback": "subprocess (nanochat.train)"},
             "param_space": [s.to_dict() for s in PARAM_SPECS],
             "scaling": {
                 "search_space": "unit cube: u_i = (x_i - low_i) / (high_i - low_i), CMA-ES bounds [0, 1]",
@@ -448,7 +447,7 @@ class _PilotRun:
         figures = plots.cma_plots(self.layout, per_gen, verdict.baseline_score, curves) if self.plots_enabled else {}
         atomic_write_text(self.layout.summary_md, report.render_cma_summary(
             run_id=self.run_id, spec=spec, verdict=verdict, best=best, records=records, per_gen=per_gen,
-            budget=self.budget, layout=self.layout, figures=figures, evaluator_note=self.fallback_note))
+            budget=self.budget, layout=self.layout, figures=figures))
         return PilotResult(self.layout.root, spec, records, self._controls(), best, verdict, per_gen)
 
     def _seed_result(self, row: dict) -> SeedResult:

@@ -41,7 +41,7 @@ def _budget_line(budget) -> str:
 
 
 def render_cma_summary(*, run_id, spec, verdict: Verdict, best, records, per_gen: Sequence[float], budget,
-                       layout: RunLayout, figures: dict, evaluator_note: str = "") -> str:
+                       layout: RunLayout, figures: dict) -> str:
     n_eval = len(records)
     by_evaluator: dict[str, int] = {}
     for r in records:
@@ -103,8 +103,7 @@ def render_cma_summary(*, run_id, spec, verdict: Verdict, best, records, per_gen
               f"(fraction of each knob's range), search seed {spec.search_seed}, eval seed {spec.eval_seed}, "
               f"noise seeds {spec.noise_seeds}, score = mean of the last {spec.score_tail} train losses",
               _budget_line(budget),
-              f"- evaluators: {', '.join(f'{k} x{v}' for k, v in sorted(by_evaluator.items())) or 'none'}"
-              + (f" ({evaluator_note})" if evaluator_note else ""),
+              f"- evaluators: {', '.join(f'{k} x{v}' for k, v in sorted(by_evaluator.items())) or 'none'}",
               "", "| generation | best score | best so far |", "|---:|---:|---:|"]
     running = math.inf
     for g, value in enumerate(per_gen):
