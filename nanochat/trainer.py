@@ -21,6 +21,7 @@ import torch
 
 from .config import ConfigError, Member, ModelConfig, TrainConfig, check_same_structure
 from .data import BatchStream, Corpus
+from .hostmem import keep_freed_memory
 from .optim import PopulationOptimizer
 from .synaptic import SynapticGPT, estimate_flops
 
@@ -127,6 +128,8 @@ def train_population(
         raise ConfigError("a population needs at least one member")
     check_same_structure([m.synaptic for m in members])
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()  # step activations are reused instead of page-faulted anew (see hostmem.py)
     budget = plan_budget(model_cfg, train_cfg, members[0].synaptic.post_rank)
     stream = BatchStream(corpus, train_cfg.batch_size, model_cfg.sequence_len, train_cfg.data_seed, dev)
     model = SynapticGPT(model_cfg, [m.synaptic for m in members], [m.seed for m in members], dev)

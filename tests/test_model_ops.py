@@ -1,0 +1,86 @@
+"""The model's fast paths compute exactly what SPEC.md writes down (values and gradients), in float64."""
+
+import platform
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nanochat.config import ModelConfig, SynapticConfig
+from nanochat.hostmem import keep_freed_memory
+from nanochat.population import Knobs
+from nanochat.synaptic import PresynapticAttention, SynapticLinear, _rotary, relu_squared
+
+
+def test_synaptic_linear_folded_weight_matches_the_spec_formula():
+    torch.manual_seed(0)
+    P, N, d_in, d_out, R = 3, 10, 16, 24, 4
+    layer = SynapticLinear(P, d_in, d_out, R).double().train()
+    with torch.no_grad():
+        for t in (layer.linear.weight, layer.linear.bias, layer.U, layer.V, layer.fast, layer.slow):
+            t.copy_(torch.randn_like(t) * 0.3)
+    x = torch.randn(P, N, d_in, dtype=torch.float64, requires_grad=True)
+    params = [x, layer.linear.weight, layer.linear.bias, layer.U, layer.V]
+
+    out = layer(x)
+    got_grads = torch.autograd.grad((out * out.detach().cos()).sum(), params)
+    pre, post = layer._stats
+
+    # SPEC: y = x W + b, then y <- y (1 + fast + slow) + (y U) V.
+    y = torch.baddbmm(layer.linear.bias, x, layer.linear.weight)
+    ref = y * (1 + layer.fast + layer.slow) + torch.bmm(torch.bmm(y, layer.U), layer.V)
+    ref_grads = torch.autograd.grad((ref * ref.detach().cos()).sum(), params)
+
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    for g, r in zip(got_grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(pre, x.detach().abs().mean(dim=(1, 2)))  # Hebbian pre activity: mean |x|
+    torch.testing.assert_close(post, y.detach().mean(dim=1, keepdim=True))  # post activity: mean y over tokens
+
+
+def test_relu_squared_matches_autograd_and_gradcheck():
+    h = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(relu_squared(h), F.relu(h).square())
+    (g,) = torch.autograd.grad(relu_squared(h).sum(), h)
+    (r,) = torch.autograd.grad(F.relu(h).square().sum(), h)
+    torch.testing.assert_close(g, r)
+    assert torch.autograd.gradcheck(relu_squared, (h,))
+
+
+@pytest.mark.parametrize("chunk", [16, 24, 64])
+def test_chunked_attention_without_release_terms_is_causal_softmax_attention(chunk):
+    """With lambda_loge = 0 and barrier_strength = 0 the presynaptic terms vanish, so the chunked loop (including
+    chunks that do not divide T) must give plain causal attention, forward and backward."""
+    torch.manual_seed(1)
+    mcfg = ModelConfig(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, sequence_len=64)
+    P, B, T, C, H, D = 2, 3, 64, 32, 2, 16
+    cfg = SynapticConfig(presyn_chunk=chunk, lambda_loge=0.0, barrier_strength=0.0)
+    attn = PresynapticAttention(mcfg, P).double().train()
+    with torch.no_grad():
+        for lin in (attn.c_q, attn.c_k, attn.c_v, attn.c_proj):
+            lin.weight.copy_(torch.randn_like(lin.weight) * 0.2)
+    angles = torch.outer(torch.arange(T, dtype=torch.float64), 1.0 / (10000 ** (torch.arange(0, D, 2) / D)))
+    cos, sin = angles.cos(), angles.sin()
+    x = torch.randn(P, B, T, C, dtype=torch.float64, requires_grad=True)
+    knobs = Knobs([cfg] * P, torch.device("cpu"))
+    knobs.lambda_loge, knobs.barrier_strength = knobs.lambda_loge.double(), knobs.barrier_strength.double()
+
+    out = attn(x, cos, sin, knobs, None)
+    (got,) = torch.autograd.grad((out * out.detach().sin()).sum(), x)
+
+    flat = x.reshape(P, B * T, C)
+    heads = lambda t: t.view(P, B, T, H, D).transpose(2, 3)  # noqa: E731
+    q = _rotary(F.rms_norm(heads(attn.c_q(flat)), (D,)), cos, sin)
+    k = _rotary(F.rms_norm(heads(attn.c_k(flat)), (D,)), cos, sin)
+    y = F.scaled_dot_product_attention(q, k, heads(attn.c_v(flat)), is_causal=True)
+    ref = attn.c_proj(y.transpose(2, 3).reshape(P, B * T, C)).view(P, B, T, C)
+    (want,) = torch.autograd.grad((ref * ref.detach().sin()).sum(), x)
+
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_keep_freed_memory_is_accepted_by_glibc_and_idempotent():
+    assert keep_freed_memory() is True
+    assert keep_freed_memory() is True
