@@ -19,8 +19,8 @@ import signal
 import sys
 from pathlib import Path
 
-from nanochat.config import (DEFAULT_TARGET_FLOPS, ConfigError, ModelConfig, SynapticConfig, TrainConfig,
-                             load_synaptic_config)
+from nanochat.cli_args import add_model_args, add_training_args, model_config_from_args, train_config_from_args
+from nanochat.config import ConfigError, SynapticConfig, load_synaptic_config
 
 from .params import PARAM_SPECS
 from .pilot import PilotEvent, PilotResult, run_pilot
@@ -70,19 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--timeout-s", type=float, default=None,
                    help="wall-time limit of one training run (a batched population counts as one run)")
     g = p.add_argument_group("training (passed to nanochat)")
-    g.add_argument("--target-flops", type=float, default=DEFAULT_TARGET_FLOPS,
-                   help=f"FLOPs budget per evaluation (default {DEFAULT_TARGET_FLOPS:g}, about 150 steps)")
-    g.add_argument("--max-steps", type=int, default=None, help="cap on the steps derived from --target-flops")
-    g.add_argument("--warmup-steps", type=int, default=10)
-    g.add_argument("--log-interval", type=int, default=10)
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--sequence-len", type=int, default=256)
-    g.add_argument("--vocab-size", type=int, default=256)
-    g.add_argument("--n-layer", type=int, default=4)
-    g.add_argument("--n-head", type=int, default=4)
-    g.add_argument("--n-kv-head", type=int, default=4)
-    g.add_argument("--n-embd", type=int, default=128)
-    g.add_argument("--learning-rate", type=float, default=3e-3)
+    add_model_args(g)
+    add_training_args(g)
     g.add_argument("--data", type=Path, default=None,
                    help="text file, directory of .txt or .parquet shards (default: embedded stdlib corpus)")
     g.add_argument("--synaptic-config", type=Path, default=None,
@@ -94,11 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        model = ModelConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
-                            n_kv_head=args.n_kv_head, n_embd=args.n_embd, sequence_len=args.sequence_len)
-        train = TrainConfig(batch_size=args.batch_size, target_flops=args.target_flops, max_steps=args.max_steps,
-                            learning_rate=args.learning_rate, warmup_steps=args.warmup_steps,
-                            log_interval=args.log_interval, time_limit_s=args.timeout_s)
+        model = model_config_from_args(args)
+        train = train_config_from_args(args, args.timeout_s)
         base = load_synaptic_config(args.synaptic_config) if args.synaptic_config else SynapticConfig()
         with _Progress(enabled=not args.quiet) as progress:
             result = run_pilot(

@@ -230,7 +230,7 @@ def train_cli_args(model_cfg: ModelConfig, train_cfg: TrainConfig, device: str, 
         "--warmup-steps", str(train_cfg.warmup_steps), "--log-interval", str(train_cfg.log_interval),
         "--data-seed", str(train_cfg.data_seed), "--weight-decay", repr(float(train_cfg.weight_decay)),
         "--warmdown-frac", repr(float(train_cfg.warmdown_frac)),
-        "--diverge-factor", repr(float(train_cfg.diverge_factor)),
+        "--diverge-factor", repr(float(train_cfg.diverge_factor)), "--precision", train_cfg.precision,
     ]
     if train_cfg.max_steps is not None:
         args += ["--max-steps", str(train_cfg.max_steps)]

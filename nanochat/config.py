@@ -239,6 +239,10 @@ class ModelConfig:
 # 1e10 is about one step with an honest FLOPs count, and a one-step objective cannot rank candidates.
 DEFAULT_TARGET_FLOPS = 2e12
 
+# "fp32" is the reference; "bf16" runs the forward pass under torch.autocast(bfloat16) (matmuls in bf16, softmax,
+# norms and the loss in fp32). Batch invariance is checked at a looser tolerance for bf16 (see tests and bench/).
+PRECISIONS = ("fp32", "bf16")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -256,6 +260,7 @@ class TrainConfig:
     diverge_factor: float = 3.0  # a member whose loss exceeds this multiple of its first loss has diverged
     data_seed: int = 0  # batch order; deliberately independent of the eval seed so all members see the same data
     time_limit_s: float | None = None  # members still running past this wall time are marked "timeout"
+    precision: str = "fp32"  # one of PRECISIONS
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -280,6 +285,8 @@ class TrainConfig:
             raise ConfigError(f"diverge_factor must be > 1, got {self.diverge_factor}")
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             raise ConfigError(f"time_limit_s must be > 0, got {self.time_limit_s}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

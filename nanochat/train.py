@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, Member, ModelConfig, SynapticConfig, TrainConfig, load_synaptic_config, DEFAULT_TARGET_FLOPS
+from .cli_args import add_model_args, add_training_args, model_config_from_args, train_config_from_args
+from .config import ConfigError, Member, SynapticConfig, load_synaptic_config
 from .data import load_corpus
 from .summary import write_member_artifacts
 from .trainer import resolve_device, train_population
@@ -37,29 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="eval seed: weight init and stochastic release")
     p.add_argument("--data", type=Path, help="text file, directory of .txt, or directory of .parquet shards "
                    "(default: the embedded standard-library corpus)")
-    g = p.add_argument_group("model")
-    g.add_argument("--vocab-size", type=int, default=256)
-    g.add_argument("--n-layer", type=int, default=4)
-    g.add_argument("--n-head", type=int, default=4)
-    g.add_argument("--n-kv-head", type=int, default=4)
-    g.add_argument("--n-embd", type=int, default=128)
-    g.add_argument("--sequence-len", type=int, default=256)
+    add_model_args(p.add_argument_group("model"))
     g = p.add_argument_group("training")
-    g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--target-flops", type=float, default=DEFAULT_TARGET_FLOPS)
-    g.add_argument("--max-steps", type=int, default=None, help="cap on the steps derived from --target-flops")
-    g.add_argument("--learning-rate", type=float, default=3e-3, help="AdamW rate (embeddings, lm_head, vectors)")
-    g.add_argument("--matrix-lr", type=float, default=0.02, help="Muon rate (block matrices)")
+    add_training_args(g)
     g.add_argument("--optimizer-type", default="adamw", choices=["adamw"],
                    help="accepted for the seed's CLI; the synaptic model always uses AdamW + Muon")
-    g.add_argument("--warmup-steps", type=int, default=10)
-    g.add_argument("--warmdown-frac", type=float, default=0.3, help="final fraction of steps decaying to 10%% lr")
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--diverge-factor", type=float, default=3.0,
-                   help="a loss above this multiple of the first loss marks the run diverged")
-    g.add_argument("--log-interval", type=int, default=10)
-    g.add_argument("--data-seed", type=int, default=0, help="batch order (shared by all candidates)")
-    g.add_argument("--time-limit-s", type=float, default=None)
+    g.add_argument("--time-limit-s", type=float, default=None, help="wall-time limit of the run")
     g = p.add_argument_group("artifacts")
     g.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
     g.add_argument("--artifacts-kind", default="nanochat")
@@ -76,14 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         synaptic = load_synaptic_config(args.synaptic_config) if args.synaptic_config else SynapticConfig()
-        model_cfg = ModelConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
-                                n_kv_head=args.n_kv_head, n_embd=args.n_embd, sequence_len=args.sequence_len)
-        train_cfg = TrainConfig(batch_size=args.batch_size, target_flops=args.target_flops, max_steps=args.max_steps,
-                                learning_rate=args.learning_rate, matrix_lr=args.matrix_lr,
-                                weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-                                warmdown_frac=args.warmdown_frac, log_interval=args.log_interval,
-                                diverge_factor=args.diverge_factor, data_seed=args.data_seed,
-                                time_limit_s=args.time_limit_s)
+        model_cfg = model_config_from_args(args)
+        train_cfg = train_config_from_args(args, args.time_limit_s)
         device = resolve_device(args.device)
         run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         out_dir = args.out_dir or args.artifacts_dir / args.artifacts_kind / args.artifacts_topic / run_id

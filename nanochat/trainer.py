@@ -137,6 +137,7 @@ def train_population(
     opt = PopulationOptimizer(model, train_cfg.learning_rate, train_cfg.matrix_lr, train_cfg.weight_decay)
 
     P, steps = len(members), budget.max_steps
+    bf16 = train_cfg.precision == "bf16"  # autocast: matmuls in bf16; softmax, norms, loss, state in fp32
     losses = torch.full((steps, P), math.nan, device=dev)
     active = torch.ones(P, dtype=torch.bool, device=dev)
     fail_step = torch.full((P,), -1, dtype=torch.long, device=dev)
@@ -159,7 +160,8 @@ def train_population(
             ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             ev0.record()
         inputs, targets = stream.next()
-        loss = model(inputs, targets)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model(inputs, targets).float()
         loss = torch.where(inject == step, torch.full_like(loss, math.nan), loss)  # test hook (no-op normally)
         detached = loss.detach()
         losses[step] = detached

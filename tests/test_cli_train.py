@@ -80,6 +80,8 @@ BAD_INPUTS = [
     (lambda t: ["--data", write(t, "short.txt", "x" * 40), "--sequence-len", "64"], "longer than the training corpus"),
     (lambda t: ["--device", "tpu"], "unsupported device"),
     (lambda t: ["--batch-size", "zero"], "invalid int value"),
+    (lambda t: ["--precision", "fp16"], "invalid choice: 'fp16'"),
+    (lambda t: ["--warmdown-frac", "2"], "warmdown_frac must be in [0, 1]"),
 ]
 
 

@@ -91,6 +91,8 @@ def test_model_and_train_config_validation():
         TrainConfig(target_flops=0)
     with pytest.raises(ConfigError, match="batch_size"):
         TrainConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16"):
+        TrainConfig(precision="fp16")
 
 
 def test_estimate_flops_counts_matmul_weights_and_attention():

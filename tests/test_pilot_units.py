@@ -222,7 +222,8 @@ def test_train_cli_args_reproduce_every_training_setting():
     from nanochat.train import build_parser
 
     train = TrainConfig(max_steps=3, weight_decay=0.1, warmdown_frac=0.5, diverge_factor=4.0, data_seed=7,
-                        learning_rate=1e-3, matrix_lr=0.03, warmup_steps=2, log_interval=5, time_limit_s=60.0)
+                        learning_rate=1e-3, matrix_lr=0.03, warmup_steps=2, log_interval=5, time_limit_s=60.0,
+                        precision="bf16")
     model = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=1, sequence_len=32)
     args = train_cli_args(model, train, "cpu", None)
     assert "--data" not in args

@@ -1,0 +1,59 @@
+"""The model and training flags shared by `python -m nanochat.train` and `python -m cmaes_inproc`.
+
+Declared once so the pilot and the sequential reference path accept the same flags with the same defaults (taken
+from the config dataclasses), and turned into configs once, so a flag cannot be read by one CLI and dropped by the
+other. Validation stays in the dataclasses: a bad value raises ConfigError naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .config import PRECISIONS, ModelConfig, TrainConfig
+
+_MODEL = ModelConfig()
+_TRAIN = TrainConfig()
+
+
+def add_model_args(group: argparse._ActionsContainer) -> None:
+    group.add_argument("--vocab-size", type=int, default=_MODEL.vocab_size)
+    group.add_argument("--n-layer", type=int, default=_MODEL.n_layer)
+    group.add_argument("--n-head", type=int, default=_MODEL.n_head)
+    group.add_argument("--n-kv-head", type=int, default=_MODEL.n_kv_head)
+    group.add_argument("--n-embd", type=int, default=_MODEL.n_embd)
+    group.add_argument("--sequence-len", type=int, default=_MODEL.sequence_len)
+
+
+def add_training_args(group: argparse._ActionsContainer) -> None:
+    """Every TrainConfig field except time_limit_s (each CLI names its wall-time limit its own way)."""
+    group.add_argument("--batch-size", type=int, default=_TRAIN.batch_size)
+    group.add_argument("--target-flops", type=float, default=_TRAIN.target_flops,
+                       help=f"FLOPs budget per training run (default {_TRAIN.target_flops:g}, about 150 steps of "
+                            "the baseline model)")
+    group.add_argument("--max-steps", type=int, default=None, help="cap on the steps derived from --target-flops")
+    group.add_argument("--learning-rate", type=float, default=_TRAIN.learning_rate,
+                       help="AdamW rate (embeddings, lm_head, vectors)")
+    group.add_argument("--matrix-lr", type=float, default=_TRAIN.matrix_lr, help="Muon rate (block matrices)")
+    group.add_argument("--weight-decay", type=float, default=_TRAIN.weight_decay)
+    group.add_argument("--warmup-steps", type=int, default=_TRAIN.warmup_steps)
+    group.add_argument("--warmdown-frac", type=float, default=_TRAIN.warmdown_frac,
+                       help="final fraction of steps decaying to 10%% of the rate")
+    group.add_argument("--log-interval", type=int, default=_TRAIN.log_interval)
+    group.add_argument("--diverge-factor", type=float, default=_TRAIN.diverge_factor,
+                       help="a loss above this multiple of the first loss marks the run diverged")
+    group.add_argument("--data-seed", type=int, default=_TRAIN.data_seed, help="batch order (shared by all candidates)")
+    group.add_argument("--precision", default=_TRAIN.precision, choices=PRECISIONS,
+                       help="fp32 (default, the reference) or bf16 autocast of the matmuls (meant for CUDA)")
+
+
+def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
+    return ModelConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head,
+                       n_kv_head=args.n_kv_head, n_embd=args.n_embd, sequence_len=args.sequence_len)
+
+
+def train_config_from_args(args: argparse.Namespace, time_limit_s: float | None) -> TrainConfig:
+    return TrainConfig(batch_size=args.batch_size, target_flops=args.target_flops, max_steps=args.max_steps,
+                       learning_rate=args.learning_rate, matrix_lr=args.matrix_lr, weight_decay=args.weight_decay,
+                       warmup_steps=args.warmup_steps, warmdown_frac=args.warmdown_frac,
+                       log_interval=args.log_interval, diverge_factor=args.diverge_factor,
+                       data_seed=args.data_seed, time_limit_s=time_limit_s, precision=args.precision)
