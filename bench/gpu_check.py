@@ -1,10 +1,11 @@
 """One prepared script for a lent GPU: CUDA batch invariance, throughput vs P, sequential ratio, memory, MFU, profile.
 
-    python bench/gpu_check.py --out gpu.json                     # about 4 minutes on an H100
+    python bench/gpu_check.py --out gpu.json --budget-s 300      # a few minutes on an H100
     python bench/gpu_check.py --device cpu --smoke --out x.json  # seconds: the same code path on a tiny model
 
 The report is rewritten after every phase (a time-out still leaves what was measured) and each row is printed as
-one JSON line. Every GPU figure in bench/RESULTS.md must come from this script's output on a real device; nothing
+one JSON line. Each phase is isolated: an exception is recorded under "errors" and the next phase runs; phases that
+would start after --budget-s are listed under "skipped". Every GPU figure in bench/RESULTS.md must come from this script's output on a real device; nothing
 here is estimated except MFU, which divides estimate_flops() by the measured step time. A population that does not
 fit is recorded as "oom" and the script goes on.
 """
@@ -29,8 +30,9 @@ from nanochat.data import load_corpus  # noqa: E402
 from nanochat.synaptic import estimate_flops  # noqa: E402
 from nanochat.trainer import train_population  # noqa: E402
 
-# Dense FP32 (no tensor cores) peak of an H100 SXM; override with --peak-tflops for another card.
-DEFAULT_PEAK_TFLOPS = 67.0
+# Dense peaks of an H100 SXM: FP32 without tensor cores (fp32 rows; torch leaves TF32 off for matmuls) and BF16
+# tensor cores (bf16 autocast rows). Override with --peak-tflops / --peak-tflops-bf16 for another card.
+DEFAULT_PEAK_TFLOPS = {"fp32": 67.0, "bf16": 989.0}
 # Batch invariance on CUDA is checked at these relative tolerances on every loss of a 20-step run (CPU is exact):
 # cuBLAS may pick a different kernel for a different batch count, which reorders fp32 sums; bf16 rounds more.
 INVARIANCE_TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2}
@@ -73,7 +75,7 @@ def run(members, model, corpus, dev, steps: int, precision: str = "fp32") -> tup
     return time.perf_counter() - t0, result.step_times_s
 
 
-def throughput_row(p: int, model, corpus, dev, steps: int, precision: str, peak_tflops: float) -> dict:
+def throughput_row(p: int, model, corpus, dev, steps: int, precision: str, peak_tflops: dict) -> dict:
     row: dict = {"population": p, "precision": precision}
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -86,24 +88,59 @@ def throughput_row(p: int, model, corpus, dev, steps: int, precision: str, peak_
     steady = statistics.median(step_times[1:]) if len(step_times) > 1 else step_times[0]  # first step excluded
     flops_per_member_step = estimate_flops(model, 8) * 8 * model.sequence_len
     row.update(status="ok", wall_s=wall, median_step_s=steady, member_steps_per_s=p / steady,
-               mfu_vs_fp32_peak=p * flops_per_member_step / steady / (peak_tflops * 1e12))
+               mfu=p * flops_per_member_step / steady / (peak_tflops[precision] * 1e12),
+               mfu_peak_tflops=peak_tflops[precision])
     if dev.type == "cuda":
         row["max_allocated_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
+        row["max_allocated_mib_per_member"] = row["max_allocated_mib"] / p
     return row
 
 
-def profile_top_ops(p: int, model, corpus, dev, rows: int = 15) -> list[dict]:
-    """Top operators of two training steps of a population of p (device time on CUDA, CPU time otherwise)."""
+def profile_top_ops(p: int, model, corpus, dev, rows: int = 15) -> dict:
+    """Top operators of two training steps of a population of p (device time on CUDA, CPU time otherwise).
+
+    On CUDA it also says whether the step is launch-bound: kernel launches per step and the fraction of the
+    profiled wall time the GPU was busy (a small fraction means the Python/launch side sets the pace, not the GPU).
+    """
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     run(candidates(p), model, corpus, dev, 1)  # warm-up outside the profile
+    steps = 2
+    sync(dev)
+    t0 = time.perf_counter()
     with profile(activities=activities) as prof:
-        run(candidates(p), model, corpus, dev, 2)
+        run(candidates(p), model, corpus, dev, steps)
+    wall = time.perf_counter() - t0
+    averages = prof.key_averages()
     key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0.0), reverse=True)[:rows]
-    total = sum(getattr(e, key, 0.0) for e in prof.key_averages()) or 1.0
-    return [{"op": e.key, "share": getattr(e, key, 0.0) / total, "calls": e.count} for e in events]
+    events = sorted(averages, key=lambda e: getattr(e, key, 0.0), reverse=True)[:rows]
+    total = sum(getattr(e, key, 0.0) for e in averages) or 1.0
+    out: dict = {"population": p, "profiled_steps": steps, "profiled_wall_s": wall,
+                 "top_ops": [{"op": e.key, "share": getattr(e, key, 0.0) / total, "calls": e.count} for e in events]}
+    aten_calls = sum(e.count for e in averages if e.key.startswith("aten::"))
+    out["aten_calls_per_step_incl_construction"] = aten_calls / steps
+    if dev.type == "cuda":
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        out["kernels_per_step_incl_construction"] = len(kernels) / steps
+        out["gpu_busy_s"] = total / 1e6
+        out["gpu_busy_fraction_of_wall"] = total / 1e6 / wall
+    return out
+
+
+def pilot_wall(evaluator: str, target_flops: float, model, dev, artifacts: str, run_id: str) -> dict:
+    """Wall time and verdict of the seed's example pilot (2 generations x 4) through the public API."""
+    from cmaes_inproc import run_pilot  # needs pycma; imported here so the other phases run without it
+
+    t0 = time.perf_counter()
+    result = run_pilot(run_id=run_id, artifacts_dir=artifacts, device=str(dev), generations=2, population_size=4,
+                       search_seed=0, eval_seed=123, evaluator=evaluator, plots=False, model=model,
+                       train=TrainConfig(target_flops=target_flops))
+    wall = time.perf_counter() - t0
+    v = result.verdict
+    return {"evaluator": evaluator, "target_flops": target_flops, "wall_s": wall, "go": v.go,
+            "baseline_score": v.baseline_score, "best_score": v.best_score,
+            "confirmed_improvement": v.confirmed_improvement, "seed_noise": v.seed_noise, "failures": v.failures}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -112,7 +149,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--populations", default="1,2,4,8,16,32,64,128")
     ap.add_argument("--ratio-population", type=int, default=32, help="P for the batched-vs-sequential ratio")
-    ap.add_argument("--peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS)
+    ap.add_argument("--peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS["fp32"])
+    ap.add_argument("--peak-tflops-bf16", type=float, default=DEFAULT_PEAK_TFLOPS["bf16"])
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="skip the phases that would start after this many seconds (the report says which)")
+    ap.add_argument("--pilot", choices=("none", "batched", "all"), default="none",
+                    help="also time the seed's example pilot (1e10 FLOPs) and the default-budget pilot, batched; "
+                         "'all' adds the example with --sequential (one subprocess per candidate)")
     ap.add_argument("--smoke", action="store_true", help="tiny model and populations: checks the script, not a GPU")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -121,43 +164,92 @@ def main(argv: list[str] | None = None) -> dict:
     pops = [1, 2] if args.smoke else [int(x) for x in args.populations.split(",")]
     ratio_p = 2 if args.smoke else args.ratio_population
     inv_steps = 3 if args.smoke else 20
+    peaks = {"fp32": args.peak_tflops, "bf16": args.peak_tflops_bf16}
     corpus = load_corpus()
+    started = time.perf_counter()
     report: dict = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or 'unknown'})",
         "torch": torch.__version__, "steps": args.steps, "model": model.to_dict(), "smoke": args.smoke,
+        "phase_seconds": {}, "errors": {}, "skipped": [],
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "cpu_threads": torch.get_num_threads(),
     }
 
-    def emit(key: str, value) -> None:
-        report[key] = value
-        print(json.dumps({key: value}), flush=True)
+    def save() -> None:
         if args.out:
             with open(args.out + ".tmp", "w") as f:
                 json.dump(report, f, indent=2)
             os.replace(args.out + ".tmp", args.out)
 
-    emit("invariance", [invariance(corpus, dev, prec, inv_steps) for prec in ("fp32", "bf16")])
-    run(candidates(1), model, corpus, dev, 2)  # warm-up (CUDA context, cuBLAS handles, allocator)
-    rows = []
-    for p in pops:
-        rows.append(throughput_row(p, model, corpus, dev, args.steps, "fp32", args.peak_tflops))
-        emit("throughput", rows)
-    rows.append(throughput_row(ratio_p, model, corpus, dev, args.steps, "bf16", args.peak_tflops))
-    emit("throughput", rows)
+    def emit(key: str, value) -> None:
+        report[key] = value
+        print(json.dumps({key: value}), flush=True)
+        save()
 
-    # The headline ratio: the same ratio_p candidates as one population vs one after another, same steps, paired.
-    members = candidates(ratio_p)
-    batched, sequential = [], []
-    for _ in range(2):
-        batched.append(run(members, model, corpus, dev, args.steps)[0])
+    def phase(name: str, fn) -> None:
+        """Run one phase; an exception is recorded and the next phase still runs (minutes on a GPU are scarce)."""
+        if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
+            report["skipped"].append(name)
+            save()
+            return
         t0 = time.perf_counter()
-        for m in members:
-            run([m], model, corpus, dev, args.steps)
-        sequential.append(time.perf_counter() - t0)
-    emit("batched_vs_sequential", {
-        "population": ratio_p, "steps": args.steps, "batched_s": batched, "sequential_s": sequential,
-        "speedup_median": statistics.median(sequential) / statistics.median(batched),
-    })
-    emit("profile", {"population": ratio_p, "top_ops": profile_top_ops(ratio_p, model, corpus, dev)})
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - recorded in the report, not swallowed
+            report["errors"][name] = f"{type(exc).__name__}: {exc}"
+            print(json.dumps({"error": {name: report["errors"][name]}}), flush=True)
+        report["phase_seconds"][name] = time.perf_counter() - t0
+        save()
+
+    invariance_rows: list = []
+    for prec in ("fp32", "bf16"):
+        phase(f"invariance_{prec}", lambda prec=prec: (invariance_rows.append(invariance(corpus, dev, prec, inv_steps)),
+                                                       emit("invariance", invariance_rows)))
+    phase("warm_up", lambda: run(candidates(1), model, corpus, dev, 2))  # CUDA context, cuBLAS handles, allocator
+    rows: list = []
+
+    def throughput(p: int, precision: str) -> None:
+        rows.append(throughput_row(p, model, corpus, dev, args.steps, precision, peaks))
+        emit("throughput", rows)
+
+    for p in pops:
+        phase(f"throughput_fp32_P{p}", lambda p=p: throughput(p, "fp32"))
+
+    def ratio() -> None:
+        # The headline ratio: the same ratio_p candidates as one population vs one after another, same steps, paired.
+        members = candidates(ratio_p)
+        batched, sequential = [], []
+        for _ in range(2):
+            batched.append(run(members, model, corpus, dev, args.steps)[0])
+            t0 = time.perf_counter()
+            for m in members:
+                run([m], model, corpus, dev, args.steps)
+            sequential.append(time.perf_counter() - t0)
+        emit("batched_vs_sequential", {
+            "population": ratio_p, "steps": args.steps, "batched_s": batched, "sequential_s": sequential,
+            "speedup_median": statistics.median(sequential) / statistics.median(batched),
+        })
+
+    phase("batched_vs_sequential", ratio)
+    phase(f"throughput_bf16_P{ratio_p}", lambda: throughput(ratio_p, "bf16"))
+    profiles: list = []
+    for p in (ratio_p, 1):
+        phase(f"profile_P{p}", lambda p=p: (profiles.append(profile_top_ops(p, model, corpus, dev)),
+                                             emit("profile", profiles)))
+    bf16_max = max(pops)
+    if bf16_max != ratio_p:
+        phase(f"throughput_bf16_P{bf16_max}", lambda: throughput(bf16_max, "bf16"))
+    if args.pilot != "none":
+        import tempfile
+
+        pilots: list = []
+        small, default = (1e8, 1e9) if args.smoke else (1e10, TrainConfig().target_flops)
+        plan = [("batched", small), ("batched", default)] + ([("sequential", small)] if args.pilot == "all" else [])
+        with tempfile.TemporaryDirectory() as artifacts:
+            for evaluator, flops in plan:
+                phase(f"pilot_{evaluator}_{flops:g}", lambda e=evaluator, f=flops: (
+                    pilots.append(pilot_wall(e, f, model, dev, artifacts, f"{e}_{f:g}")), emit("pilot", pilots)))
+    report["total_seconds"] = time.perf_counter() - started
+    save()
     return report
 
 

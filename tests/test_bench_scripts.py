@@ -22,9 +22,33 @@ def test_gpu_check_smoke_on_cpu_writes_a_complete_report(tmp_path):
     assert all(r["passed"] and r["bit_identical_repeat"] and r["all_ok"] for r in report["invariance"])
     rows = report["throughput"]
     assert [(r["population"], r["precision"]) for r in rows] == [(1, "fp32"), (2, "fp32"), (2, "bf16")]
-    assert all(r["status"] == "ok" and r["member_steps_per_s"] > 0 and r["mfu_vs_fp32_peak"] > 0 for r in rows)
+    assert all(r["status"] == "ok" and r["member_steps_per_s"] > 0 and r["mfu"] > 0 for r in rows)
     ratio = report["batched_vs_sequential"]
     assert ratio["population"] == 2 and len(ratio["batched_s"]) == len(ratio["sequential_s"]) == 2
     assert ratio["speedup_median"] > 0
-    ops = report["profile"]["top_ops"]
+    assert [p["population"] for p in report["profile"]] == [2, 1]
+    ops = report["profile"][0]["top_ops"]
     assert ops and any(op["op"] == "aten::bmm" for op in ops) and all(0 <= op["share"] <= 1 for op in ops)
+    assert report["errors"] == {} and report["skipped"] == []
+
+
+def test_gpu_check_records_a_failing_phase_and_goes_on(tmp_path, monkeypatch):
+    gpu_check = load_gpu_check()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setattr(gpu_check, "invariance", broken)
+    monkeypatch.setattr(gpu_check, "profile_top_ops", broken)
+    out = tmp_path / "gpu.json"
+    report = gpu_check.main(["--device", "cpu", "--smoke", "--steps", "2", "--out", str(out)])
+    assert report["errors"]["invariance_fp32"] == "RuntimeError: planted failure"
+    assert set(report["errors"]) == {"invariance_fp32", "invariance_bf16", "profile_P2", "profile_P1"}
+    assert len(report["throughput"]) == 3 and report["batched_vs_sequential"]["speedup_median"] > 0
+    assert json.loads(out.read_text())["errors"] == report["errors"]
+
+
+def test_gpu_check_skips_phases_past_its_budget(tmp_path):
+    report = load_gpu_check().main(["--device", "cpu", "--smoke", "--steps", "2", "--budget-s", "0"])
+    assert "invariance_fp32" in report["skipped"] and "batched_vs_sequential" in report["skipped"]
+    assert "throughput" not in report and report["errors"] == {}
