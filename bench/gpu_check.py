@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -61,33 +62,56 @@ def invariance(corpus, dev: torch.device, precision: str, steps: int) -> dict:
         "precision": precision, "steps": steps, "max_rel_diff_batched_vs_alone": worst,
         "tolerance": INVARIANCE_TOLERANCE[precision], "passed": worst <= INVARIANCE_TOLERANCE[precision],
         "bit_identical_repeat": all(a.losses == b.losses for a, b in zip(batched.members, again.members)),
-        "all_ok": all(m.ok for m in batched.members),
+        "all_ok": all(m.ok for m in batched.members), "execution": batched.execution,
     }
 
 
-def run(members, model, corpus, dev, steps: int, precision: str = "fp32") -> tuple[float, list[float]]:
-    """Wall seconds (construction included) and the per-step device times of one population."""
-    train = TrainConfig(max_steps=steps, warmup_steps=1, precision=precision)
+def graph_equivalence(corpus, dev: torch.device, steps: int) -> dict:
+    """The same mixed population (stochastic release, a NaN injected at step 4) with and without the CUDA graph."""
+    model = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64)
+    base = SynapticConfig(presyn_chunk=16)
+    members = [Member(base.replace(alpha_c=0.2 + 0.2 * i, stochastic_train_frac=0.1 * i), 100 + i % 2) for i in range(4)]
+    members.append(Member(base, 7, inject_nan_at_step=4))
+    results = {}
+    for graphed in (True, False):
+        train = TrainConfig(batch_size=4, max_steps=steps, warmup_steps=2, cuda_graph=graphed)
+        results[graphed] = train_population(members, model, train, corpus, dev)
+    g, e = results[True], results[False]
+    worst = max(abs(a - b) / abs(b) for mg, me in zip(g.members, e.members) for a, b in zip(mg.losses, me.losses)
+                if math.isfinite(b))
+    return {
+        "steps": steps, "execution": g.execution, "max_rel_diff_graph_vs_eager": worst,
+        "bit_identical": all(mg.losses == me.losses or (mg.status == me.status == "nan")
+                             for mg, me in zip(g.members, e.members)),
+        "same_statuses": [m.status for m in g.members] == [m.status for m in e.members],
+        "statuses": [m.status for m in g.members], "failure_steps": [m.failure_step for m in g.members],
+    }
+
+
+def run(members, model, corpus, dev, steps: int, precision: str = "fp32", graph: bool = True):
+    """Wall seconds (construction included), the per-step device times and how the steps ran, for one population."""
+    train = TrainConfig(max_steps=steps, warmup_steps=1, precision=precision, cuda_graph=graph)
     sync(dev)
     t0 = time.perf_counter()
     result = train_population(members, model, train, corpus, dev)
     sync(dev)
-    return time.perf_counter() - t0, result.step_times_s
+    return time.perf_counter() - t0, result.step_times_s, result.execution
 
 
-def throughput_row(p: int, model, corpus, dev, steps: int, precision: str, peak_tflops: dict) -> dict:
-    row: dict = {"population": p, "precision": precision}
+def throughput_row(p: int, model, corpus, dev, steps: int, precision: str, peak_tflops: dict, graph: bool) -> dict:
+    row: dict = {"population": p, "precision": precision, "cuda_graph": graph}
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
     try:
-        wall, step_times = run(candidates(p), model, corpus, dev, steps, precision)
+        wall, step_times, execution = run(candidates(p), model, corpus, dev, steps, precision, graph)
     except torch.OutOfMemoryError:
         row["status"] = "oom"
         return row
-    steady = statistics.median(step_times[1:]) if len(step_times) > 1 else step_times[0]  # first step excluded
+    # Steady state: the two eager warm-up steps and the capture step are excluded (for both paths, to compare alike).
+    steady = statistics.median(step_times[3:]) if len(step_times) > 3 else statistics.median(step_times)
     flops_per_member_step = estimate_flops(model, 8) * 8 * model.sequence_len
-    row.update(status="ok", wall_s=wall, median_step_s=steady, member_steps_per_s=p / steady,
+    row.update(status="ok", execution=execution, wall_s=wall, median_step_s=steady, member_steps_per_s=p / steady,
                mfu=p * flops_per_member_step / steady / (peak_tflops[precision] * 1e12),
                mfu_peak_tflops=peak_tflops[precision])
     if dev.type == "cuda":
@@ -99,32 +123,42 @@ def throughput_row(p: int, model, corpus, dev, steps: int, precision: str, peak_
 def profile_top_ops(p: int, model, corpus, dev, rows: int = 15) -> dict:
     """Top operators of two training steps of a population of p (device time on CUDA, CPU time otherwise).
 
-    On CUDA it also says whether the step is launch-bound: kernel launches per step and the fraction of the
-    profiled wall time the GPU was busy (a small fraction means the Python/launch side sets the pace, not the GPU).
+    On CUDA it also gives kernels per step and the kernels' device time per step: set against the unprofiled
+    median step time of the throughput rows, that says whether the GPU or the Python/launch side sets the pace.
     """
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    run(candidates(p), model, corpus, dev, 1)  # warm-up outside the profile
-    steps = 2
+    run(candidates(p), model, corpus, dev, 1, graph=False)  # warm-up outside the profile
+    steps = 2  # eager: a replayed graph would show kernels but not the operators that launched them
     sync(dev)
     t0 = time.perf_counter()
     with profile(activities=activities) as prof:
-        run(candidates(p), model, corpus, dev, steps)
+        run(candidates(p), model, corpus, dev, steps, graph=False)
     wall = time.perf_counter() - t0
     averages = prof.key_averages()
-    key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-    events = sorted(averages, key=lambda e: getattr(e, key, 0.0), reverse=True)[:rows]
-    total = sum(getattr(e, key, 0.0) for e in averages) or 1.0
-    out: dict = {"population": p, "profiled_steps": steps, "profiled_wall_s": wall,
-                 "top_ops": [{"op": e.key, "share": getattr(e, key, 0.0) / total, "calls": e.count} for e in events]}
     aten_calls = sum(e.count for e in averages if e.key.startswith("aten::"))
-    out["aten_calls_per_step_incl_construction"] = aten_calls / steps
+    out: dict = {"population": p, "profiled_steps": steps, "profiled_wall_s": wall,
+                 "aten_calls_per_step_incl_construction": aten_calls / steps}
     if dev.type == "cuda":
+        # Each kernel is counted once: as a device event. An aten op's self device time is the kernels it launched
+        # directly, so op shares are of the kernels' total (summing ops and kernels together would count twice).
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        kernel_us = sum(e.self_device_time_total for e in kernels) or 1.0
+        ops = [e for e in averages if e.key.startswith("aten::")]
+        top = sorted(ops, key=lambda e: e.self_device_time_total, reverse=True)[:rows]
+        out["top_ops"] = [{"op": e.key, "share": e.self_device_time_total / kernel_us, "calls": e.count} for e in top]
+        by_kernel: dict[str, list[float]] = {}
+        for e in kernels:
+            by_kernel.setdefault(e.name, []).append(e.self_device_time_total)
+        top_k = sorted(by_kernel.items(), key=lambda kv: sum(kv[1]), reverse=True)[:rows]
+        out["top_kernels"] = [{"kernel": k[:120], "share": sum(v) / kernel_us, "calls": len(v)} for k, v in top_k]
         out["kernels_per_step_incl_construction"] = len(kernels) / steps
-        out["gpu_busy_s"] = total / 1e6
-        out["gpu_busy_fraction_of_wall"] = total / 1e6 / wall
+        out["kernel_s_per_step_incl_construction"] = kernel_us / 1e6 / steps
+    else:
+        top = sorted(averages, key=lambda e: e.self_cpu_time_total, reverse=True)[:rows]
+        total = sum(e.self_cpu_time_total for e in averages) or 1.0
+        out["top_ops"] = [{"op": e.key, "share": e.self_cpu_time_total / total, "calls": e.count} for e in top]
     return out
 
 
@@ -146,8 +180,10 @@ def pilot_wall(evaluator: str, target_flops: float, model, dev, artifacts: str, 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--populations", default="1,2,4,8,16,32,64,128")
+    ap.add_argument("--steps", type=int, default=10, help="steps per throughput run (the first 3 are not timed)")
+    ap.add_argument("--populations", default="1,2,4,8,16,32,64,128,256")
+    ap.add_argument("--eager-populations", default="1,4,32,256",
+                    help="populations also timed with --no-cuda-graph, in the same run, for the graph's gain")
     ap.add_argument("--ratio-population", type=int, default=32, help="P for the batched-vs-sequential ratio")
     ap.add_argument("--peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS["fp32"])
     ap.add_argument("--peak-tflops-bf16", type=float, default=DEFAULT_PEAK_TFLOPS["bf16"])
@@ -162,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     dev = torch.device(args.device)
     model = SMOKE_MODEL if args.smoke else BASELINE_MODEL
     pops = [1, 2] if args.smoke else [int(x) for x in args.populations.split(",")]
+    eager_pops = [2] if args.smoke else [int(x) for x in args.eager_populations.split(",") if x]
     ratio_p = 2 if args.smoke else args.ratio_population
     inv_steps = 3 if args.smoke else 20
     peaks = {"fp32": args.peak_tflops, "bf16": args.peak_tflops_bf16}
@@ -200,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["phase_seconds"][name] = time.perf_counter() - t0
         save()
 
+    phase("graph_equivalence", lambda: emit("graph_equivalence", graph_equivalence(corpus, dev, 6 if args.smoke else 12)))
     invariance_rows: list = []
     for prec in ("fp32", "bf16"):
         phase(f"invariance_{prec}", lambda prec=prec: (invariance_rows.append(invariance(corpus, dev, prec, inv_steps)),
@@ -207,12 +245,14 @@ def main(argv: list[str] | None = None) -> dict:
     phase("warm_up", lambda: run(candidates(1), model, corpus, dev, 2))  # CUDA context, cuBLAS handles, allocator
     rows: list = []
 
-    def throughput(p: int, precision: str) -> None:
-        rows.append(throughput_row(p, model, corpus, dev, args.steps, precision, peaks))
+    def throughput(p: int, precision: str, graph: bool = True) -> None:
+        rows.append(throughput_row(p, model, corpus, dev, args.steps, precision, peaks, graph))
         emit("throughput", rows)
 
     for p in pops:
         phase(f"throughput_fp32_P{p}", lambda p=p: throughput(p, "fp32"))
+    for p in eager_pops:
+        phase(f"throughput_fp32_eager_P{p}", lambda p=p: throughput(p, "fp32", graph=False))
 
     def ratio() -> None:
         # The headline ratio: the same ratio_p candidates as one population vs one after another, same steps, paired.
@@ -232,7 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     phase("batched_vs_sequential", ratio)
     phase(f"throughput_bf16_P{ratio_p}", lambda: throughput(ratio_p, "bf16"))
     profiles: list = []
-    for p in (ratio_p, 1):
+    for p in (ratio_p,):
         phase(f"profile_P{p}", lambda p=p: (profiles.append(profile_top_ops(p, model, corpus, dev)),
                                              emit("profile", profiles)))
     bf16_max = max(pops)
@@ -243,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         pilots: list = []
         small, default = (1e8, 1e9) if args.smoke else (1e10, TrainConfig().target_flops)
-        plan = [("batched", small), ("batched", default)] + ([("sequential", small)] if args.pilot == "all" else [])
+        plan = [("batched", default), ("batched", small)] + ([("sequential", small)] if args.pilot == "all" else [])
         with tempfile.TemporaryDirectory() as artifacts:
             for evaluator, flops in plan:
                 phase(f"pilot_{evaluator}_{flops:g}", lambda e=evaluator, f=flops: (

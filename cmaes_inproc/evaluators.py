@@ -236,6 +236,8 @@ def train_cli_args(model_cfg: ModelConfig, train_cfg: TrainConfig, device: str, 
         args += ["--max-steps", str(train_cfg.max_steps)]
     if train_cfg.time_limit_s is not None:
         args += ["--time-limit-s", repr(float(train_cfg.time_limit_s))]
+    if not train_cfg.cuda_graph:
+        args += ["--no-cuda-graph"]
     if data is not None:
         args += ["--data", str(data)]
     return args

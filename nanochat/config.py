@@ -261,6 +261,7 @@ class TrainConfig:
     data_seed: int = 0  # batch order; deliberately independent of the eval seed so all members see the same data
     time_limit_s: float | None = None  # members still running past this wall time are marked "timeout"
     precision: str = "fp32"  # one of PRECISIONS
+    cuda_graph: bool = True  # on CUDA, replay the training step as one CUDA graph after two eager steps
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -285,6 +286,8 @@ class TrainConfig:
             raise ConfigError(f"diverge_factor must be > 1, got {self.diverge_factor}")
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             raise ConfigError(f"time_limit_s must be > 0, got {self.time_limit_s}")
+        if not isinstance(self.cuda_graph, bool):
+            raise ConfigError(f"cuda_graph must be True or False, got {self.cuda_graph!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 

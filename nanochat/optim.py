@@ -48,14 +48,32 @@ class PopulationOptimizer:
         self.adam_state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.adam_params]
         self.muon_state = [torch.zeros_like(p) for p in self.muon_params]
         self.t = 0
+        # The per-step scalars live in 0-dim device tensors (float64, like the Python floats they replace), so that
+        # step() launches the same kernels on the same memory every step: that is what lets a CUDA graph replay it.
+        device = self.adam_params[0].device if self.adam_params else self.muon_params[0].device
+        scalar = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
+        self._adam_lr, self._muon_lr, self._bias1, self._bias2 = scalar(), scalar(), scalar(), scalar()
+
+    def set_schedule(self, lr_scale: float) -> None:
+        """Advance the step count and write this step's learning rates and bias corrections (outside any graph)."""
+        self.t += 1
+        b1, b2 = self.betas
+        self._adam_lr.fill_(self.lr * lr_scale)
+        self._muon_lr.fill_(self.matrix_lr * lr_scale)
+        self._bias1.fill_(1 - b1**self.t)
+        self._bias2.fill_(1 - b2**self.t)
 
     @torch.no_grad()
-    def step(self, lr_scale: float, active: torch.Tensor) -> None:
-        """One update; `active` (P,) bool. Gradients of inactive members are zeroed (they may be NaN/Inf)."""
-        self.t += 1
+    def step(self, lr_scale: float | None, active: torch.Tensor) -> None:
+        """One update; `active` (P,) bool. Gradients of inactive members are zeroed (they may be NaN/Inf).
+
+        `lr_scale` None means set_schedule() was already called for this step (the CUDA-graph path does that
+        outside the captured region).
+        """
+        if lr_scale is not None:
+            self.set_schedule(lr_scale)
         gate = active.to(torch.float32)
         b1, b2 = self.betas
-        bias1, bias2 = 1 - b1**self.t, 1 - b2**self.t
         for p, (m, v) in zip(self.adam_params, self.adam_state):
             if p.grad is None:
                 continue
@@ -63,9 +81,8 @@ class PopulationOptimizer:
             g = torch.where(bcast(active, p.dim()), p.grad, 0.0)
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            lr = self.lr * lr_scale * keep
-            update = (m / bias1) / ((v / bias2).sqrt() + self.eps) + self.wd * p
-            p.sub_(lr * update)
+            update = (m / self._bias1) / ((v / self._bias2).sqrt() + self.eps) + self.wd * p
+            p.sub_(self._adam_lr * keep * update)
         for p, buf in zip(self.muon_params, self.muon_state):
             if p.grad is None:
                 continue
@@ -75,8 +92,7 @@ class PopulationOptimizer:
             nesterov = g + self.momentum * buf
             rows, cols = p.shape[-2:]
             scale = max(1.0, rows / cols) ** 0.5  # keeps the update's RMS comparable for tall and wide matrices
-            lr = self.matrix_lr * lr_scale * keep
-            p.sub_(lr * (scale * newton_schulz(nesterov) + self.wd * p))
+            p.sub_(self._muon_lr * keep * (scale * newton_schulz(nesterov) + self.wd * p))
 
     def zero_grad(self) -> None:
         for p in self.adam_params + self.muon_params:

@@ -62,6 +62,7 @@ def build_summary(member: Member, result: MemberResult, population: PopulationRe
             "step_times_s": step_times,
             "tokens_per_second": population.tokens_per_second,
             "measured_time_s": population.measured_time_s,
+            "execution": population.execution,
         },
     }
 

@@ -409,7 +409,10 @@ class SynapticGPT(nn.Module):
         V = self.mcfg.vocab_size
         # Member p reads row p*V + token of the flattened (P*V, C) embedding table.
         rows = (idx.reshape(1, B * T) + V * torch.arange(P, device=idx.device)[:, None]).reshape(-1)
-        x = F.embedding(rows, self.wte.reshape(P * V, -1)).view(P, B, T, -1)
+        # index_select rather than F.embedding: the same lookup and the same index_add_ backward on CPU, but on CUDA
+        # embedding's backward sorts the indices with a host sync once there are more than 3072 of them, which a
+        # CUDA graph cannot capture (pytorch/pytorch#82886).
+        x = self.wte.reshape(P * V, -1).index_select(0, rows).view(P, B, T, -1)
         x = F.rms_norm(x, (x.shape[-1],))
         cos, sin = self.cos[:T], self.sin[:T]
         noise = self.noise if self.training else None

@@ -12,6 +12,7 @@ its own gradient. Failure detection runs on the device (no host sync per step): 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -82,6 +83,7 @@ class PopulationResult:
     measured_time_s: float = 0.0
     tokens_per_second: float = 0.0  # per member
     population: int = 1
+    execution: str = "eager"  # on CUDA: "replayed" when the step ran as a CUDA graph, else why not
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -107,6 +109,77 @@ def lr_scale(step: int, total: int, warmup: int, warmdown_frac: float) -> float:
         progress = (step - (total - warmdown) + 1) / warmdown
         return 1.0 - 0.9 * progress
     return 1.0
+
+
+class _StepGraph:
+    """Runs the training step eagerly for WARMUP_STEPS steps on a side stream, then captures it once as a CUDA graph
+    and replays it for the remaining steps.
+
+    A step of a small population is ~10k small kernels whose launch costs more than their work; one graph replay
+    launches them all at once. The captured step reads every per-step value (batch, step index, learning rates)
+    from tensors updated before each replay, and the release-noise generators are registered with the graph so each
+    replay draws fresh numbers. If the capture fails the run carries on eagerly (`.failed` says why).
+    """
+
+    WARMUP_STEPS = 2  # eager steps before capture: lazy cuBLAS/autograd set-up must not happen inside a capture
+
+    def __init__(self, model: SynapticGPT, steps: int):
+        self.model = model
+        self.enabled = steps > self.WARMUP_STEPS
+        self.generators = [g for g, on in zip(model.noise.generators, model.noise.group_active) if on]
+        self.side = torch.cuda.Stream() if self.enabled else None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.failed: str | None = None
+
+    @contextlib.contextmanager
+    def stream_for(self, step: int):
+        """A warm-up step runs on a side stream (as capture requires), fenced on both sides; later steps as they are."""
+        if not (self.enabled and step < self.WARMUP_STEPS):
+            yield
+            return
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side):
+            yield
+        torch.cuda.current_stream().wait_stream(self.side)
+
+    @property
+    def status(self) -> str:
+        if self.graph is not None:
+            return "replayed"
+        return f"eager (capture failed: {self.failed})" if self.failed else "eager"
+
+    def run(self, step: int, train_step: Callable[[], None]) -> None:
+        if not self.enabled or step < self.WARMUP_STEPS or self.failed is not None:
+            train_step()
+            return
+        if self.graph is None:
+            self._capture(train_step)
+            if self.graph is None:
+                train_step()
+                return
+        self.graph.replay()
+
+    def _capture(self, train_step: Callable[[], None]) -> None:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()  # the warm-up's cached activations would otherwise sit beside the graph's pool
+        saved = [g.get_state() for g in self.generators]
+        graph = torch.cuda.CUDAGraph()
+        try:
+            for g in self.generators:
+                graph.register_generator_state(g)
+            with torch.cuda.graph(graph):
+                train_step()
+        except Exception as exc:  # noqa: BLE001 - fall back to eager steps, which compute the same thing
+            # Nothing captured has run, so parameters and state are as the warm-up left them; undo the host side.
+            self.failed = f"{type(exc).__name__}: {exc}"
+            for g, state in zip(self.generators, saved):
+                g.set_state(state)
+            self.model.zero_grad(set_to_none=True)  # a half-captured backward may have left unexecuted grads
+            del graph
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise  # callers split the population and retry, as for an eager step
+            return
+        self.graph = graph
 
 
 def train_population(
@@ -139,6 +212,11 @@ def train_population(
     P, steps = len(members), budget.max_steps
     bf16 = train_cfg.precision == "bf16"  # autocast: matmuls in bf16; softmax, norms, loss, state in fp32
     losses = torch.full((steps, P), math.nan, device=dev)
+    # Everything one step reads or writes lives in a tensor allocated here and updated in place, so the same step
+    # can run eagerly or as a replayed CUDA graph (which fixes every address and every Python-side constant).
+    step_index = torch.zeros((), dtype=torch.long, device=dev)
+    step_loss = torch.zeros(P, device=dev)
+    first_loss = torch.full((P,), math.inf, device=dev)
     active = torch.ones(P, dtype=torch.bool, device=dev)
     fail_step = torch.full((P,), -1, dtype=torch.long, device=dev)
     fail_code = torch.zeros(P, dtype=torch.long, device=dev)
@@ -146,9 +224,31 @@ def train_population(
     for i, m in enumerate(members):
         if m.inject_nan_at_step is not None:
             inject[i] = m.inject_nan_at_step
-    first_loss: torch.Tensor | None = None
-    timed_out_at: int | None = None
+    batch = stream.next()
+    inputs, targets = batch[0].clone(), batch[1].clone()
 
+    def train_step() -> None:
+        # autocast's weight-cast cache cannot live across graph replays; the casts it saves are few here.
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+            loss = model(inputs, targets).float()
+        loss = torch.where(inject == step_index, math.nan, loss)  # test hook (no-op normally)
+        detached = loss.detach()
+        step_loss.copy_(detached)
+        finite = torch.isfinite(detached)
+        first_loss.copy_(torch.where((step_index == 0) & finite, detached, first_loss))
+        exploded = detached > first_loss * train_cfg.diverge_factor
+        newly_failed = active & (~finite | exploded)
+        fail_step.copy_(torch.where(newly_failed, step_index, fail_step))
+        fail_code.copy_(torch.where(newly_failed, torch.where(finite, 2, 1), fail_code))
+        active.copy_(active & ~newly_failed)
+        # Failed members contribute nothing: where() keeps their (possibly NaN) loss out of the backward pass.
+        torch.where(active, loss, torch.zeros_like(loss)).sum().backward()
+        model.hebbian_update(active)
+        opt.step(None, active)
+        opt.zero_grad()
+
+    graph = _StepGraph(model, steps) if dev.type == "cuda" and train_cfg.cuda_graph else None
+    timed_out_at: int | None = None
     step_times: list[float] = []
     use_events = dev.type == "cuda"
     events = []
@@ -156,38 +256,31 @@ def train_population(
     steps_run = 0
     for step in range(steps):
         t0 = time.perf_counter()
-        if use_events:
-            ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            ev0.record()
-        inputs, targets = stream.next()
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(inputs, targets).float()
-        loss = torch.where(inject == step, torch.full_like(loss, math.nan), loss)  # test hook (no-op normally)
-        detached = loss.detach()
-        losses[step] = detached
-        if first_loss is None:
-            first_loss = torch.where(torch.isfinite(detached), detached, torch.full_like(detached, math.inf))
-        bad = ~torch.isfinite(detached)
-        exploded = detached > first_loss * train_cfg.diverge_factor
-        newly_failed = active & (bad | exploded)
-        fail_step = torch.where(newly_failed, torch.full_like(fail_step, step), fail_step)
-        fail_code = torch.where(newly_failed, torch.where(bad, 1, 2), fail_code)
-        active = active & ~newly_failed
-        # Failed members contribute nothing: where() keeps their (possibly NaN) loss out of the backward pass.
-        torch.where(active, loss, torch.zeros_like(loss)).sum().backward()
-        model.hebbian_update(active)
-        opt.step(lr_scale(step, steps, train_cfg.warmup_steps, train_cfg.warmdown_frac), active)
-        opt.zero_grad()
-        steps_run = step + 1
-        if use_events:
-            ev1.record()
-            events.append((ev0, ev1))
-        else:
-            step_times.append(time.perf_counter() - t0)
+        with graph.stream_for(step) if graph is not None else contextlib.nullcontext():
+            if use_events:
+                ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                ev0.record()
+            if step > 0:
+                batch = stream.next()
+                inputs.copy_(batch[0])
+                targets.copy_(batch[1])
+            step_index.fill_(step)
+            opt.set_schedule(lr_scale(step, steps, train_cfg.warmup_steps, train_cfg.warmdown_frac))
+            if graph is not None:
+                graph.run(step, train_step)
+            else:
+                train_step()
+            losses[step].copy_(step_loss)
+            steps_run = step + 1
+            if use_events:
+                ev1.record()
+                events.append((ev0, ev1))
+            else:
+                step_times.append(time.perf_counter() - t0)
         if progress is not None:
             progress(step + 1, steps)
         if on_log is not None and ((step + 1) % train_cfg.log_interval == 0 or step + 1 == steps):
-            on_log(step + 1, detached.cpu().tolist())
+            on_log(step + 1, step_loss.cpu().tolist())
         if train_cfg.time_limit_s is not None and time.perf_counter() - t_start > train_cfg.time_limit_s and step + 1 < steps:
             timed_out_at = step
             break
@@ -214,4 +307,5 @@ def train_population(
         else:
             results.append(MemberResult(losses_host[i]))
     tokens = budget.tokens_per_step_global * steps_run
-    return PopulationResult(results, budget, str(dev), step_times, measured, tokens / measured if measured else 0.0, P)
+    return PopulationResult(results, budget, str(dev), step_times, measured, tokens / measured if measured else 0.0, P,
+                            graph.status if graph is not None else "eager")

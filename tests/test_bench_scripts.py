@@ -21,12 +21,17 @@ def test_gpu_check_smoke_on_cpu_writes_a_complete_report(tmp_path):
     assert [r["precision"] for r in report["invariance"]] == ["fp32", "bf16"]
     assert all(r["passed"] and r["bit_identical_repeat"] and r["all_ok"] for r in report["invariance"])
     rows = report["throughput"]
-    assert [(r["population"], r["precision"]) for r in rows] == [(1, "fp32"), (2, "fp32"), (2, "bf16")]
+    assert [(r["population"], r["precision"], r["cuda_graph"]) for r in rows] == [
+        (1, "fp32", True), (2, "fp32", True), (2, "fp32", False), (2, "bf16", True)]
+    assert all(r["execution"] == "eager" for r in rows)  # CUDA graphs exist on CUDA only
+    eq = report["graph_equivalence"]
+    assert eq["bit_identical"] and eq["same_statuses"] and eq["statuses"] == ["ok"] * 4 + ["nan"]
+    assert eq["failure_steps"][-1] == 4
     assert all(r["status"] == "ok" and r["member_steps_per_s"] > 0 and r["mfu"] > 0 for r in rows)
     ratio = report["batched_vs_sequential"]
     assert ratio["population"] == 2 and len(ratio["batched_s"]) == len(ratio["sequential_s"]) == 2
     assert ratio["speedup_median"] > 0
-    assert [p["population"] for p in report["profile"]] == [2, 1]
+    assert [p["population"] for p in report["profile"]] == [2]
     ops = report["profile"][0]["top_ops"]
     assert ops and any(op["op"] == "aten::bmm" for op in ops) and all(0 <= op["share"] <= 1 for op in ops)
     assert report["errors"] == {} and report["skipped"] == []
@@ -43,12 +48,12 @@ def test_gpu_check_records_a_failing_phase_and_goes_on(tmp_path, monkeypatch):
     out = tmp_path / "gpu.json"
     report = gpu_check.main(["--device", "cpu", "--smoke", "--steps", "2", "--out", str(out)])
     assert report["errors"]["invariance_fp32"] == "RuntimeError: planted failure"
-    assert set(report["errors"]) == {"invariance_fp32", "invariance_bf16", "profile_P2", "profile_P1"}
-    assert len(report["throughput"]) == 3 and report["batched_vs_sequential"]["speedup_median"] > 0
+    assert set(report["errors"]) == {"invariance_fp32", "invariance_bf16", "profile_P2"}
+    assert len(report["throughput"]) == 4 and report["batched_vs_sequential"]["speedup_median"] > 0
     assert json.loads(out.read_text())["errors"] == report["errors"]
 
 
 def test_gpu_check_skips_phases_past_its_budget(tmp_path):
     report = load_gpu_check().main(["--device", "cpu", "--smoke", "--steps", "2", "--budget-s", "0"])
-    assert "invariance_fp32" in report["skipped"] and "batched_vs_sequential" in report["skipped"]
+    assert "graph_equivalence" in report["skipped"] and "invariance_fp32" in report["skipped"] and "batched_vs_sequential" in report["skipped"]
     assert "throughput" not in report and report["errors"] == {}

@@ -1,0 +1,68 @@
+"""The CUDA-graph step computes what the eager step computes (runs only where CUDA is available; CI has none).
+
+On CPU the flag is accepted and ignored; those checks run everywhere.
+"""
+
+import math
+
+import pytest
+import torch
+
+from nanochat.cli_args import add_training_args, train_config_from_args
+from nanochat.config import ConfigError, Member, ModelConfig, SynapticConfig, TrainConfig
+from nanochat.trainer import train_population
+
+TINY = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64)
+
+
+def mixed_population() -> list[Member]:
+    base = SynapticConfig(presyn_chunk=16)
+    members = [Member(base.replace(alpha_c=0.2 + 0.2 * i, stochastic_train_frac=0.1 * i), 100 + i % 2) for i in range(4)]
+    return members + [Member(base, 7, inject_nan_at_step=4)]
+
+
+def train(corpus, device, graph: bool, members=None, steps: int = 8):
+    cfg = TrainConfig(batch_size=4, max_steps=steps, warmup_steps=2, cuda_graph=graph)
+    return train_population(members or mixed_population(), TINY, cfg, corpus, device)
+
+
+def test_cuda_graph_flag_is_ignored_on_cpu(corpus):
+    graphed, eager = train(corpus, "cpu", True, steps=5), train(corpus, "cpu", False, steps=5)
+    assert graphed.execution == eager.execution == "eager"
+    assert [repr(m.losses) for m in graphed.members] == [repr(m.losses) for m in eager.members]  # NaN-aware
+    assert graphed.members[-1].status == "nan" and graphed.members[-1].failure_step == 4
+
+
+def test_cuda_graph_config_and_cli_flag():
+    with pytest.raises(ConfigError, match="cuda_graph"):
+        TrainConfig(cuda_graph="yes")
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_training_args(parser)
+    assert train_config_from_args(parser.parse_args([]), None).cuda_graph is True
+    assert train_config_from_args(parser.parse_args(["--no-cuda-graph"]), None).cuda_graph is False
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+def test_graph_replay_matches_eager_steps(corpus):
+    graphed, eager = train(corpus, "cuda", True), train(corpus, "cuda", False)
+    assert graphed.execution == "replayed" and eager.execution == "eager"
+    assert [m.status for m in graphed.members] == ["ok"] * 4 + ["nan"]
+    assert graphed.members[-1].failure_step == 4
+    for g, e in zip(graphed.members, eager.members):
+        assert len(g.losses) == len(e.losses)
+        for a, b in zip(g.losses, e.losses):
+            assert (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-6 * abs(b)
+
+
+@cuda
+def test_graph_replay_is_batch_invariant(corpus):
+    members = mixed_population()[:4]
+    batched = train(corpus, "cuda", True, members)
+    for i, m in enumerate(members):
+        alone = train(corpus, "cuda", True, [m]).members[0].losses
+        assert all(abs(a - b) <= 1e-4 * abs(b) for a, b in zip(batched.members[i].losses, alone))
