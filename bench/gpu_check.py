@@ -4,10 +4,10 @@
     python bench/gpu_check.py --device cpu --smoke --out x.json  # seconds: the same code path on a tiny model
 
 The report is rewritten after every phase (a time-out still leaves what was measured) and each row is printed as
-one JSON line. Each phase is isolated: an exception is recorded under "errors" and the next phase runs; phases that
-would start after --budget-s are listed under "skipped". Every GPU figure in bench/RESULTS.md must come from this script's output on a real device; nothing
-here is estimated except MFU, which divides estimate_flops() by the measured step time. A population that does not
-fit is recorded as "oom" and the script goes on.
+one JSON line. Each phase is isolated: an exception is recorded under "errors" and the next phase runs; phases
+that would start after --budget-s are listed under "skipped". Every GPU figure in bench/RESULTS.md must come from
+this script's output on a real device; nothing here is estimated except MFU, which divides estimate_flops() by the
+measured step time. A population that does not fit is recorded as "oom" and the script goes on.
 """
 
 from __future__ import annotations
@@ -271,10 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     phase("batched_vs_sequential", ratio)
     phase(f"throughput_bf16_P{ratio_p}", lambda: throughput(ratio_p, "bf16"))
-    profiles: list = []
-    for p in (ratio_p,):
-        phase(f"profile_P{p}", lambda p=p: (profiles.append(profile_top_ops(p, model, corpus, dev)),
-                                             emit("profile", profiles)))
+    phase(f"profile_P{ratio_p}", lambda: emit("profile", [profile_top_ops(ratio_p, model, corpus, dev)]))
     bf16_max = max(pops)
     if bf16_max != ratio_p:
         phase(f"throughput_bf16_P{bf16_max}", lambda: throughput(bf16_max, "bf16"))

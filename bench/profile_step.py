@@ -37,7 +37,8 @@ def main() -> None:
         x, y = stream.next()
         model(x, y).sum().backward()
         model.hebbian_update(active)
-        opt.step(1.0, active)
+        opt.set_schedule(1.0)
+        opt.step(active)
         opt.zero_grad()
 
     step()  # warm-up

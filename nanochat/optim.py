@@ -31,7 +31,7 @@ def newton_schulz(grad: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torc
 
 
 class PopulationOptimizer:
-    """AdamW + Muon over a population model; `step(lr_scale, active)` updates active members only."""
+    """AdamW + Muon over a population model; `set_schedule(lr_scale)` then `step(active)` updates active members."""
 
     def __init__(self, model: nn.Module, learning_rate: float, matrix_lr: float, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, momentum: float = 0.95):
@@ -64,14 +64,10 @@ class PopulationOptimizer:
         self._bias2.fill_(1 - b2**self.t)
 
     @torch.no_grad()
-    def step(self, lr_scale: float | None, active: torch.Tensor) -> None:
-        """One update; `active` (P,) bool. Gradients of inactive members are zeroed (they may be NaN/Inf).
-
-        `lr_scale` None means set_schedule() was already called for this step (the CUDA-graph path does that
-        outside the captured region).
+    def step(self, active: torch.Tensor) -> None:
+        """One update with the rates of the last set_schedule(); `active` (P,) bool. Gradients of inactive members
+        are zeroed (they may be NaN/Inf). Nothing here reads host state that changes per step, so it can be captured.
         """
-        if lr_scale is not None:
-            self.set_schedule(lr_scale)
         gate = active.to(torch.float32)
         b1, b2 = self.betas
         for p, (m, v) in zip(self.adam_params, self.adam_state):

@@ -123,9 +123,9 @@ class _StepGraph:
 
     WARMUP_STEPS = 2  # eager steps before capture: lazy cuBLAS/autograd set-up must not happen inside a capture
 
-    def __init__(self, model: SynapticGPT, steps: int):
+    def __init__(self, model: SynapticGPT, steps: int, enabled: bool):
         self.model = model
-        self.enabled = steps > self.WARMUP_STEPS
+        self.enabled = enabled and steps > self.WARMUP_STEPS  # disabled: every step runs eagerly, as on CPU
         self.generators = [g for g, on in zip(model.noise.generators, model.noise.group_active) if on]
         self.side = torch.cuda.Stream() if self.enabled else None
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -244,10 +244,10 @@ def train_population(
         # Failed members contribute nothing: where() keeps their (possibly NaN) loss out of the backward pass.
         torch.where(active, loss, torch.zeros_like(loss)).sum().backward()
         model.hebbian_update(active)
-        opt.step(None, active)
+        opt.step(active)
         opt.zero_grad()
 
-    graph = _StepGraph(model, steps) if dev.type == "cuda" and train_cfg.cuda_graph else None
+    graph = _StepGraph(model, steps, enabled=dev.type == "cuda" and train_cfg.cuda_graph)
     timed_out_at: int | None = None
     step_times: list[float] = []
     use_events = dev.type == "cuda"
@@ -256,7 +256,7 @@ def train_population(
     steps_run = 0
     for step in range(steps):
         t0 = time.perf_counter()
-        with graph.stream_for(step) if graph is not None else contextlib.nullcontext():
+        with graph.stream_for(step):
             if use_events:
                 ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 ev0.record()
@@ -266,10 +266,7 @@ def train_population(
                 targets.copy_(batch[1])
             step_index.fill_(step)
             opt.set_schedule(lr_scale(step, steps, train_cfg.warmup_steps, train_cfg.warmdown_frac))
-            if graph is not None:
-                graph.run(step, train_step)
-            else:
-                train_step()
+            graph.run(step, train_step)
             losses[step].copy_(step_loss)
             steps_run = step + 1
             if use_events:
@@ -308,4 +305,4 @@ def train_population(
             results.append(MemberResult(losses_host[i]))
     tokens = budget.tokens_per_step_global * steps_run
     return PopulationResult(results, budget, str(dev), step_times, measured, tokens / measured if measured else 0.0, P,
-                            graph.status if graph is not None else "eager")
+                            graph.status)
