@@ -23,7 +23,29 @@ from typing import Any, Mapping
 
 
 class ConfigError(ValueError):
-    """Invalid configuration or input; the message is a complete one-line explanation."""
+    """Invalid configuration or input; the message is a complete one-line explanation.
+
+    `field` is the Python name of the parameter the message is about, when there is one, and the message then starts
+    with it ("max_batch must be an integer >= 1, got 0"). The library speaks in parameter names; a command line
+    that knows its own flag for that parameter shows the same message with the flag instead (`named`).
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+    @classmethod
+    def about(cls, field: str, problem: str) -> "ConfigError":
+        """An error about parameter `field`: the message is "<field> <problem>"."""
+        return cls(f"{field} {problem}", field)
+
+    def named(self, names: Mapping[str, str]) -> str:
+        """The message with the field's name replaced by `names[field]` (e.g. a CLI flag), if it has one."""
+        message = str(self)
+        name = names.get(self.field) if self.field else None
+        if name is None or not message.startswith(self.field):
+            return message
+        return name + message[len(self.field):]
 
 
 # Fields of SynapticConfig that fix tensor shapes (or loop structure) and so must be shared by a whole population.
