@@ -1,0 +1,135 @@
+"""The pilot's artifacts, pinned: a refactor of the pilot layer must not change a cell of what a run writes.
+
+`tests/data/pinned_artifacts.json` was written by the pilot as it was before the pilot core was restructured (run
+this file as a script, `python tests/test_pinned_artifacts.py --write`, to regenerate it after a change that is
+*meant* to change results, and say so in the commit). Four small runs are compared:
+
+* the pilot document's example command (tiny model, 5 steps) through the CLI;
+* the default pilot settings (2 generations x 4, 2 noise seeds, stochastic release on) on a tiny model;
+* the sensitivity sweep on a tiny model;
+* a custom objective (no training): numpy arithmetic only, so its files are compared byte for byte.
+
+Files compared: progress.csv, controls.csv, best.json, verdict.json, sensitivity.csv and every evaluation's
+summary.json without its volatile fields (wall times, host, creation time). Training scores are compared to 1e-6
+relative, not bit for bit: exact CPU losses depend on the CPU type's kernels (a different CPU type rounds
+differently), while on one machine they repeat exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cmaes_inproc import PARAM_SPECS, run_pilot
+from cmaes_inproc.__main__ import main
+from cmaes_inproc.params import x_to_unit
+from nanochat.config import ModelConfig, SynapticConfig, TrainConfig
+
+PINNED = Path(__file__).parent / "data" / "pinned_artifacts.json"
+TOP_FILES = ("progress.csv", "controls.csv", "best.json", "verdict.json", "sensitivity.csv")
+VOLATILE = {"meta": ("created_utc", "host", "argv", "python", "torch"),
+            "results": ("step_times_s", "tokens_per_second", "measured_time_s")}
+REL_TOL = 1e-6
+
+MODEL = ModelConfig(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, sequence_len=32)
+SYNAPTIC = SynapticConfig(presyn_chunk=8)
+CLI_SIZE = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--n-kv-head", "2", "--sequence-len", "32",
+            "--batch-size", "2", "--max-steps", "5", "--warmup-steps", "1", "--quiet", "--no-plots"]
+EXAMPLE = ["--batched", "--device", "cpu", "--generations", "2", "--population-size", "4", "--target-flops", "1e10",
+           "--search-seed", "0", "--eval-seed", "123"]
+
+
+def sphere(points: list[dict]) -> list[float]:
+    target = np.full(len(PARAM_SPECS), 0.7)
+    out = []
+    for knobs in points:
+        x = [math.log10(knobs[s.name]) if s.kind == "log10" else knobs[s.name] for s in PARAM_SPECS]
+        out.append(float(np.sum((x_to_unit(x) - target) ** 2)))
+    return out
+
+
+def produce(artifacts: Path) -> dict[str, dict[str, str]]:
+    """Run the four pinned runs under `artifacts`; {run: {relative path: normalised text}}."""
+    config = artifacts / "tiny.json"
+    config.write_text(json.dumps({"presyn_chunk": 8}))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["--artifacts-dir", str(artifacts), "--run-id", "example", "--synaptic-config", str(config),
+                     *CLI_SIZE, *EXAMPLE]) == 0
+        run_pilot(run_id="defaults", artifacts_dir=artifacts, model=MODEL, base_synaptic=SYNAPTIC,
+                  train=TrainConfig(batch_size=2, max_steps=12, warmup_steps=2), plots=False)
+        run_pilot(run_id="sweep", artifacts_dir=artifacts, model=MODEL, base_synaptic=SYNAPTIC, sensitivity=True,
+                  noise_seeds=1, max_batch=12, train=TrainConfig(batch_size=2, max_steps=5, warmup_steps=1),
+                  plots=False)
+        run_pilot(run_id="objective", artifacts_dir=artifacts, generations=4, population_size=6, sigma=0.3,
+                  objective=sphere, plots=False)
+    finally:
+        torch.set_num_threads(before)
+    out: dict[str, dict[str, str]] = {}
+    for run in ("example", "defaults", "sweep", "objective"):
+        root = artifacts / "cmaes" / "phase1" / run
+        files = {name: (root / name).read_text() for name in TOP_FILES if (root / name).is_file()}
+        for path in sorted(root.glob("eval/**/summary.json")):
+            files[path.relative_to(root).as_posix()] = normalised_summary(path)
+        out[run] = files
+    return out
+
+
+def normalised_summary(path: Path) -> str:
+    summary = json.loads(path.read_text())
+    for section, keys in VOLATILE.items():
+        for key in keys:
+            summary[section].pop(key, None)
+    return json.dumps(summary, indent=1, sort_keys=True)
+
+
+def assert_same_text(got: str, want: str, where: str, exact: bool) -> None:
+    """Equal text, except that numbers may differ by REL_TOL (unless `exact`)."""
+    if exact or got == want:
+        assert got == want, where
+        return
+    got_tokens, want_tokens = _tokens(got), _tokens(want)
+    assert len(got_tokens) == len(want_tokens), f"{where}: different shape"
+    for g, w in zip(got_tokens, want_tokens):
+        if g == w:
+            continue
+        try:
+            gf, wf = float(g), float(w)
+        except ValueError:
+            raise AssertionError(f"{where}: {g!r} != {w!r}") from None
+        assert gf == pytest.approx(wf, rel=REL_TOL, abs=0), f"{where}: {g} != {w}"
+
+
+def _tokens(text: str) -> list[str]:
+    for sep in ',:[]{}"\n':
+        text = text.replace(sep, " ")
+    return text.split()
+
+
+@pytest.fixture(scope="module")
+def produced(tmp_path_factory):
+    return produce(tmp_path_factory.mktemp("pinned"))
+
+
+@pytest.mark.parametrize("run", ["example", "defaults", "sweep", "objective"])
+def test_artifacts_match_the_pinned_ones(produced, run):
+    pinned = json.loads(PINNED.read_text())[run]
+    assert sorted(produced[run]) == sorted(pinned), "the same files are written"
+    for name, text in pinned.items():
+        assert_same_text(produced[run][name], text, f"{run}/{name}", exact=run == "objective")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        PINNED.parent.mkdir(exist_ok=True)
+        PINNED.write_text(json.dumps(produce(Path(tmp)), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {PINNED}")
