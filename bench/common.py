@@ -6,6 +6,7 @@ on the embedded corpus. `BENCH_DEVICE` (default cpu) picks the device; `BENCH_ST
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import statistics
@@ -16,6 +17,7 @@ import time
 import torch
 
 from nanochat.config import Member, ModelConfig, SynapticConfig, TrainConfig
+from nanochat.synaptic import SynapticGPT
 from nanochat.trainer import train_population
 
 DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
@@ -79,3 +81,23 @@ def median(xs: list[float]) -> float:
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@contextlib.contextmanager
+def nan_loss_at(member: int, step: int):
+    """Within the block, `member`'s training loss is NaN at `step` (a fault to isolate). Steps are counted in a device
+    tensor, so the fault also fires when the step is replayed as a CUDA graph."""
+    original = SynapticGPT.forward
+
+    def forward(self, idx, targets):
+        loss = original(self, idx, targets)
+        counter = self.__dict__.setdefault("_bench_step", torch.zeros((), dtype=torch.long, device=loss.device))
+        hit = (torch.arange(loss.shape[0], device=loss.device) == member) & (counter == step)
+        counter.add_(int(self.training))
+        return torch.where(hit & self.training, torch.nan, loss)
+
+    SynapticGPT.forward = forward
+    try:
+        yield
+    finally:
+        SynapticGPT.forward = original

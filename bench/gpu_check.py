@@ -24,7 +24,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import BASELINE_MODEL, candidates  # noqa: E402
+from common import BASELINE_MODEL, candidates, nan_loss_at  # noqa: E402
 
 from nanochat.config import Member, ModelConfig, SynapticConfig, TrainConfig  # noqa: E402
 from nanochat.data import load_corpus  # noqa: E402
@@ -71,11 +71,12 @@ def graph_equivalence(corpus, dev: torch.device, steps: int) -> dict:
     model = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64)
     base = SynapticConfig(presyn_chunk=16)
     members = [Member(base.replace(alpha_c=0.2 + 0.2 * i, stochastic_train_frac=0.1 * i), 100 + i % 2) for i in range(4)]
-    members.append(Member(base, 7, inject_nan_at_step=4))
+    members.append(Member(base, 7))
     results = {}
     for graphed in (True, False):
         train = TrainConfig(batch_size=4, max_steps=steps, warmup_steps=2, cuda_graph=graphed)
-        results[graphed] = train_population(members, model, train, corpus, dev)
+        with nan_loss_at(member=4, step=4):
+            results[graphed] = train_population(members, model, train, corpus, dev)
     g, e = results[True], results[False]
     worst = max(abs(a - b) / abs(b) for mg, me in zip(g.members, e.members) for a, b in zip(mg.losses, me.losses)
                 if math.isfinite(b))

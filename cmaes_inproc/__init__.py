@@ -8,10 +8,13 @@
 """
 
 from .params import PARAM_SPECS, ParamSpec, decode_vector, encode_config
-from .pilot import CandidateRecord, ControlRecord, PilotEvent, PilotResult, run_pilot
+from .pilot import run_pilot
+from .recorders import PilotEvent, Recorder
+from .records import CandidateRecord, ControlRecord, PilotResult, SensitivityResult, SensitivityRow
+from .spec import PilotSpec
 from .verdict import Verdict
 
 __all__ = [
-    "PARAM_SPECS", "CandidateRecord", "ControlRecord", "ParamSpec", "PilotEvent", "PilotResult", "Verdict",
-    "decode_vector", "encode_config", "run_pilot",
+    "PARAM_SPECS", "CandidateRecord", "ControlRecord", "ParamSpec", "PilotEvent", "PilotResult", "PilotSpec",
+    "Recorder", "SensitivityResult", "SensitivityRow", "Verdict", "decode_vector", "encode_config", "run_pilot",
 ]

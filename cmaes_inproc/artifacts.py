@@ -23,16 +23,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 from nanochat.config import ConfigError
 # Atomic writes are shared with the per-evaluation summaries; re-exported here for the pilot's modules.
 from nanochat.files import atomic_write_bytes, atomic_write_json, atomic_write_text, json_safe  # noqa: F401
+
+from .records import columns, from_cells, to_cells
 
 RUN_SUBDIR = ("cmaes", "phase1")
 
@@ -156,56 +157,38 @@ def spec_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 # --- ledgers ------------------------------------------------------------------------------------------------------
 
 
-def format_float(value: float | None) -> str:
-    """repr() round-trips a float exactly, so a resumed run reads back the very scores it wrote."""
-    if value is None:
-        return ""
-    return repr(float(value))
-
-
-def parse_float(text: str) -> float:
-    return float(text) if text != "" else math.nan
-
-
 class Ledger:
-    """A CSV file of result rows with fixed columns, rewritten atomically on every append."""
+    """A CSV file of one record type (its columns are the record's fields), rewritten atomically on every append."""
 
-    def __init__(self, path: Path, columns: Sequence[str]):
-        self.path = path
-        self.columns = list(columns)
-        self.rows: list[dict[str, str]] = []
+    def __init__(self, path: Path, record_type: type, root: Path):
+        self.path, self.record_type, self.root = path, record_type, root
+        self.columns = columns(record_type)
+        self._rows: list[dict[str, str]] = []
 
-    def load(self) -> "Ledger":
-        if self.path.is_file():
-            with self.path.open(newline="") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames != self.columns:
-                    raise ConfigError(f"--resume: {self.path} has columns {reader.fieldnames}, expected {self.columns}")
-                self.rows = [dict(r) for r in reader]
-        return self
+    def load(self) -> list:
+        """The records of an existing ledger (for --resume); a damaged file is a one-line ConfigError."""
+        if not self.path.is_file():
+            return []
+        with self.path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != self.columns:
+                raise ConfigError(f"--resume: {self.path} has columns {reader.fieldnames}, expected {self.columns}")
+            self._rows = [dict(r) for r in reader]
+        records = []
+        for line, row in enumerate(self._rows, start=2):
+            try:
+                records.append(from_cells(self.record_type, row, self.root))
+            except ConfigError as exc:
+                raise ConfigError(f"--resume: {self.path} line {line}: {exc}") from None
+        return records
 
-    def append(self, rows: Iterable[dict[str, Any]]) -> None:
-        for row in rows:
-            missing = set(self.columns) - set(row)
-            if missing:
-                raise ValueError(f"ledger row misses {sorted(missing)}")
-            self.rows.append({c: _cell(row[c]) for c in self.columns})
-        self.flush()
-
-    def flush(self) -> None:
+    def append(self, records: Iterable) -> None:
+        self._rows += [to_cells(r, self.root) for r in records]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=self.columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(self.rows)
+        writer.writerows(self._rows)
         atomic_write_text(self.path, buf.getvalue())
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return format_float(value)
-    return str(value)
 
 
 # --- checkpoint ---------------------------------------------------------------------------------------------------

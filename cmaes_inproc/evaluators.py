@@ -8,17 +8,20 @@
   raised) go through the subprocess path, and are recorded as `subprocess-fallback`.
 * `ObjectiveEvaluator`: a user callable over decoded knobs, for reusing the CMA loop and artifacts elsewhere.
 
-Every evaluator calls `on_done(outcomes)` as soon as a group of requests is finished (so the pilot can append to its
+A request carries an opaque `tag` (the pilot's typed slot: which candidate or control it is), returned untouched on
+its outcome, so the caller needs no table of its own to know what came back. Every evaluator calls `on_done(outcomes)` as soon as a group of requests is finished (so the pilot can append to its
 ledger and a killed run loses little work) and returns all outcomes in request order. Scoring is shared: the mean
 of the last `tail` train losses for a member that finished; a fixed penalty for any failure.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
@@ -28,10 +31,8 @@ from typing import Callable, Mapping, Protocol, Sequence
 import torch
 
 from nanochat.config import ConfigError, Member, ModelConfig, SynapticConfig, TrainConfig
+from nanochat.status import Status
 
-STATUSES = ("ok", "nan", "diverged", "oom", "timeout", "error")
-# Statuses that say "this evaluator could not run it", not "this config is bad": the fallback retries these.
-RETRYABLE_STATUSES = ("oom", "error")
 DEFAULT_PENALTY = 1e3  # far above any cross-entropy of a byte model (ln 256 = 5.5); CMA-ES only uses ranks
 
 OnDone = Callable[[list["EvalOutcome"]], None]
@@ -54,6 +55,7 @@ class EvalRequest:
     config_path: Path
     knobs: Mapping[str, float]
     meta: Mapping[str, object] = field(default_factory=dict)
+    tag: object = None  # the caller's own label for this request, handed back on its outcome
 
 
 @dataclass(frozen=True)
@@ -61,17 +63,13 @@ class EvalOutcome:
     request: EvalRequest
     score: float  # what CMA-ES sees: raw_score if ok, else the penalty
     raw_score: float  # mean of the last `tail` finite losses (NaN if there are none)
-    status: str
+    status: Status
     losses: tuple[float, ...]
     failure_step: int | None
     failure_reason: str | None
     evaluator: str  # "batched" | "subprocess" | "subprocess-fallback" | "objective"
     summary_path: Path | None
     note: str = ""  # e.g. why the batched path handed this request to the subprocess path
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
 
 
 class Evaluator(Protocol):
@@ -84,16 +82,13 @@ class Evaluator(Protocol):
 
 @dataclass(frozen=True)
 class Scoring:
-    """Score = mean of the last `tail` losses of a finished run; failures get `penalty` (documented, fixed)."""
+    """Score = mean of the last `tail` losses of a finished run; failures get `penalty` (documented, fixed).
+
+    The pilot's spec validates both values; here they are only used.
+    """
 
     tail: int = 3
     penalty: float = DEFAULT_PENALTY
-
-    def __post_init__(self) -> None:
-        if isinstance(self.tail, bool) or not isinstance(self.tail, int) or self.tail < 1:
-            raise ConfigError(f"--score-tail must be >= 1, got {self.tail!r}")
-        if not math.isfinite(self.penalty):
-            raise ConfigError(f"penalty score must be finite, got {self.penalty!r}")
 
     def raw(self, losses: Sequence[float]) -> float:
         finite = []
@@ -104,29 +99,23 @@ class Scoring:
         tail = finite[-self.tail:]
         return sum(tail) / len(tail) if tail else math.nan
 
-    def outcome(self, request: EvalRequest, status: str, losses: Sequence[float], evaluator: str, *,
+    def outcome(self, request: EvalRequest, status: Status, losses: Sequence[float], evaluator: str, *,
                 failure_step: int | None = None, failure_reason: str | None = None,
                 summary_path: Path | None = None, note: str = "") -> EvalOutcome:
-        if status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}")
+        status = Status(status)
         raw = self.raw(losses)
-        if status == "ok" and not math.isfinite(raw):  # a "finished" run without a usable loss is an error
-            status, failure_reason = "error", failure_reason or "no finite loss recorded"
-        score = raw if status == "ok" else self.penalty
+        if status.ok and not math.isfinite(raw):  # a "finished" run without a usable loss is an error
+            status, failure_reason = Status.ERROR, failure_reason or "no finite loss recorded"
+        score = raw if status.ok else self.penalty
         return EvalOutcome(request, score, raw, status, tuple(float(v) for v in losses), failure_step,
                            failure_reason, evaluator, summary_path, note)
 
 
-def _first_line(exc: BaseException) -> str:
-    """An exception's headline (torch's OOM message continues with advice on further lines)."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
-def _last_line(text: str) -> str:
-    """The last line of a process's stderr: where a traceback or a one-line error says what happened."""
+def _line(text: object, index: int) -> str:
+    """One non-blank line of a message: 0 is an exception's headline (torch's OOM message continues with advice),
+    -1 the end of a process's stderr (where a traceback or a one-line error says what happened)."""
     lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    return lines[index] if lines else ""
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -140,23 +129,15 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 class BatchedEvaluator:
-    """Train requests as populations of at most `max_batch` members, splitting on out-of-memory.
-
-    `oom_hook(n_members) -> bool` is a test hook: when it returns True the population is treated as if it had run
-    out of memory, so tests can exercise the split-and-fallback path on any machine.
-    """
+    """Train requests as populations of at most `max_batch` members, splitting on out-of-memory."""
 
     name = "batched"
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, corpus, device: str, scoring: Scoring,
-                 max_batch: int, run_meta: Mapping[str, object] | None = None,
-                 oom_hook: Callable[[int], bool] | None = None):
-        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-            raise ConfigError(f"--max-batch must be >= 1, got {max_batch!r}")
+                 max_batch: int, run_meta: Mapping[str, object] | None = None):
         self.model_cfg, self.train_cfg, self.corpus, self.device = model_cfg, train_cfg, corpus, device
         self.scoring, self.max_batch = scoring, max_batch
         self.run_meta = dict(run_meta or {})
-        self.oom_hook = oom_hook
 
     def evaluate(self, requests, on_done=None, on_step=None):
         outcomes: list[EvalOutcome] = []
@@ -165,22 +146,21 @@ class BatchedEvaluator:
         return outcomes
 
     def _train_splitting(self, chunk: list[EvalRequest], on_done, on_step) -> list[EvalOutcome]:
-        failure: tuple[str, str] | None = None
+        failure: tuple[Status, str] | None = None
         try:
-            if self.oom_hook is not None and self.oom_hook(len(chunk)):
-                raise torch.OutOfMemoryError(f"simulated out of memory for a population of {len(chunk)} (test hook)")
             outcomes = self._train(chunk, on_step)
         except ConfigError:
             raise  # bad input fails the same way on every path: report it instead of retrying
         except Exception as exc:  # noqa: BLE001 - any failure of the batched path is handled below
+            headline = _line(exc, 0) or type(exc).__name__
             if _is_out_of_memory(exc):
-                failure = ("oom", f"out of memory even as a population of 1: {_first_line(exc)}")
+                failure = (Status.OOM, f"out of memory even as a population of 1: {headline}")
             else:
-                failure = ("error", f"batched path failed: {type(exc).__name__}: {_first_line(exc)}")
+                failure = (Status.ERROR, f"batched path failed: {type(exc).__name__}: {headline}")
         # Retry outside the except block: until it ends, the traceback keeps the failed population's tensors alive.
         if failure is not None:
             self._release_memory()
-            if failure[0] == "oom" and len(chunk) > 1:
+            if failure[0] is Status.OOM and len(chunk) > 1:
                 half = (len(chunk) + 1) // 2
                 return (self._train_splitting(chunk[:half], on_done, on_step)
                         + self._train_splitting(chunk[half:], on_done, on_step))
@@ -215,34 +195,6 @@ class BatchedEvaluator:
 
 # --- subprocess, one candidate per process ------------------------------------------------------------------------
 
-def train_cli_args(model_cfg: ModelConfig, train_cfg: TrainConfig, device: str, data: str | Path | None) -> list[str]:
-    """The `python -m nanochat.train` flags that reproduce (model_cfg, train_cfg) for one candidate.
-
-    `--synaptic-config`, `--seed` and the output flags are per request and added by the caller.
-    """
-    args = [
-        "--model-type", "synaptic", "--device", str(device),
-        "--batch-size", str(train_cfg.batch_size), "--sequence-len", str(model_cfg.sequence_len),
-        "--vocab-size", str(model_cfg.vocab_size), "--n-layer", str(model_cfg.n_layer),
-        "--n-head", str(model_cfg.n_head), "--n-kv-head", str(model_cfg.n_kv_head), "--n-embd", str(model_cfg.n_embd),
-        "--learning-rate", repr(float(train_cfg.learning_rate)), "--matrix-lr", repr(float(train_cfg.matrix_lr)),
-        "--optimizer-type", "adamw", "--target-flops", repr(float(train_cfg.target_flops)),
-        "--warmup-steps", str(train_cfg.warmup_steps), "--log-interval", str(train_cfg.log_interval),
-        "--data-seed", str(train_cfg.data_seed), "--weight-decay", repr(float(train_cfg.weight_decay)),
-        "--warmdown-frac", repr(float(train_cfg.warmdown_frac)),
-        "--diverge-factor", repr(float(train_cfg.diverge_factor)), "--precision", train_cfg.precision,
-    ]
-    if train_cfg.max_steps is not None:
-        args += ["--max-steps", str(train_cfg.max_steps)]
-    if train_cfg.time_limit_s is not None:
-        args += ["--time-limit-s", repr(float(train_cfg.time_limit_s))]
-    if not train_cfg.cuda_graph:
-        args += ["--no-cuda-graph"]
-    if data is not None:
-        args += ["--data", str(data)]
-    return args
-
-
 class SubprocessEvaluator:
     """Run `python -m nanochat.train` once per request, one after another (the seed's evaluation path)."""
 
@@ -274,27 +226,36 @@ class SubprocessEvaluator:
         summary_path.unlink(missing_ok=True)  # never mistake an older run's summary for this one's
         try:
             proc = subprocess.run(self.command(request), capture_output=True, text=True, timeout=self.timeout_s,
-                                  env=_env_with_package_on_path(), stdin=subprocess.DEVNULL)
+                                  env=_env_with_package_on_path(), stdin=subprocess.DEVNULL,
+                                  preexec_fn=_die_with_parent)
         except subprocess.TimeoutExpired:
-            return self.scoring.outcome(request, "timeout", [], self.name,
+            return self.scoring.outcome(request, Status.TIMEOUT, [], self.name,
                                         failure_reason=f"subprocess exceeded --timeout-s {self.timeout_s:g}s")
         # nanochat.train exits 0 (finished) or 1 (the member failed: nan/diverged/timeout) after writing its summary;
         # 2 is bad input and 3 out of memory, with nothing written.
         if proc.returncode not in (0, 1) or not summary_path.is_file():
-            message = _last_line(proc.stderr) or f"exit code {proc.returncode}"
-            status = "oom" if (proc.returncode == 3 or "out of memory" in proc.stderr.lower()) else "error"
+            message = _line(proc.stderr, -1) or f"exit code {proc.returncode}"
+            oom = proc.returncode == 3 or "out of memory" in proc.stderr.lower()
+            status = Status.OOM if oom else Status.ERROR
             return self.scoring.outcome(request, status, [], self.name,
                                         failure_reason=f"nanochat.train exited {proc.returncode}: {message}")
         try:
             results = json.loads(summary_path.read_text())["results"]
             losses = [math.nan if v is None else float(v) for v in results["losses"]]
-            status = results["status"]
+            status = Status(results["status"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            return self.scoring.outcome(request, "error", [], self.name,
+            return self.scoring.outcome(request, Status.ERROR, [], self.name,
                                         failure_reason=f"unreadable {summary_path}: {type(exc).__name__}")
-        return self.scoring.outcome(request, status if status in STATUSES else "error", losses, self.name,
+        return self.scoring.outcome(request, status, losses, self.name,
                                     failure_step=results.get("failure_step"),
                                     failure_reason=results.get("failure_reason"), summary_path=summary_path)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, ask the kernel to SIGKILL it when the pilot dies (even by kill -9), so
+    no training subprocess outlives the run that started it."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_DEATHSIG
 
 
 def _env_with_package_on_path() -> dict[str, str]:
@@ -325,8 +286,8 @@ class FallbackEvaluator:
         retry: list[EvalOutcome] = []
 
         def primary_done(outcomes: list[EvalOutcome]) -> None:
-            finished = [o for o in outcomes if o.status not in RETRYABLE_STATUSES]
-            retry.extend(o for o in outcomes if o.status in RETRYABLE_STATUSES)
+            finished = [o for o in outcomes if not o.status.retryable]
+            retry.extend(o for o in outcomes if o.status.retryable)
             if finished and on_done is not None:
                 on_done(finished)
 
@@ -366,9 +327,9 @@ class ObjectiveEvaluator:
         for request, value in zip(requests, values):
             value = float(value)
             if math.isfinite(value):
-                outcomes.append(self.scoring.outcome(request, "ok", [value], self.name))
+                outcomes.append(self.scoring.outcome(request, Status.OK, [value], self.name))
             else:
-                outcomes.append(self.scoring.outcome(request, "nan", [value], self.name, failure_step=0,
+                outcomes.append(self.scoring.outcome(request, Status.NAN, [value], self.name, failure_step=0,
                                                      failure_reason=f"objective returned {value}"))
         if on_done is not None:
             on_done(outcomes)

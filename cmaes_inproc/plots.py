@@ -11,6 +11,7 @@ import math
 from typing import Sequence
 
 from .artifacts import RunLayout, atomic_write_bytes
+from .records import SensitivityRow, best_so_far
 
 
 def _new_figure(width: float = 6.4, height: float = 3.6):
@@ -42,12 +43,8 @@ def cma_plots(layout: RunLayout, best_per_gen: Sequence[float], baseline_score: 
         return figures
     ax = fig.add_subplot(1, 1, 1)
     gens = list(range(len(best_per_gen)))
-    so_far, running = [], math.inf
-    for value in best_per_gen:
-        running = min(running, value) if math.isfinite(value) else running
-        so_far.append(running if math.isfinite(running) else math.nan)
     ax.plot(gens, best_per_gen, "o-", label="best in generation")
-    ax.plot(gens, so_far, "s--", label="best so far")
+    ax.plot(gens, best_so_far(list(best_per_gen)), "s--", label="best so far")
     if math.isfinite(baseline_score):
         ax.axhline(baseline_score, color="gray", linestyle=":", label="baseline (eval seed)")
     ax.set_xlabel("generation")
@@ -77,16 +74,15 @@ def cma_plots(layout: RunLayout, best_per_gen: Sequence[float], baseline_score: 
     return figures
 
 
-def sensitivity_plots(layout: RunLayout, rows: Sequence[dict]) -> dict[str, str]:
+def sensitivity_plots(layout: RunLayout, rows: Sequence[SensitivityRow]) -> dict[str, str]:
     """Relative score change of each knob at each edge of its range."""
     fig = _new_figure(7.0, 4.0)
     if fig is None:
         return {}
     ax = fig.add_subplot(1, 1, 1)
-    knobs = list(dict.fromkeys(r["knob"] for r in rows))
+    knobs = list(dict.fromkeys(r.knob for r in rows))
     for offset, edge in ((-0.2, "low"), (0.2, "high")):
-        values = [next((100 * r["rel_delta"] for r in rows if r["knob"] == k and r["edge"] == edge), math.nan)
-                  for k in knobs]
+        values = [next((100 * r.rel_delta for r in rows if r.knob == k and r.edge == edge), math.nan) for k in knobs]
         ax.bar([i + offset for i in range(len(knobs))], values, width=0.4, label=f"{edge} edge")
     ax.axhline(0, color="black", linewidth=0.5)
     ax.set_xticks(range(len(knobs)))

@@ -6,8 +6,10 @@ import math
 from typing import Sequence
 
 from .artifacts import RunLayout
+from .formatting import format_number, format_pct
 from .params import PARAM_SPECS
-from .verdict import DEAD_KNOB_THRESHOLD, Verdict, format_pct
+from .records import SensitivityResult, best_so_far
+from .verdict import DEAD_KNOB_THRESHOLD, Verdict
 
 LAYOUT_DESCRIPTION = {
     "run.json": "run spec: settings, parameter space, scaling, budget, corpus, reproduce command",
@@ -23,14 +25,6 @@ LAYOUT_DESCRIPTION = {
     "eval/sensitivity/<knob>_<low|high>/": "one-at-a-time sweep (--sensitivity)",
     "plots/": "PNG figures embedded in summary.md (when matplotlib is installed)",
 }
-
-
-def _f(value: float, digits: int = 4) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _pct(value: float, signed: bool = True) -> str:
-    return format_pct(value, signed)
 
 
 def _budget_line(budget) -> str:
@@ -53,9 +47,9 @@ def render_cma_summary(*, run_id, spec, verdict: Verdict, best, records, per_gen
         "",
     ]
     if verdict.go:
-        lines.append(f"The best candidate beats the baseline by {_pct(verdict.confirmed_improvement)} on average over "
+        lines.append(f"The best candidate beats the baseline by {format_pct(verdict.confirmed_improvement, signed=True)} on average over "
                      f"{len(verdict.seeds)} seeds, more than the seed noise "
-                     f"({_pct(verdict.seed_noise, signed=False)}), with "
+                     f"({format_pct(verdict.seed_noise)}), with "
                      f"{verdict.failures}/{verdict.evaluations} failed evaluations: the search space is alive.")
     else:
         lines.append("Reasons:")
@@ -66,23 +60,23 @@ def render_cma_summary(*, run_id, spec, verdict: Verdict, best, records, per_gen
         "",
         "## Baseline vs best",
         "",
-        f"- baseline score (default config, eval seed {verdict.eval_seed}): {_f(verdict.baseline_score)}",
-        f"- best search score (eval seed): {_f(verdict.best_score)}"
+        f"- baseline score (default config, eval seed {verdict.eval_seed}): {format_number(verdict.baseline_score)}",
+        f"- best search score (eval seed): {format_number(verdict.best_score)}"
         + (f" (gen {best.gen}, cand {best.cand})" if best else ""),
-        f"- improvement on the eval seed: {_pct(verdict.search_improvement)} (selection-biased: best of {n_eval})",
+        f"- improvement on the eval seed: {format_pct(verdict.search_improvement, signed=True)} (selection-biased: best of {n_eval})",
         f"- confirmed improvement, mean over seeds {', '.join(map(str, verdict.seeds))}: "
-        f"{_pct(verdict.confirmed_improvement)} (paired std {_pct(verdict.paired_std, signed=False)}, best wins on "
+        f"{format_pct(verdict.confirmed_improvement, signed=True)} (paired std {format_pct(verdict.paired_std)}, best wins on "
         f"{verdict.wins}/{len(verdict.seeds)} seeds)",
-        f"- seed noise (relative std of the baseline score across seeds): {_pct(verdict.seed_noise, signed=False)}",
+        f"- seed noise (relative std of the baseline score across seeds): {format_pct(verdict.seed_noise)}",
         f"- failure rate: {verdict.failures}/{verdict.evaluations} candidate evaluations",
-        f"- spread of the finished candidates' scores: {_pct(verdict.score_spread, signed=False)} of the best",
+        f"- spread of the finished candidates' scores: {format_pct(verdict.score_spread)} of the best",
         "",
         "Paired comparison (same seed, same data; lower score is better):",
         "",
         "| seed | baseline | best | improvement |",
         "|---:|---:|---:|---:|",
     ]
-    lines += [f"| {p['seed']} | {_f(p['baseline'])} | {_f(p['best'])} | {_pct(p['rel_improvement'])} |"
+    lines += [f"| {p['seed']} | {format_number(p['baseline'])} | {format_number(p['best'])} | {format_pct(p['rel_improvement'], signed=True)} |"
               for p in verdict.paired]
     lines += ["", "Pathological checks (exploding or rising loss curves, failures):", ""]
     if verdict.pathologies:
@@ -105,10 +99,8 @@ def render_cma_summary(*, run_id, spec, verdict: Verdict, best, records, per_gen
               _budget_line(budget),
               f"- evaluators: {', '.join(f'{k} x{v}' for k, v in sorted(by_evaluator.items())) or 'none'}",
               "", "| generation | best score | best so far |", "|---:|---:|---:|"]
-    running = math.inf
-    for g, value in enumerate(per_gen):
-        running = min(running, value) if math.isfinite(value) else running
-        lines.append(f"| {g} | {_f(value)} | {_f(running)} |")
+    for g, (value, running) in enumerate(zip(per_gen, best_so_far(list(per_gen)))):
+        lines.append(f"| {g} | {format_number(value)} | {format_number(running)} |")
     for name, title in (("best_per_generation", "Best score per generation"), ("loss_curves", "Loss curves")):
         if name in figures:
             lines += ["", f"![{title}]({figures[name]})"]
@@ -118,23 +110,24 @@ def render_cma_summary(*, run_id, spec, verdict: Verdict, best, records, per_gen
     return "\n".join(lines)
 
 
-def render_sensitivity_summary(*, run_id, spec, rows, baseline_score, seed_noise, budget, layout: RunLayout,
+def render_sensitivity_summary(*, run_id, spec, sweep: SensitivityResult, budget, layout: RunLayout,
                                figures: dict) -> str:
-    by_knob: dict[str, list[dict]] = {}
+    rows = sweep.rows
+    by_knob: dict[str, list] = {}
     for r in rows:
-        by_knob.setdefault(r["knob"], []).append(r)
-    effect = {k: max((abs(r["rel_delta"]) for r in rs if math.isfinite(r["rel_delta"])), default=math.nan)
+        by_knob.setdefault(r.knob, []).append(r)
+    effect = {k: max((abs(r.rel_delta) for r in rs if math.isfinite(r.rel_delta)), default=math.nan)
               for k, rs in by_knob.items()}
     dead = [k for k, e in effect.items() if not (math.isfinite(e) and e >= DEAD_KNOB_THRESHOLD)]
     inert = [k for k, e in effect.items() if e == 0.0]  # bit-identical scores: the knob is not wired in at all
-    failed = [f"{r['knob']} {r['edge']} ({r['status']})" for r in rows if r["status"] != "ok"]
+    failed = [f"{r.knob} {r.edge} ({r.status})" for r in rows if not r.status.ok]
     lines = [
         f"# Sensitivity sweep `{run_id}`",
         "",
         f"Each knob at each edge of its range, all other knobs at the default, eval seed {spec.eval_seed}.",
         "",
-        f"- baseline score: {_f(baseline_score)}",
-        f"- seed noise (relative std of the baseline over {len(spec.seeds)} seeds): {_pct(seed_noise, signed=False)}",
+        f"- baseline score: {format_number(sweep.baseline_score)}",
+        f"- seed noise (relative std of the baseline over {len(spec.seeds)} seeds): {format_pct(sweep.seed_noise)}",
         _budget_line(budget),
         f"- alive knobs (|rel. change| >= {100 * DEAD_KNOB_THRESHOLD:g}% at some edge): "
         f"{len(effect) - len(dead)}/{len(effect)}" + (f"; dead: {', '.join(dead)}" if dead else ""),
@@ -144,10 +137,10 @@ def render_sensitivity_summary(*, run_id, spec, rows, baseline_score, seed_noise
         "| knob | edge | value | score | delta | rel. delta |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for r in sorted(rows, key=lambda r: (-effect.get(r["knob"], 0) if math.isfinite(effect.get(r["knob"], 0))
-                                         else 0, r["knob"], r["edge"])):
-        lines.append(f"| {r['knob']} | {r['edge']} | {r['value']:.4g} | {_f(r['score'])} | {_f(r['delta'], 5)} | "
-                     f"{_pct(r['rel_delta'])} |")
+    for r in sorted(rows, key=lambda r: (-effect.get(r.knob, 0) if math.isfinite(effect.get(r.knob, 0)) else 0,
+                                         r.knob, r.edge)):
+        lines.append(f"| {r.knob} | {r.edge} | {r.value:.4g} | {format_number(r.score)} | "
+                     f"{format_number(r.delta, 5)} | {format_pct(r.rel_delta, signed=True)} |")
     if "sensitivity" in figures:
         lines += ["", f"![Sensitivity]({figures['sensitivity']})"]
     lines += ["", "Data: `sensitivity.csv`; evaluations under `eval/sensitivity/` and `eval/baseline/`.", ""]

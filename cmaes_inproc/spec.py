@@ -1,4 +1,8 @@
-"""What a pilot run is: every setting that decides its results, validated up front, serialisable to run.json.
+"""What a pilot run is: every setting, its default and its check, in one dataclass (`PilotSpec`).
+
+This is the one source of the pilot's defaults: `run_pilot(**settings)` builds a `PilotSpec` from its keyword
+arguments, and `python -m cmaes_inproc` takes its flags' defaults and help from the same fields. Construction
+validates every field and raises a one-line `ConfigError` naming the field (the CLI shows the flag instead).
 
 `PilotSpec.results_dict()` is what `--resume` compares: a resumed run must have the very same search space, seeds,
 budget, model, data and scoring, or its ledger would mix two different experiments. How the work is executed
@@ -8,8 +12,11 @@ so a run started batched may be resumed sequentially (e.g. after an out-of-memor
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nanochat.config import ConfigError, ModelConfig, SynapticConfig, TrainConfig
@@ -18,66 +25,78 @@ from .evaluators import DEFAULT_PENALTY
 from .params import PARAM_SPECS, check_inside_bounds
 from .verdict import DEFAULT_GO_THRESHOLD
 
-DEFAULT_SIGMA = 0.2  # in unit space: a fifth of every knob's range
-DEFAULT_MAX_BATCH = 8
 EVALUATOR_MODES = ("batched", "sequential")
 
 
-def _int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+def _help(text: str) -> dict:
+    return {"help": text}
 
 
 @dataclass(frozen=True)
 class PilotSpec:
-    """All inputs of a pilot run. Construction validates; errors are one-line `ConfigError`s naming the flag."""
+    """All settings of a pilot run, validated on construction."""
 
-    generations: int = 2
-    population_size: int = 4
-    sigma: float = DEFAULT_SIGMA
-    search_seed: int = 0
-    eval_seed: int = 123
-    noise_seeds: int = 2
-    go_threshold: float = DEFAULT_GO_THRESHOLD
-    score_tail: int = 3
-    penalty: float = DEFAULT_PENALTY
-    sensitivity: bool = False
+    generations: int = field(default=2, metadata=_help("CMA-ES generations"))
+    population_size: int = field(default=4, metadata=_help("candidates per generation"))
+    sigma: float = field(default=0.2, metadata=_help(
+        "initial CMA-ES step size as a fraction of each knob's range"))
+    search_seed: int = field(default=0, metadata=_help("CMA-ES sampling (0 is an ordinary seed)"))
+    eval_seed: int = field(default=123, metadata=_help("training seed shared by every candidate"))
+    noise_seeds: int = field(default=2, metadata=_help(
+        "extra seeds (eval-seed+1, ...) for the baseline and the best's confirmation"))
+    go_threshold: float = field(default=DEFAULT_GO_THRESHOLD, metadata=_help(
+        "confirmed relative improvement needed for GO (0.01 = 1%%)"))
+    score_tail: int = field(default=3, metadata=_help("score = mean of the last N train losses"))
+    penalty: float = DEFAULT_PENALTY  # the score of a failed evaluation (CMA-ES only uses ranks)
+    sensitivity: bool = False  # instead of CMA-ES: each knob at each edge of its range vs the baseline
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     base_synaptic: SynapticConfig = field(default_factory=SynapticConfig)
-    data: str | None = None  # None: nanochat's embedded corpus
-    device: str = "cpu"
+    data: str | None = None  # None: nanochat's embedded corpus; else an absolute path
+    device: str = field(default="cpu", metadata=_help("cpu, cuda or auto"))
     objective: str | None = None  # qualified name of a custom objective (it replaces training)
     # execution only (not compared on resume)
-    evaluator: str = "batched"
-    max_batch: int = DEFAULT_MAX_BATCH
+    evaluator: str = "batched"  # one of EVALUATOR_MODES
+    max_batch: int = field(default=8, metadata=_help("most members trained at once by the batched evaluator"))
 
     def __post_init__(self) -> None:
-        _int("--generations", self.generations, 1)
-        _int("--population-size", self.population_size, 2)
-        if not _number("--sigma", self.sigma) > 0 or self.sigma > 1:
-            raise ConfigError(f"--sigma is a fraction of each knob's range and must be in (0, 1], got {self.sigma!r}")
-        _int("--search-seed", self.search_seed, 0)
-        _int("--eval-seed", self.eval_seed, 0)
-        _int("--noise-seeds", self.noise_seeds, 0)
-        if _number("--go-threshold", self.go_threshold) < 0:
-            raise ConfigError(f"--go-threshold must be >= 0, got {self.go_threshold!r}")
-        _int("--score-tail", self.score_tail, 1)
+        _int("generations", self.generations, 1)
+        _int("population_size", self.population_size, 2)
+        if not 0 < _number("sigma", self.sigma) <= 1:
+            raise ConfigError.about("sigma", f"is a fraction of each knob's range and must be in (0, 1], got "
+                                             f"{self.sigma!r}")
+        _int("search_seed", self.search_seed, 0)
+        _int("eval_seed", self.eval_seed, 0)
+        _int("noise_seeds", self.noise_seeds, 0)
+        if _number("go_threshold", self.go_threshold) < 0:
+            raise ConfigError.about("go_threshold", f"must be >= 0, got {self.go_threshold!r}")
+        _int("score_tail", self.score_tail, 1)
         _number("penalty", self.penalty)
-        if self.evaluator not in EVALUATOR_MODES:
-            raise ConfigError(f"evaluator must be one of {', '.join(EVALUATOR_MODES)}, got {self.evaluator!r}")
-        _int("--max-batch", self.max_batch, 1)
+        if not isinstance(self.sensitivity, bool):
+            raise ConfigError.about("sensitivity", f"must be True or False, got {self.sensitivity!r}")
         for name, cls in (("model", ModelConfig), ("train", TrainConfig), ("base_synaptic", SynapticConfig)):
             if not isinstance(getattr(self, name), cls):
-                raise ConfigError(f"{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+                raise ConfigError.about(name, f"must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
         check_inside_bounds(self.base_synaptic)
+        if self.data is not None:
+            if not isinstance(self.data, (str, os.PathLike)):
+                raise ConfigError.about("data", f"must be a path, got {type(self.data).__name__}")
+            object.__setattr__(self, "data", str(Path(self.data).absolute()))
+        if not isinstance(self.device, str):
+            raise ConfigError.about("device", f"must be a string such as 'cpu', got {self.device!r}")
+        if self.evaluator not in EVALUATOR_MODES:
+            raise ConfigError.about("evaluator", f"must be one of {', '.join(EVALUATOR_MODES)}, got "
+                                                 f"{self.evaluator!r}")
+        _int("max_batch", self.max_batch, 1)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> "PilotSpec":
+        """A spec from keyword settings; an unknown name is a ConfigError (a typo must not fall back to a default)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**settings)
 
     @property
     def seeds(self) -> list[int]:
@@ -113,3 +132,18 @@ class PilotSpec:
 
     def execution_dict(self) -> dict:
         return {"evaluator": self.evaluator, "max_batch": self.max_batch}
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError.about(name, f"must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError.about(name, f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+DEFAULTS = PilotSpec()  # the defaults, for the CLI's flags

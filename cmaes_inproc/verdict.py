@@ -22,12 +22,16 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Mapping, Sequence
 
+from nanochat.status import Status
+
+from .formatting import format_pct
+
 MAX_FAILURE_RATE = 0.10
 DEFAULT_GO_THRESHOLD = 0.01
 EXPLODE_FACTOR = 1.5  # a loss above 1.5x the first loss means the run blew up, even if it recovered
 RISE_TOLERANCE = 0.05  # the smoothed curve ends >5% above its smoothed minimum: training made things worse
 MIN_STEPS_FOR_SHAPE = 4  # fewer steps than this carry no curve shape to judge
-DEAD_KNOB_THRESHOLD = 1e-3  # sensitivity: a knob that moves the score less than 0.1% at both edges is dead (SPEC)
+DEAD_KNOB_THRESHOLD = 1e-3  # sensitivity: a knob that moves the score less than 0.1% at both edges is dead
 
 
 @dataclass(frozen=True)
@@ -35,12 +39,12 @@ class SeedResult:
     """One evaluation's numbers as the verdict needs them."""
 
     score: float
-    status: str
+    status: Status
     losses: tuple[float, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok" and math.isfinite(self.score)
+        return Status(self.status).ok and math.isfinite(self.score)
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ def compute_verdict(
     baseline: Mapping[int, SeedResult],
     confirm: Mapping[int, SeedResult],
     best_score: float,
-    candidate_statuses: Sequence[str],
+    candidate_statuses: Sequence[Status],
     candidate_scores: Sequence[float] = (),
     go_threshold: float = DEFAULT_GO_THRESHOLD,
     max_failure_rate: float = MAX_FAILURE_RATE,
@@ -123,7 +127,7 @@ def compute_verdict(
     criteria: list[Criterion] = []
 
     evaluations = len(candidate_statuses)
-    failures = sum(1 for s in candidate_statuses if s != "ok")
+    failures = sum(1 for s in candidate_statuses if not Status(s).ok)
     failure_rate = failures / evaluations if evaluations else math.nan
     rate_ok = evaluations > 0 and failure_rate <= max_failure_rate
     criteria.append(Criterion("failure rate", f"{format_pct(failure_rate)} ({failures}/{evaluations})",
@@ -198,7 +202,7 @@ def compute_verdict(
 
     # Not a criterion of its own (a flat search fails the improvement test anyway), but the most useful diagnosis:
     # identical scores mean the objective cannot tell candidates apart (e.g. a one-step budget).
-    finished = [s for s, st in zip(candidate_scores, candidate_statuses) if st == "ok" and math.isfinite(s)]
+    finished = [s for s, st in zip(candidate_scores, candidate_statuses) if Status(st).ok and math.isfinite(s)]
     spread = (max(finished) - min(finished)) / abs(min(finished)) if len(finished) > 1 and min(finished) else math.nan
     if len(finished) > 1 and spread == 0:
         reasons.append(f"scores are flat: all {len(finished)} finished candidates scored exactly {finished[0]!r}, "
@@ -217,11 +221,3 @@ def _rel_improvement(baseline: float, best: float) -> float:
     if not (math.isfinite(baseline) and math.isfinite(best)) or baseline == 0:
         return math.nan
     return (baseline - best) / abs(baseline)
-
-
-def format_pct(value: float, signed: bool = False) -> str:
-    """A fraction as a percentage, with enough digits for tiny budgets, where real effects can be 1e-4 %."""
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    pct, sign = 100 * value, ("+" if signed else "")
-    return f"{pct:{sign}.2f}%" if pct == 0 or abs(pct) >= 0.01 else f"{pct:{sign}.2e}%"

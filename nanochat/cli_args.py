@@ -8,6 +8,7 @@ other. Validation stays in the dataclasses: a bad value raises ConfigError namin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from .config import PRECISIONS, ModelConfig, TrainConfig
 
@@ -60,3 +61,27 @@ def train_config_from_args(args: argparse.Namespace, time_limit_s: float | None)
                        log_interval=args.log_interval, diverge_factor=args.diverge_factor,
                        data_seed=args.data_seed, time_limit_s=time_limit_s, precision=args.precision,
                        cuda_graph=args.cuda_graph)
+
+
+def config_args(model_cfg: ModelConfig, train_cfg: TrainConfig) -> list[str]:
+    """The flags that reproduce both configs, one per field (`--field-name value`), so no field can be dropped.
+
+    Unset optional fields (None) are left out; a boolean field is on by default and has a `--no-field-name` flag.
+    Floats are written with repr(), which round-trips exactly.
+    """
+    args: list[str] = []
+    for cfg in (model_cfg, train_cfg):
+        for f in dataclasses.fields(cfg):
+            value, flag = getattr(cfg, f.name), f.name.replace("_", "-")
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                args += [] if value else [f"--no-{flag}"]
+            else:
+                args += [f"--{flag}", repr(float(value)) if isinstance(value, float) else str(value)]
+    return args
+
+
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """{parameter name: its flag} for every option of `parser`, to show a library error in the CLI's words."""
+    return {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and a.dest != "help"}

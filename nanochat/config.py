@@ -54,7 +54,7 @@ STRUCTURAL_FIELDS = ("attn_topk", "presyn_chunk", "endo_delay", "post_rank")
 
 @dataclass(frozen=True)
 class SynapticConfig:
-    """Knobs and constants of the presynaptic attention and postsynaptic MLP (see SPEC.md, "The synaptic model").
+    """Knobs and constants of the presynaptic attention and postsynaptic MLP (equations: nanochat/MODEL.md).
 
     The first ten fields are the pilot's search space, with the seed document's defaults.
     """
@@ -319,12 +319,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Member:
-    """One population member: its synaptic config and its eval seed (weight init + stochastic release).
-
-    `inject_nan_at_step` is a test hook: the member's loss is replaced by NaN at that step, which must mark it
-    failed without touching any other member.
-    """
+    """One population member: its synaptic config and its eval seed (weight init + stochastic release)."""
 
     synaptic: SynapticConfig = field(default_factory=SynapticConfig)
     seed: int = 0
-    inject_nan_at_step: int | None = None

@@ -24,10 +24,10 @@ from .config import ConfigError, Member, ModelConfig, TrainConfig, check_same_st
 from .data import BatchStream, Corpus
 from .hostmem import keep_freed_memory
 from .optim import PopulationOptimizer
+from .status import Status
 from .synaptic import SynapticGPT, estimate_flops
 
-STATUS_OK, STATUS_NAN, STATUS_DIVERGED, STATUS_TIMEOUT = "ok", "nan", "diverged", "timeout"
-_FAILURE_CODES = {1: STATUS_NAN, 2: STATUS_DIVERGED}
+_FAILURE_CODES = {1: Status.NAN, 2: Status.DIVERGED}
 
 
 @dataclass(frozen=True)
@@ -58,13 +58,13 @@ def plan_budget(model_cfg: ModelConfig, train_cfg: TrainConfig, post_rank: int =
 @dataclass
 class MemberResult:
     losses: list[float]  # one per step the member trained (the failing step's value included)
-    status: str = STATUS_OK
+    status: Status = Status.OK
     failure_step: int | None = None
     failure_reason: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.status == STATUS_OK
+        return self.status.ok
 
     def score(self, tail: int = 3) -> float:
         """Mean of the last `tail` losses (NaN if the member failed or has no finite tail)."""
@@ -220,10 +220,6 @@ def train_population(
     active = torch.ones(P, dtype=torch.bool, device=dev)
     fail_step = torch.full((P,), -1, dtype=torch.long, device=dev)
     fail_code = torch.zeros(P, dtype=torch.long, device=dev)
-    inject = torch.full((P,), -1, dtype=torch.long, device=dev)
-    for i, m in enumerate(members):
-        if m.inject_nan_at_step is not None:
-            inject[i] = m.inject_nan_at_step
     batch = stream.next()
     inputs, targets = batch[0].clone(), batch[1].clone()
 
@@ -231,7 +227,6 @@ def train_population(
         # autocast's weight-cast cache cannot live across graph replays; the casts it saves are few here.
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
             loss = model(inputs, targets).float()
-        loss = torch.where(inject == step_index, math.nan, loss)  # test hook (no-op normally)
         detached = loss.detach()
         step_loss.copy_(detached)
         finite = torch.isfinite(detached)
@@ -294,13 +289,13 @@ def train_population(
             s = fail_step_host[i]
             status = _FAILURE_CODES[fail_code_host[i]]
             value = losses_host[i][s]
-            reason = (f"loss is {value} at step {s}" if status == STATUS_NAN
+            reason = (f"loss is {value} at step {s}" if status is Status.NAN
                       else f"loss {value:.4g} at step {s} exceeds {train_cfg.diverge_factor:g}x the first loss "
                            f"{losses_host[i][0]:.4g}")
             results.append(MemberResult(losses_host[i][: s + 1], status, s, reason))
         elif timed_out_at is not None:
             reason = f"time limit {train_cfg.time_limit_s:g}s reached after {steps_run} of {steps} steps"
-            results.append(MemberResult(losses_host[i], STATUS_TIMEOUT, timed_out_at, reason))
+            results.append(MemberResult(losses_host[i], Status.TIMEOUT, timed_out_at, reason))
         else:
             results.append(MemberResult(losses_host[i]))
     tokens = budget.tokens_per_step_global * steps_run

@@ -31,3 +31,31 @@ TINY_CLI_FLAGS = [
     "--n-layer", "2", "--n-embd", "64", "--n-head", "2", "--n-kv-head", "2", "--sequence-len", "64",
     "--batch-size", "4", "--warmup-steps", "2",
 ]
+
+
+@pytest.fixture
+def nan_loss_at(monkeypatch):
+    """`nan_loss_at(member, step)`: from then on, that member's training loss is NaN at that step.
+
+    It wraps the model's forward pass and counts training steps in a device tensor, so it also works when the step
+    is replayed as a CUDA graph. The trainer must then mark the member "nan" without moving any other member.
+    """
+    import torch
+
+    from nanochat.synaptic import SynapticGPT
+
+    def install(member: int, step: int) -> None:
+        original = SynapticGPT.forward
+
+        def forward(self, idx, targets):
+            loss = original(self, idx, targets)
+            if not self.training:
+                return loss
+            counter = self.__dict__.setdefault("_test_step", torch.zeros((), dtype=torch.long, device=loss.device))
+            hit = (torch.arange(loss.shape[0], device=loss.device) == member) & (counter == step)
+            counter.add_(1)
+            return torch.where(hit, torch.nan, loss)
+
+        monkeypatch.setattr(SynapticGPT, "forward", forward)
+
+    return install

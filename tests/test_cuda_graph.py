@@ -16,9 +16,10 @@ TINY = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64)
 
 
 def mixed_population() -> list[Member]:
+    """Four members with stochastic release, and a fifth whose loss the tests make NaN at step 4."""
     base = SynapticConfig(presyn_chunk=16)
     members = [Member(base.replace(alpha_c=0.2 + 0.2 * i, stochastic_train_frac=0.1 * i), 100 + i % 2) for i in range(4)]
-    return members + [Member(base, 7, inject_nan_at_step=4)]
+    return members + [Member(base, 7)]
 
 
 def train(corpus, device, graph: bool, members=None, steps: int = 8):
@@ -26,7 +27,8 @@ def train(corpus, device, graph: bool, members=None, steps: int = 8):
     return train_population(members or mixed_population(), TINY, cfg, corpus, device)
 
 
-def test_cuda_graph_flag_is_ignored_on_cpu(corpus):
+def test_cuda_graph_flag_is_ignored_on_cpu(corpus, nan_loss_at):
+    nan_loss_at(member=4, step=4)
     graphed, eager = train(corpus, "cpu", True, steps=5), train(corpus, "cpu", False, steps=5)
     assert graphed.execution == eager.execution == "eager"
     assert [repr(m.losses) for m in graphed.members] == [repr(m.losses) for m in eager.members]  # NaN-aware
@@ -48,7 +50,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 
 @cuda
-def test_graph_replay_matches_eager_steps(corpus):
+def test_graph_replay_matches_eager_steps(corpus, nan_loss_at):
+    nan_loss_at(member=4, step=4)
     graphed, eager = train(corpus, "cuda", True), train(corpus, "cuda", False)
     assert graphed.execution == "replayed" and eager.execution == "eager"
     assert [m.status for m in graphed.members] == ["ok"] * 4 + ["nan"]

@@ -1,8 +1,8 @@
-"""Every searched knob is alive: moving it alone to an edge of its seed range changes the score (same seed).
+"""Every searched knob is alive: moving it alone to an edge of its range changes the score (same seed).
 
 The one-at-a-time sweep runs as one population of 21 members (the baseline, then each knob at each edge), on a
-model and budget small enough for CI. A knob that changes nothing is a bug in the model's wiring (SPEC.md records
-how a legacy priming law left rec_rate bit-for-bit dead), not a finding. README shows the same table at the
+model and budget small enough for CI. A knob that changes nothing is a bug in the model's wiring (a priming law that
+ignored the reserve once left rec_rate bit-for-bit dead), not a finding. README shows the same table at the
 default budget and baseline size (`python -m cmaes_inproc --sensitivity`).
 """
 

@@ -1,4 +1,4 @@
-"""The model's fast paths compute exactly what SPEC.md writes down (values and gradients), in float64."""
+"""The model's fast paths compute exactly what nanochat/MODEL.md writes down (values and gradients), in float64."""
 
 import platform
 

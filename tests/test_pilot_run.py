@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from cmaes_inproc import PARAM_SPECS, run_pilot
-from cmaes_inproc.__main__ import _oom_hook_from_env, main
+from cmaes_inproc.__main__ import main
+from cmaes_inproc.evaluators import BatchedEvaluator
 from cmaes_inproc.params import x_to_unit
 from nanochat.config import ModelConfig, SynapticConfig, TrainConfig
 
@@ -194,12 +195,16 @@ def test_sequential_matches_batched_and_nanochat_train_reproduces_a_summary(tmp_
 
 def test_out_of_memory_falls_back_to_subprocesses(tmp_path, batched_small, monkeypatch):
     calls = []
+    train = BatchedEvaluator._train
 
-    def oom_during_generation_0(n_members: int) -> bool:  # gen 0 = 3 members: 3 -> 2 + 1 -> 1 + 1 + 1: 5 calls
-        calls.append(n_members)
-        return len(calls) <= 5
+    def oom_during_generation_0(self, chunk, on_step):  # gen 0 = 3 members: 3 -> 2 + 1 -> 1 + 1 + 1: 5 calls
+        calls.append(len(chunk))
+        if len(calls) <= 5:
+            raise torch.OutOfMemoryError(f"simulated out of memory for a population of {len(chunk)}")
+        return train(self, chunk, on_step)
 
-    result = run_pilot(run_id="fallback", artifacts_dir=tmp_path, oom_hook=oom_during_generation_0, **SMALL_SEARCH)
+    monkeypatch.setattr(BatchedEvaluator, "_train", oom_during_generation_0)
+    result = run_pilot(run_id="fallback", artifacts_dir=tmp_path, **SMALL_SEARCH)
     assert calls == [3, 2, 1, 1, 1, 1], "split in halves down to single members, then the confirmation population"
     assert [r.evaluator for r in result.records] == ["subprocess-fallback"] * 2
     rows = read_csv(result.run_dir / "progress.csv")
@@ -209,10 +214,6 @@ def test_out_of_memory_falls_back_to_subprocesses(tmp_path, batched_small, monke
     for got, ref in zip(result.records + result.controls, batched_small.records + batched_small.controls):
         assert got.status == "ok" and got.score == pytest.approx(ref.score, rel=1e-5, abs=0)
     assert (result.run_dir / rows[0]["summary_path"]).is_file(), "the subprocess wrote the same layout"
-
-    monkeypatch.setenv("CMAES_INPROC_TEST_OOM_ABOVE", "2")  # the CLI's hook for the same test
-    hook = _oom_hook_from_env()
-    assert hook(3) and not hook(2)
 
 
 # --- 5. a run killed with SIGKILL resumes to the same result -------------------------------------------------------
@@ -233,9 +234,9 @@ def uninterrupted(tmp_path_factory, tiny_config_file):
 # Killing after 8 dies inside generation 1; after 6, between generation 0's last record and its checkpoint.
 @pytest.mark.parametrize("kill_after", [8, 6])
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_config_file, uninterrupted, kill_after):
-    cmd = [sys.executable, "-m", "cmaes_inproc", "--artifacts-dir", str(tmp_path), "--run-id", "killed",
-           "--synaptic-config", str(tiny_config_file), *TINY_FLAGS, *RESUME_FLAGS]
-    env = {**os.environ, "CMAES_INPROC_TEST_KILL_AFTER_EVALS": str(kill_after), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(Path(__file__).with_name("kill_after.py")), str(kill_after), "--artifacts-dir",
+           str(tmp_path), "--run-id", "killed", "--synaptic-config", str(tiny_config_file), *TINY_FLAGS, *RESUME_FLAGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     root = run_dir(tmp_path, "killed")

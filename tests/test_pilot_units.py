@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from cmaes_inproc import PARAM_SPECS, ParamSpec, decode_vector, encode_config
-from cmaes_inproc.artifacts import Ledger, RunLayout, atomic_write_json, parse_float, prepare_run_dir
+from cmaes_inproc import ControlRecord, run_pilot
+from cmaes_inproc.artifacts import Ledger, RunLayout, atomic_write_json, prepare_run_dir
 from cmaes_inproc.evaluators import (BatchedEvaluator, EvalRequest, FallbackEvaluator, ObjectiveEvaluator, Scoring,
-                                     SubprocessEvaluator, train_cli_args)
+                                     SubprocessEvaluator)
 from cmaes_inproc.params import check_inside_bounds, unit_to_x, x_to_unit
 from cmaes_inproc.search import CMASearch
 from cmaes_inproc.verdict import SeedResult, compute_verdict, loss_curve_pathologies
@@ -155,8 +156,6 @@ def test_scoring_uses_the_finite_tail_and_penalises_failures(tmp_path):
     assert nan.score == 50.0 and nan.raw_score == 2.5 and nan.status == "nan"
     empty = scoring.outcome(req, "ok", [], "test")
     assert empty.status == "error" and empty.score == 50.0
-    with pytest.raises(ConfigError, match="score-tail"):
-        Scoring(tail=0)
 
 
 class _FakeEvaluator:
@@ -199,8 +198,19 @@ def test_a_raising_batched_path_yields_retryable_errors(tmp_path, monkeypatch):
     outs = batched.evaluate([_request(tmp_path, k) for k in "abc"])
     assert [o.status for o in outs] == ["error"] * 3
     assert outs[0].failure_reason == "batched path failed: RuntimeError: device lost"
-    with pytest.raises(ConfigError, match="max-batch"):
-        BatchedEvaluator(ModelConfig(), TrainConfig(), None, "cpu", Scoring(), max_batch=0)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"max_batch": 0}, "max_batch must be an integer >= 1, got 0"),
+    ({"score_tail": 0}, "score_tail must be an integer >= 1, got 0"),
+    ({"population_size": "4"}, "population_size must be an integer >= 2, got '4'"),
+    ({"generatons": 3}, "unknown setting(s) generatons"),
+])
+def test_the_library_names_the_parameter_not_a_flag(tmp_path, setting, message):
+    with pytest.raises(ConfigError) as err:
+        run_pilot(run_id="r", artifacts_dir=tmp_path, **setting)
+    assert str(err.value).startswith(message) and "--" not in str(err.value)
+    assert not any(tmp_path.iterdir()), "nothing written"
 
 
 def test_objective_evaluator_marks_non_finite_values(tmp_path):
@@ -217,15 +227,16 @@ def test_subprocess_evaluator_reports_bad_exit_and_timeout(tmp_path):
     assert slow.status == "timeout" and slow.score == Scoring().penalty
 
 
-def test_train_cli_args_reproduce_every_training_setting():
-    """The subprocess path must train exactly what the batched path trains: every TrainConfig field goes through."""
+def test_config_args_reproduce_every_training_setting():
+    """The subprocess path must train exactly what the batched path trains: every config field goes through."""
+    from nanochat.cli_args import config_args
     from nanochat.train import build_parser
 
     train = TrainConfig(max_steps=3, weight_decay=0.1, warmdown_frac=0.5, diverge_factor=4.0, data_seed=7,
                         learning_rate=1e-3, matrix_lr=0.03, warmup_steps=2, log_interval=5, time_limit_s=60.0,
                         precision="bf16")
     model = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=1, sequence_len=32)
-    args = train_cli_args(model, train, "cpu", None)
+    args = config_args(model, train)
     assert "--data" not in args
     parsed = build_parser().parse_args(args)
     for field in dataclasses.fields(TrainConfig):
@@ -237,11 +248,34 @@ def test_train_cli_args_reproduce_every_training_setting():
 # --- artifacts --------------------------------------------------------------------------------------------------------
 
 
-def test_ledger_round_trips_floats_exactly(tmp_path):
-    value = 0.1 + 0.2
-    Ledger(tmp_path / "l.csv", ["a", "b"]).append([{"a": value, "b": None}])
-    row = Ledger(tmp_path / "l.csv", ["a", "b"]).load().rows[0]
-    assert parse_float(row["a"]) == value and row["b"] == ""
+def _control(**changes) -> ControlRecord:
+    fields = dict(role="baseline", label="", seed=1, score=0.1 + 0.2, status="ok", summary_path=None,
+                  evaluator="batched", eval_id="seed_1", raw_score=math.nan, failure_step=None, failure_reason=None,
+                  note="")
+    return ControlRecord(**{**fields, **changes})
+
+
+def test_ledger_round_trips_records_exactly(tmp_path):
+    record = _control(summary_path=tmp_path / "eval/baseline/seed_1/summary.json")
+    Ledger(tmp_path / "l.csv", ControlRecord, tmp_path).append([record])
+    assert (tmp_path / "l.csv").read_text().splitlines()[1].startswith(
+        "baseline,,1,0.30000000000000004,ok,eval/baseline/seed_1/summary.json,batched,seed_1,nan,,,")
+    (back,) = Ledger(tmp_path / "l.csv", ControlRecord, tmp_path).load()
+    assert back.score == record.score and math.isnan(back.raw_score) and back.failure_reason is None
+    assert back.summary_path == record.summary_path and back.status.ok
+
+
+def test_a_ledger_column_is_one_record_field(tmp_path):
+    """Adding a column to a ledger is adding a field to its record: writing and parsing follow from the fields."""
+
+    @dataclasses.dataclass(frozen=True)
+    class TimedControl(ControlRecord):
+        wall_s: float = 0.0
+
+    Ledger(tmp_path / "l.csv", TimedControl, tmp_path).append([TimedControl(**vars(_control()), wall_s=2.5)])
+    assert (tmp_path / "l.csv").read_text().splitlines()[0].endswith(",note,wall_s")
+    (back,) = Ledger(tmp_path / "l.csv", TimedControl, tmp_path).load()
+    assert back.wall_s == 2.5
 
 
 def test_run_dir_rules(tmp_path):

@@ -1,4 +1,4 @@
-"""Batch invariance and failure isolation of the population trainer (SPEC: "Population dimension")."""
+"""Batch invariance and failure isolation of the population trainer (MODEL.md: "The rules of batching")."""
 
 import json
 import math
@@ -98,12 +98,11 @@ def test_cli_subprocess_matches_in_process(tmp_path, corpus, tiny_model, tiny_tr
     assert max_rel_diff(summary["results"]["losses"], in_process.members[0].losses) <= 1e-5
 
 
-def test_injected_nan_is_isolated(corpus, tiny_model, tiny_train, tiny_synaptic):
+def test_injected_nan_is_isolated(corpus, tiny_model, tiny_train, tiny_synaptic, nan_loss_at):
     members = mixed_population(tiny_synaptic)[:4]
     clean = train_population(members, tiny_model, tiny_train, corpus)
-    faulty = list(members)
-    faulty[2] = Member(members[2].synaptic, members[2].seed, inject_nan_at_step=5)
-    hit = train_population(faulty, tiny_model, tiny_train, corpus)
+    nan_loss_at(member=2, step=5)
+    hit = train_population(members, tiny_model, tiny_train, corpus)
     bad = hit.members[2]
     assert bad.status == "nan" and bad.failure_step == 5 and "step 5" in bad.failure_reason
     assert len(bad.losses) == 6 and math.isnan(bad.losses[-1])
