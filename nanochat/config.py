@@ -239,13 +239,13 @@ class ModelConfig:
         for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "sequence_len"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError.about(name, f"must be a positive integer, got {value!r}")
         if self.vocab_size < 256:
-            raise ConfigError(f"vocab_size must be >= 256 for byte-level tokens, got {self.vocab_size}")
+            raise ConfigError.about("vocab_size", f"must be >= 256 for byte-level tokens, got {self.vocab_size}")
         if self.n_embd % self.n_head != 0:
-            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise ConfigError.about("n_embd", f"({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_head % self.n_kv_head != 0:
-            raise ConfigError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+            raise ConfigError.about("n_head", f"({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
         if (self.n_embd // self.n_head) % 2 != 0:
             raise ConfigError(f"head dim n_embd/n_head = {self.n_embd // self.n_head} must be even (rotary embeddings)")
 
@@ -287,31 +287,31 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+            raise ConfigError.about("batch_size", f"must be a positive integer, got {self.batch_size!r}")
         if not (isinstance(self.target_flops, (int, float)) and math.isfinite(self.target_flops) and self.target_flops > 0):
-            raise ConfigError(f"target_flops must be a positive number, got {self.target_flops!r}")
+            raise ConfigError.about("target_flops", f"must be a positive number, got {self.target_flops!r}")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ConfigError(f"max_steps must be a positive integer, got {self.max_steps!r}")
+            raise ConfigError.about("max_steps", f"must be a positive integer, got {self.max_steps!r}")
         for name in ("learning_rate", "matrix_lr"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+                raise ConfigError.about(name, f"must be a positive number, got {value!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+            raise ConfigError.about("weight_decay", f"must be >= 0, got {self.weight_decay!r}")
         if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise ConfigError.about("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.warmdown_frac <= 1.0:
-            raise ConfigError(f"warmdown_frac must be in [0, 1], got {self.warmdown_frac}")
+            raise ConfigError.about("warmdown_frac", f"must be in [0, 1], got {self.warmdown_frac}")
         if self.log_interval < 1:
-            raise ConfigError(f"log_interval must be >= 1, got {self.log_interval}")
+            raise ConfigError.about("log_interval", f"must be >= 1, got {self.log_interval}")
         if not self.diverge_factor > 1.0:
-            raise ConfigError(f"diverge_factor must be > 1, got {self.diverge_factor}")
+            raise ConfigError.about("diverge_factor", f"must be > 1, got {self.diverge_factor}")
         if self.time_limit_s is not None and not self.time_limit_s > 0:
-            raise ConfigError(f"time_limit_s must be > 0, got {self.time_limit_s}")
+            raise ConfigError.about("time_limit_s", f"must be > 0, got {self.time_limit_s}")
         if not isinstance(self.cuda_graph, bool):
-            raise ConfigError(f"cuda_graph must be True or False, got {self.cuda_graph!r}")
+            raise ConfigError.about("cuda_graph", f"must be True or False, got {self.cuda_graph!r}")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ConfigError.about("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

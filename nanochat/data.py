@@ -58,7 +58,7 @@ def load_corpus(path: str | Path | None = None, max_bytes: int | None = None) ->
         return _make_corpus(f"stdlib:{stdlib}", "stdlib", docs)
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"--data path does not exist: {path}")
+        raise ConfigError.about("data", f"path does not exist: {path}")
     if path.is_file():
         if path.suffix == ".parquet":
             return _make_corpus(str(path), "parquet-dir", _read_parquet([path]), max_bytes)
@@ -69,7 +69,7 @@ def load_corpus(path: str | Path | None = None, max_bytes: int | None = None) ->
     texts = sorted(path.glob("*.txt"))
     if texts:
         return _make_corpus(str(path), "txt-dir", [p.read_bytes() for p in texts], max_bytes)
-    raise ConfigError(f"--data directory {path} has no .parquet or .txt files")
+    raise ConfigError.about("data", f"directory {path} has no .parquet or .txt files")
 
 
 def _read_until(files: list[Path], max_bytes: int) -> list[bytes]:
