@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -46,6 +47,20 @@ class ConfigError(ValueError):
         if name is None or not message.startswith(self.field):
             return message
         return name + message[len(self.field):]
+
+
+# Every seed (eval seed, data seed, and the pilot's search and noise seeds) is an integer in [0, MAX_SEED]. In this
+# range `synaptic._derive_seed` never wraps (seed * 1_000_003 + 7_919 < 2**63 - 1), so distinct seeds give distinct
+# generator streams, and numpy, pycma and torch.manual_seed all accept it. Larger values are refused, not folded.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(field: str, value: Any) -> int:
+    """`value` as an int if it is a supported seed (an integer, not a bool, in [0, MAX_SEED]); else a ConfigError
+    about `field`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_SEED:
+        raise ConfigError.about(field, f"must be an integer in [0, {MAX_SEED}], got {value!r}")
+    return int(value)
 
 
 # Fields of SynapticConfig that fix tensor shapes (or loop structure) and so must be shared by a whole population.
@@ -306,6 +321,7 @@ class TrainConfig:
             raise ConfigError.about("log_interval", f"must be >= 1, got {self.log_interval}")
         if not self.diverge_factor > 1.0:
             raise ConfigError.about("diverge_factor", f"must be > 1, got {self.diverge_factor}")
+        check_seed("data_seed", self.data_seed)
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             raise ConfigError.about("time_limit_s", f"must be > 0, got {self.time_limit_s}")
         if not isinstance(self.cuda_graph, bool):
@@ -328,3 +344,6 @@ class Member:
     synaptic: SynapticConfig = field(default_factory=SynapticConfig)
     seed: int = 0
     inject_nan_at_step: int | None = None
+
+    def __post_init__(self) -> None:
+        check_seed("seed", self.seed)

@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = args.out_dir or args.artifacts_dir / args.artifacts_kind / args.artifacts_topic / run_id
         if (out_dir / "summary.json").exists() and not args.overwrite:
             raise ConfigError(f"{out_dir / 'summary.json'} already exists (use --overwrite or another --run-id)")
+        member = Member(synaptic=synaptic, seed=args.seed)
         corpus = load_corpus(args.data)
     except ConfigError as exc:
         print(f"nanochat.train: error: {exc}", file=sys.stderr)
         return 2
 
-    member = Member(synaptic=synaptic, seed=args.seed)
     log = None if args.quiet else (lambda step, losses: print(f"step {step:5d}  loss {losses[0]:.4f}", flush=True))
     try:
         result = train_population([member], model_cfg, train_cfg, corpus, device, on_log=log)
