@@ -153,7 +153,10 @@ class SynapticConfig:
             else:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ConfigError(f"SynapticConfig.{name} must be a number, got {value!r}")
-                changes[name] = float(value)
+                try:
+                    changes[name] = float(value)
+                except OverflowError:  # an integer too large for a float (JSON allows any size)
+                    raise ConfigError(f"SynapticConfig.{name} must be finite, got {value!r:.40}") from None
         return dataclasses.replace(base, **changes)
 
 
@@ -161,15 +164,23 @@ def load_synaptic_config(path: str | Path) -> SynapticConfig:
     """Read a JSON object of SynapticConfig overrides; every problem becomes a one-line ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"synaptic config file not found: {path}") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read synaptic config {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read synaptic config {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # e.g. a NUL byte in the path
+        raise ConfigError(f"synaptic config path {str(path)!r} is not usable: {exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"synaptic config {path} is not UTF-8 text (byte {exc.start}); expected a JSON object") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"synaptic config {path} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    except RecursionError:
+        raise ConfigError(f"synaptic config {path} is nested too deeply to be a JSON object of overrides") from None
     if not isinstance(data, dict):
         raise ConfigError(f"synaptic config {path} must hold a JSON object, got {type(data).__name__}")
     return SynapticConfig.from_overrides(data)
