@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 # Only light modules here: torch is imported inside main(), after the Ctrl-C/SIGTERM handling is in place.
-from .cli_args import add_model_args, add_training_args, model_config_from_args, train_config_from_args
+from .cli_args import add_model_args, add_training_args, flag_names, model_config_from_args, train_config_from_args
 from .config import ConfigError, Member, SynapticConfig, load_synaptic_config
 from .files import check_dir_name, check_writable_dir
 
@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    flags = flag_names(parser)  # errors name our flags ("--target-flops ..."), not the library's parameter names
     try:
         for field in ("run_id", "artifacts_kind", "artifacts_topic"):
             if getattr(args, field) is not None:
@@ -112,7 +114,7 @@ def _main(argv: list[str] | None) -> int:
         corpus = load_corpus(args.data)
         check_corpus_fits(corpus, model_cfg.sequence_len)
     except ConfigError as exc:
-        print(f"nanochat.train: error: {exc}", file=sys.stderr)
+        print(f"nanochat.train: error: {exc.named(flags)}", file=sys.stderr)
         return 2
 
     import torch
@@ -124,7 +126,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         result = train_population([member], model_cfg, train_cfg, corpus, device, on_log=log)
     except ConfigError as exc:
-        print(f"nanochat.train: error: {exc}", file=sys.stderr)
+        print(f"nanochat.train: error: {exc.named(flags)}", file=sys.stderr)
         return 2
     except torch.OutOfMemoryError as exc:
         print(f"nanochat.train: error: out of memory: {str(exc).splitlines()[0]}", file=sys.stderr)

@@ -7,7 +7,7 @@ import pytest
 from nanochat.cli_args import add_model_args, add_training_args, flag_names
 from nanochat.config import ConfigError, ModelConfig, TrainConfig
 from nanochat.data import load_corpus
-from nanochat.train import build_parser
+from nanochat.train import build_parser, main
 
 
 def test_train_and_model_config_errors_carry_their_field():
@@ -46,3 +46,29 @@ def test_flag_names_maps_dests_to_long_flags():
     assert "pos" not in names and "help" not in names
     train_names = flag_names(build_parser())
     assert train_names["data"] == "--data" and train_names["out_dir"] == "--out-dir"
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--target-flops", "0"], "nanochat.train: error: --target-flops must be a positive number, got 0.0"),
+    (["--warmdown-frac", "2"], "nanochat.train: error: --warmdown-frac must be in [0, 1], got 2.0"),
+    (["--n-embd", "100", "--n-head", "3", "--n-kv-head", "3"],
+     "nanochat.train: error: --n-embd (100) must be divisible by n_head (3)"),
+])
+def test_cli_names_its_flags(tmp_path, capsys, argv, line):
+    assert main([*argv, "--out-dir", str(tmp_path / "o"), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [line]
+
+
+def test_cli_names_data_flag(tmp_path, capsys):
+    assert main(["--data", str(tmp_path / "nope"), "--out-dir", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"nanochat.train: error: --data path does not exist: {tmp_path / 'nope'}"
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--run-id", "../x"], "nanochat.train: error: --run-id must be a plain directory name, got '../x'"),
+    (["--seed", "-1"], "nanochat.train: error: --seed must be an integer in [0, 4294967295], got -1"),
+])
+def test_cli_names_its_own_flags_for_its_own_checks(tmp_path, capsys, argv, line):
+    assert main([*argv, "--artifacts-dir", str(tmp_path), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [line]
