@@ -312,6 +312,18 @@ class TrainConfig:
     cuda_graph: bool = True  # on CUDA, replay the training step as one CUDA graph after two eager steps
 
     def __post_init__(self) -> None:
+        # Types first, so a string or bool from an API caller is a ConfigError naming the field, not a TypeError
+        # from a comparison below (and True is not taken for 1).
+        for name, optional in (("max_steps", True), ("warmup_steps", False), ("log_interval", False)):
+            value = getattr(self, name)
+            if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError.about(name, f"must be an integer, got {value!r}")
+        for name, optional in (("target_flops", False), ("learning_rate", False), ("matrix_lr", False),
+                               ("weight_decay", False), ("warmdown_frac", False), ("diverge_factor", False),
+                               ("time_limit_s", True)):
+            value = getattr(self, name)
+            if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError.about(name, f"must be a number, got {value!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError.about("batch_size", f"must be a positive integer, got {self.batch_size!r}")
         if not (isinstance(self.target_flops, (int, float)) and math.isfinite(self.target_flops) and self.target_flops > 0):
