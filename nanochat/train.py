@@ -18,6 +18,7 @@ not be written, 3 out of memory, 130/143 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -34,8 +35,38 @@ class _Terminated(BaseException):
     """Raised in the main thread by our SIGTERM handler, so SIGTERM unwinds like Ctrl-C."""
 
 
-def _raise_terminated(signum, frame):
-    raise _Terminated()
+class _Interrupts:
+    """SIGINT -> KeyboardInterrupt, SIGTERM -> _Terminated; while `deferred()`, a signal is only noted and raised
+    when the block ends (an exception raised inside a C extension's import can leave it half-initialised and turn
+    into an unrelated ImportError)."""
+
+    def __init__(self):
+        self.deferring = False
+        self.pending: int | None = None
+
+    def handle(self, signum, frame):
+        if self.deferring:
+            self.pending = self.pending or signum
+            return
+        self.raise_for(signum)
+
+    @staticmethod
+    def raise_for(signum: int):
+        raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+            pending, self.pending = self.pending, None
+            if pending is not None:
+                self.raise_for(pending)
+
+
+_INTERRUPTS = _Interrupts()
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -72,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status. Ctrl-C and SIGTERM give one line and 130 / 143."""
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = [signal.signal(sig, _INTERRUPTS.handle) for sig in signals] if in_main_thread else []
     try:
         return _main(argv)
     except KeyboardInterrupt:
@@ -82,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         print("nanochat.train: interrupted", file=sys.stderr)
         return 143
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in zip(signals, previous):
+            if handler is not None:  # None: the old handler was not set from Python and cannot be restored
+                signal.signal(sig, handler)
 
 
 def _main(argv: list[str] | None) -> int:
@@ -99,10 +132,12 @@ def _main(argv: list[str] | None) -> int:
         train_cfg = train_config_from_args(args, args.time_limit_s)
         member = Member(synaptic=synaptic, seed=args.seed)
 
-        import torch  # noqa: F401 - the heavy imports, once the flags are known to be sane
+        with _INTERRUPTS.deferred():  # the heavy imports, once the flags are known to be sane
+            import torch
 
-        from .data import check_corpus_fits, load_corpus
-        from .trainer import resolve_device
+            from .data import check_corpus_fits, load_corpus
+            from .summary import write_member_artifacts
+            from .trainer import resolve_device, train_population
 
         device = resolve_device(args.device)
         run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -116,11 +151,6 @@ def _main(argv: list[str] | None) -> int:
     except ConfigError as exc:
         print(f"nanochat.train: error: {exc.named(flags)}", file=sys.stderr)
         return 2
-
-    import torch
-
-    from .summary import write_member_artifacts
-    from .trainer import train_population
 
     log = None if args.quiet else (lambda step, losses: print(f"step {step:5d}  loss {losses[0]:.4f}", flush=True))
     try:

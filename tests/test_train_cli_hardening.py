@@ -93,12 +93,33 @@ def test_signals_mid_training_give_one_line_and_no_summary(tmp_path, sig, status
     assert not out.exists() or [p.name for p in out.iterdir()] == []
 
 
-def test_ctrl_c_during_start_up_is_one_line(tmp_path):
+@pytest.mark.parametrize("delay_s", [0.3, 0.6, 1.2])
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay_s):
     proc = subprocess.Popen([sys.executable, "-m", "nanochat.train", *TINY_CLI_FLAGS, "--max-steps", "100000",
                              "--out-dir", str(tmp_path / "o"), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # while torch and the corpus are being loaded
+    time.sleep(delay_s)  # while torch and the corpus are being loaded
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert err.strip().splitlines() == ["nanochat.train: interrupted"]
+
+
+def test_a_signal_during_the_heavy_imports_waits_for_them():
+    """An exception raised inside a C extension's import can surface as an unrelated ImportError (seen with numpy
+    under load), so the CLI defers Ctrl-C / SIGTERM until its imports are done, then raises them."""
+    from nanochat.train import _INTERRUPTS
+
+    previous = signal.signal(signal.SIGINT, _INTERRUPTS.handle)
+    reached_end_of_block = False
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _INTERRUPTS.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):  # the handler runs between bytecodes: it has run by now
+                    time.sleep(0.001)
+                reached_end_of_block = True
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _INTERRUPTS.pending = None
+    assert reached_end_of_block
