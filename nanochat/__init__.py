@@ -1,11 +1,30 @@
 """nanochat (synaptic edition): a small GPT with presynaptic attention and postsynaptic plasticity, trained as a
-population of P members with stacked parameters (P = 1 is the ordinary single model)."""
+population of P members with stacked parameters (P = 1 is the ordinary single model).
 
-from .config import ConfigError, Member, ModelConfig, SynapticConfig, TrainConfig, load_synaptic_config
-from .data import Corpus, load_corpus
-from .trainer import Budget, MemberResult, PopulationResult, plan_budget, train_population
+The names below are imported lazily (PEP 562), so `python -m nanochat.train` can install its Ctrl-C/SIGTERM
+handling and check its flags before torch is imported.
+"""
 
-__all__ = [
-    "Budget", "ConfigError", "Corpus", "Member", "MemberResult", "ModelConfig", "PopulationResult",
-    "SynapticConfig", "TrainConfig", "load_corpus", "load_synaptic_config", "plan_budget", "train_population",
-]
+import importlib
+
+_EXPORTS = {
+    "ConfigError": "config", "Member": "config", "ModelConfig": "config", "SynapticConfig": "config",
+    "TrainConfig": "config", "load_synaptic_config": "config", "MAX_SEED": "config", "check_seed": "config",
+    "Corpus": "data", "load_corpus": "data", "check_corpus_fits": "data",
+    "Budget": "trainer", "MemberResult": "trainer", "PopulationResult": "trainer", "plan_budget": "trainer",
+    "train_population": "trainer",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -16,6 +16,19 @@ _MODEL = ModelConfig()
 _TRAIN = TrainConfig()
 
 
+def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """{argparse dest: the flag a user types for it} for every optional argument of `parser` (its first long option,
+    else its first option string), e.g. {"target_flops": "--target-flops"}. A CLI prints `ConfigError.named(...)`
+    with this mapping, so errors the library raises about a parameter name the flag instead."""
+    names: dict[str, str] = {}
+    for action in parser._actions:
+        if not action.option_strings or action.dest in (argparse.SUPPRESS, "help"):
+            continue
+        long = [o for o in action.option_strings if o.startswith("--")]
+        names.setdefault(action.dest, (long or action.option_strings)[0])
+    return names
+
+
 def add_model_args(group: argparse._ActionsContainer) -> None:
     group.add_argument("--vocab-size", type=int, default=_MODEL.vocab_size)
     group.add_argument("--n-layer", type=int, default=_MODEL.n_layer)
@@ -80,8 +93,3 @@ def config_args(model_cfg: ModelConfig, train_cfg: TrainConfig) -> list[str]:
             else:
                 args += [f"--{flag}", repr(float(value)) if isinstance(value, float) else str(value)]
     return args
-
-
-def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
-    """{parameter name: its flag} for every option of `parser`, to show a library error in the CLI's words."""
-    return {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings and a.dest != "help"}

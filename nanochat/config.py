@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -46,6 +47,20 @@ class ConfigError(ValueError):
         if name is None or not message.startswith(self.field):
             return message
         return name + message[len(self.field):]
+
+
+# Every seed (eval seed, data seed, and the pilot's search and noise seeds) is an integer in [0, MAX_SEED]. In this
+# range `synaptic._derive_seed` never wraps (seed * 1_000_003 + 7_919 < 2**63 - 1), so distinct seeds give distinct
+# generator streams, and numpy, pycma and torch.manual_seed all accept it. Larger values are refused, not folded.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(field: str, value: Any) -> int:
+    """`value` as an int if it is a supported seed (an integer, not a bool, in [0, MAX_SEED]); else a ConfigError
+    about `field`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_SEED:
+        raise ConfigError.about(field, f"must be an integer in [0, {MAX_SEED}], got {value!r}")
+    return int(value)
 
 
 # Fields of SynapticConfig that fix tensor shapes (or loop structure) and so must be shared by a whole population.
@@ -138,7 +153,10 @@ class SynapticConfig:
             else:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ConfigError(f"SynapticConfig.{name} must be a number, got {value!r}")
-                changes[name] = float(value)
+                try:
+                    changes[name] = float(value)
+                except OverflowError:  # an integer too large for a float (JSON allows any size)
+                    raise ConfigError(f"SynapticConfig.{name} must be finite, got {value!r:.40}") from None
         return dataclasses.replace(base, **changes)
 
 
@@ -146,15 +164,23 @@ def load_synaptic_config(path: str | Path) -> SynapticConfig:
     """Read a JSON object of SynapticConfig overrides; every problem becomes a one-line ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"synaptic config file not found: {path}") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read synaptic config {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read synaptic config {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # e.g. a NUL byte in the path
+        raise ConfigError(f"synaptic config path {str(path)!r} is not usable: {exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"synaptic config {path} is not UTF-8 text (byte {exc.start}); expected a JSON object") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"synaptic config {path} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+    except RecursionError:
+        raise ConfigError(f"synaptic config {path} is nested too deeply to be a JSON object of overrides") from None
     if not isinstance(data, dict):
         raise ConfigError(f"synaptic config {path} must hold a JSON object, got {type(data).__name__}")
     return SynapticConfig.from_overrides(data)
@@ -239,13 +265,13 @@ class ModelConfig:
         for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "sequence_len"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+                raise ConfigError.about(name, f"must be a positive integer, got {value!r}")
         if self.vocab_size < 256:
-            raise ConfigError(f"vocab_size must be >= 256 for byte-level tokens, got {self.vocab_size}")
+            raise ConfigError.about("vocab_size", f"must be >= 256 for byte-level tokens, got {self.vocab_size}")
         if self.n_embd % self.n_head != 0:
-            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+            raise ConfigError.about("n_embd", f"({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_head % self.n_kv_head != 0:
-            raise ConfigError(f"n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+            raise ConfigError.about("n_head", f"({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
         if (self.n_embd // self.n_head) % 2 != 0:
             raise ConfigError(f"head dim n_embd/n_head = {self.n_embd // self.n_head} must be even (rotary embeddings)")
 
@@ -286,32 +312,45 @@ class TrainConfig:
     cuda_graph: bool = True  # on CUDA, replay the training step as one CUDA graph after two eager steps
 
     def __post_init__(self) -> None:
+        # Types first, so a string or bool from an API caller is a ConfigError naming the field, not a TypeError
+        # from a comparison below (and True is not taken for 1).
+        for name, optional in (("max_steps", True), ("warmup_steps", False), ("log_interval", False)):
+            value = getattr(self, name)
+            if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ConfigError.about(name, f"must be an integer, got {value!r}")
+        for name, optional in (("target_flops", False), ("learning_rate", False), ("matrix_lr", False),
+                               ("weight_decay", False), ("warmdown_frac", False), ("diverge_factor", False),
+                               ("time_limit_s", True)):
+            value = getattr(self, name)
+            if not (optional and value is None) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError.about(name, f"must be a number, got {value!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+            raise ConfigError.about("batch_size", f"must be a positive integer, got {self.batch_size!r}")
         if not (isinstance(self.target_flops, (int, float)) and math.isfinite(self.target_flops) and self.target_flops > 0):
-            raise ConfigError(f"target_flops must be a positive number, got {self.target_flops!r}")
+            raise ConfigError.about("target_flops", f"must be a positive number, got {self.target_flops!r}")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ConfigError(f"max_steps must be a positive integer, got {self.max_steps!r}")
+            raise ConfigError.about("max_steps", f"must be a positive integer, got {self.max_steps!r}")
         for name in ("learning_rate", "matrix_lr"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+                raise ConfigError.about(name, f"must be a positive number, got {value!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+            raise ConfigError.about("weight_decay", f"must be >= 0, got {self.weight_decay!r}")
         if self.warmup_steps < 0:
-            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise ConfigError.about("warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.warmdown_frac <= 1.0:
-            raise ConfigError(f"warmdown_frac must be in [0, 1], got {self.warmdown_frac}")
+            raise ConfigError.about("warmdown_frac", f"must be in [0, 1], got {self.warmdown_frac}")
         if self.log_interval < 1:
-            raise ConfigError(f"log_interval must be >= 1, got {self.log_interval}")
+            raise ConfigError.about("log_interval", f"must be >= 1, got {self.log_interval}")
         if not self.diverge_factor > 1.0:
-            raise ConfigError(f"diverge_factor must be > 1, got {self.diverge_factor}")
+            raise ConfigError.about("diverge_factor", f"must be > 1, got {self.diverge_factor}")
+        check_seed("data_seed", self.data_seed)
         if self.time_limit_s is not None and not self.time_limit_s > 0:
-            raise ConfigError(f"time_limit_s must be > 0, got {self.time_limit_s}")
+            raise ConfigError.about("time_limit_s", f"must be > 0, got {self.time_limit_s}")
         if not isinstance(self.cuda_graph, bool):
-            raise ConfigError(f"cuda_graph must be True or False, got {self.cuda_graph!r}")
+            raise ConfigError.about("cuda_graph", f"must be True or False, got {self.cuda_graph!r}")
         if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise ConfigError.about("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -323,3 +362,6 @@ class Member:
 
     synaptic: SynapticConfig = field(default_factory=SynapticConfig)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_seed("seed", self.seed)

@@ -50,26 +50,40 @@ class Corpus:
 
 
 def load_corpus(path: str | Path | None = None, max_bytes: int | None = None) -> Corpus:
-    """Load the default corpus (path None) or a user corpus; raise ConfigError naming any problem."""
+    """Load the default corpus (path None) or a user corpus; raise ConfigError (field "data") naming any problem."""
     if path is None:
         stdlib = Path(sysconfig.get_paths()["stdlib"])
         files = sorted(p for p in stdlib.glob("*.py") if p.is_file())
         docs = _read_until(files, max_bytes or DEFAULT_CORPUS_BYTES)
         return _make_corpus(f"stdlib:{stdlib}", "stdlib", docs)
     path = Path(path)
+    try:
+        return _load_user_corpus(path, max_bytes)
+    except ConfigError:
+        raise
+    except OSError as exc:  # unreadable file, a directory named *.txt, a name too long, ...
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise ConfigError.about("data", f"cannot be read: {where}{exc.strerror or exc}") from None
+    except ValueError as exc:  # e.g. a NUL byte in the path
+        raise ConfigError.about("data", f"is not a usable path: {path!r} ({exc})") from None
+
+
+def _load_user_corpus(path: Path, max_bytes: int | None) -> Corpus:
     if not path.exists():
-        raise ConfigError(f"--data path does not exist: {path}")
+        raise ConfigError.about("data", f"path does not exist: {path}")
     if path.is_file():
         if path.suffix == ".parquet":
             return _make_corpus(str(path), "parquet-dir", _read_parquet([path]), max_bytes)
         return _make_corpus(str(path), "text", [path.read_bytes()], max_bytes)
+    if not path.is_dir():
+        raise ConfigError.about("data", f"is neither a file nor a directory: {path}")
     parquet = sorted(path.glob("*.parquet"))
     if parquet:
         return _make_corpus(str(path), "parquet-dir", _read_parquet(parquet), max_bytes)
     texts = sorted(path.glob("*.txt"))
     if texts:
         return _make_corpus(str(path), "txt-dir", [p.read_bytes() for p in texts], max_bytes)
-    raise ConfigError(f"--data directory {path} has no .parquet or .txt files")
+    raise ConfigError.about("data", f"directory {path} has no .parquet or .txt files")
 
 
 def _read_until(files: list[Path], max_bytes: int) -> list[bytes]:
@@ -93,8 +107,14 @@ def _read_parquet(shards: list[Path]) -> list[bytes]:
         try:
             table = pq.read_table(shard, columns=["text"])
         except Exception as exc:  # pyarrow raises several types; all mean "not a usable shard"
-            raise ConfigError(f"cannot read text column of parquet shard {shard}: {exc}".splitlines()[0]) from None
-        docs.extend(t.encode("utf-8") for t in table.column("text").to_pylist() if t)
+            raise ConfigError.about("data", f"cannot read text column of parquet shard {shard}: {exc}".splitlines()[0]) from None
+        for value in table.column("text").to_pylist():
+            if value is None or value == "":
+                continue
+            if not isinstance(value, str):
+                raise ConfigError.about("data", f"parquet shard {shard}: the text column must hold strings, found "
+                                                f"{type(value).__name__} {value!r:.40}")
+            docs.append(value.encode("utf-8"))
     return docs
 
 
@@ -116,16 +136,27 @@ def _make_corpus(name: str, kind: str, docs: list[bytes], max_bytes: int | None 
     )
 
 
+def check_corpus_fits(corpus: Corpus, sequence_len: int) -> None:
+    """Both splits must hold at least one window of `sequence_len + 1` tokens (inputs plus the shifted targets);
+    otherwise a ConfigError about "sequence_len" saying how many tokens the split has and how many are needed.
+    Cheap: call it before writing anything."""
+    need = sequence_len + 1
+    for split, tokens in (("training corpus", corpus.train), ("validation split", corpus.val)):
+        n = int(tokens.numel())
+        if n < need:
+            raise ConfigError.about(
+                "sequence_len",
+                f"{sequence_len} is longer than the {split} ({n} tokens) of {corpus.name} allows: one window needs "
+                f"{need} tokens; use a shorter sequence or a larger corpus",
+            )
+
+
 class BatchStream:
     """Deterministic random windows of the train split: batch k depends only on (data_seed, k)."""
 
     def __init__(self, corpus: Corpus, batch_size: int, sequence_len: int, data_seed: int, device: torch.device):
+        check_corpus_fits(corpus, sequence_len)
         n = corpus.train.numel()
-        if n < sequence_len + 1:
-            raise ConfigError(
-                f"sequence_len {sequence_len} is longer than the training corpus ({n} tokens) allows; "
-                f"use a shorter sequence or a larger corpus"
-            )
         self.tokens = corpus.train.to(torch.long)
         self.batch_size = batch_size
         self.sequence_len = sequence_len

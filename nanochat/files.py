@@ -10,6 +10,7 @@ import json
 import math
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,38 @@ def json_safe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def check_dir_name(field: str, name: Any) -> str:
+    """`name` if it is a plain directory name (one path component: not empty, not "." or "..", no "/" or "\\",
+    no NUL, no surrounding spaces); else a ConfigError about `field`."""
+    from .config import ConfigError
+
+    if (not isinstance(name, str) or not name or name in (".", "..") or name != name.strip()
+            or any(c in name for c in "/\\\0")):
+        raise ConfigError.about(field, f"must be a plain directory name, got {name!r}")
+    return name
+
+
+def check_writable_dir(field: str, path: str | Path) -> None:
+    """Refuse (ConfigError about `field`) a directory that is not one, cannot be created, or cannot be written, by
+    trying a real write in it or in its nearest existing ancestor (os.access says yes to root on read-only mounts).
+    Leaves nothing behind and creates no directory."""
+    from .config import ConfigError
+
+    path = Path(path)
+    if "\0" in str(path):
+        raise ConfigError.about(field, f"{str(path)!r} is not a usable path: it contains a NUL byte")
+    try:
+        if path.exists() and not path.is_dir():
+            raise ConfigError.about(field, f"{path} exists and is not a directory")
+        existing = path.absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ConfigError.about(field, f"{path} cannot be created: {existing} is not a directory")
+        fd, tmp = tempfile.mkstemp(prefix=".write_test.", dir=existing)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ConfigError.about(field, f"{path} is not writable: {exc.strerror or exc}") from None

@@ -101,6 +101,7 @@ def write_member_artifacts(out_dir: str | Path, *, member: Member, member_result
     """Write out_dir/summary.json and out_dir/run.md; returns the summary path."""
     out_dir = Path(out_dir)
     summary = build_summary(member, member_result, population, model_cfg, train_cfg, corpus, meta)
-    atomic_write_json(out_dir / "summary.json", summary)
+    # summary.json last: it is what marks a run as done, so an interruption between the two leaves none.
     atomic_write_text(out_dir / "run.md", render_run_md(summary))
+    atomic_write_json(out_dir / "summary.json", summary)
     return out_dir / "summary.json"

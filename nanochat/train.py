@@ -5,24 +5,68 @@ This is the sequential reference path of the pilot (one subprocess per candidate
     python -m nanochat.train --model-type synaptic --synaptic-config cand.json --device cpu --seed 123 \\
         --target-flops 1e10 --out-dir artifacts/some/where
 
-Bad input (unknown config keys, invalid values, a missing --data path, an empty corpus, ...) prints one line
-`nanochat.train: error: ...` and exits with status 2 before anything is written.
+Bad input (unknown config keys, invalid values, a missing --data path, a corpus too short for one window, a run id
+that is not a plain directory name, an output place that is not a writable directory, ...) prints one line
+`nanochat.train: error: ...` and exits with status 2 before any training and before anything is written.
+Ctrl-C and SIGTERM print `nanochat.train: interrupted` and exit 130 / 143; every file is written atomically (and
+summary.json last), so an interrupted run leaves no half-written file and no summary.json.
+
+Exit status: 0 trained, 1 trained but the run failed (diverged, NaN, timeout), 2 bad input or an output that could
+not be written, 3 out of memory, 130/143 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
-import torch
-
-from .cli_args import add_model_args, add_training_args, model_config_from_args, train_config_from_args
+# Only light modules here: torch is imported inside main(), after the Ctrl-C/SIGTERM handling is in place.
+from .cli_args import add_model_args, add_training_args, flag_names, model_config_from_args, train_config_from_args
 from .config import ConfigError, Member, SynapticConfig, load_synaptic_config
-from .data import load_corpus
-from .summary import write_member_artifacts
-from .trainer import resolve_device, train_population
+from .files import check_dir_name, check_writable_dir
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread by our SIGTERM handler, so SIGTERM unwinds like Ctrl-C."""
+
+
+class _Interrupts:
+    """SIGINT -> KeyboardInterrupt, SIGTERM -> _Terminated; while `deferred()`, a signal is only noted and raised
+    when the block ends (an exception raised inside a C extension's import can leave it half-initialised and turn
+    into an unrelated ImportError)."""
+
+    def __init__(self):
+        self.deferring = False
+        self.pending: int | None = None
+
+    def handle(self, signum, frame):
+        if self.deferring:
+            self.pending = self.pending or signum
+            return
+        self.raise_for(signum)
+
+    @staticmethod
+    def raise_for(signum: int):
+        raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self.deferring = True
+        try:
+            yield
+        finally:
+            self.deferring = False
+            pending, self.pending = self.pending, None
+            if pending is not None:
+                self.raise_for(pending)
+
+
+_INTERRUPTS = _Interrupts()
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -57,34 +101,73 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the CLI; returns the exit status. Ctrl-C and SIGTERM give one line and 130 / 143."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = [signal.signal(sig, _INTERRUPTS.handle) for sig in signals] if in_main_thread else []
     try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("nanochat.train: interrupted", file=sys.stderr)
+        return 130
+    except _Terminated:
+        print("nanochat.train: interrupted", file=sys.stderr)
+        return 143
+    finally:
+        for sig, handler in zip(signals, previous):
+            if handler is not None:  # None: the old handler was not set from Python and cannot be restored
+                signal.signal(sig, handler)
+
+
+def _main(argv: list[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    flags = flag_names(parser)  # errors name our flags ("--target-flops ..."), not the library's parameter names
+    try:
+        for field in ("run_id", "artifacts_kind", "artifacts_topic"):
+            if getattr(args, field) is not None:
+                check_dir_name(field, getattr(args, field))
         synaptic = load_synaptic_config(args.synaptic_config) if args.synaptic_config else SynapticConfig()
         model_cfg = model_config_from_args(args)
         train_cfg = train_config_from_args(args, args.time_limit_s)
+        member = Member(synaptic=synaptic, seed=args.seed)
+
+        with _INTERRUPTS.deferred():  # the heavy imports, once the flags are known to be sane
+            import torch
+
+            from .data import check_corpus_fits, load_corpus
+            from .summary import write_member_artifacts
+            from .trainer import resolve_device, train_population
+
         device = resolve_device(args.device)
         run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         out_dir = args.out_dir or args.artifacts_dir / args.artifacts_kind / args.artifacts_topic / run_id
+        out_field = "out_dir" if args.out_dir else "artifacts_dir"
+        check_writable_dir(out_field, out_dir)  # before training: a run must not be lost for want of a place
         if (out_dir / "summary.json").exists() and not args.overwrite:
             raise ConfigError(f"{out_dir / 'summary.json'} already exists (use --overwrite or another --run-id)")
         corpus = load_corpus(args.data)
+        check_corpus_fits(corpus, model_cfg.sequence_len)
     except ConfigError as exc:
-        print(f"nanochat.train: error: {exc}", file=sys.stderr)
+        print(f"nanochat.train: error: {exc.named(flags)}", file=sys.stderr)
         return 2
 
-    member = Member(synaptic=synaptic, seed=args.seed)
     log = None if args.quiet else (lambda step, losses: print(f"step {step:5d}  loss {losses[0]:.4f}", flush=True))
     try:
         result = train_population([member], model_cfg, train_cfg, corpus, device, on_log=log)
     except ConfigError as exc:
-        print(f"nanochat.train: error: {exc}", file=sys.stderr)
+        print(f"nanochat.train: error: {exc.named(flags)}", file=sys.stderr)
         return 2
     except torch.OutOfMemoryError as exc:
         print(f"nanochat.train: error: out of memory: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 3
-    path = write_member_artifacts(out_dir, member=member, member_result=result.members[0], population=result,
-                                  model_cfg=model_cfg, train_cfg=train_cfg, corpus=corpus,
-                                  meta={"run_id": run_id, "entry_point": "nanochat.train"})
+    try:
+        path = write_member_artifacts(out_dir, member=member, member_result=result.members[0], population=result,
+                                      model_cfg=model_cfg, train_cfg=train_cfg, corpus=corpus,
+                                      meta={"run_id": run_id, "entry_point": "nanochat.train"})
+    except OSError as exc:  # e.g. the disk filled up during training; atomic writes left nothing half-written
+        print(f"nanochat.train: error: cannot write the summary in {out_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     m = result.members[0]
     if not args.quiet:
         print(f"{m.status}: {len(m.losses)} steps, score(3) {m.score(3):.4f}, {result.measured_time_s:.1f} s -> {path}")

@@ -94,7 +94,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"unsupported device {device!r}; use cpu, cuda or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but CUDA is not available; use --device cpu or auto")
+        raise ConfigError.about("device", "'cuda' was requested but CUDA is not available; use cpu or auto")
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"unsupported device {device!r}; use cpu, cuda or auto")
     return dev

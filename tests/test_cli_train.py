@@ -72,16 +72,16 @@ BAD_INPUTS = [
     (lambda t: ["--synaptic-config", str(t / "missing.json")], "not found"),
     (lambda t: ["--n-embd", "100", "--n-head", "3"], "divisible by n_head"),
     (lambda t: ["--n-head", "4", "--n-kv-head", "3"], "divisible by n_kv_head"),
-    (lambda t: ["--target-flops", "0"], "target_flops must be a positive"),
-    (lambda t: ["--target-flops", "-5"], "target_flops must be a positive"),
-    (lambda t: ["--max-steps", "0"], "max_steps must be a positive"),
+    (lambda t: ["--target-flops", "0"], "--target-flops must be a positive"),
+    (lambda t: ["--target-flops", "-5"], "--target-flops must be a positive"),
+    (lambda t: ["--max-steps", "0"], "--max-steps must be a positive"),
     (lambda t: ["--data", str(t / "nope")], "does not exist"),
     (lambda t: ["--data", write(t, "empty.txt", "  \n")], "is empty"),
     (lambda t: ["--data", write(t, "short.txt", "x" * 40), "--sequence-len", "64"], "longer than the training corpus"),
     (lambda t: ["--device", "tpu"], "unsupported device"),
     (lambda t: ["--batch-size", "zero"], "invalid int value"),
     (lambda t: ["--precision", "fp16"], "invalid choice: 'fp16'"),
-    (lambda t: ["--warmdown-frac", "2"], "warmdown_frac must be in [0, 1]"),
+    (lambda t: ["--warmdown-frac", "2"], "--warmdown-frac must be in [0, 1]"),
 ]
 
 

@@ -222,7 +222,7 @@ def test_objective_evaluator_marks_non_finite_values(tmp_path):
 def test_subprocess_evaluator_reports_bad_exit_and_timeout(tmp_path):
     (tmp_path / "cfg.json").write_text("{}")
     bad = SubprocessEvaluator(["--n-layer", "0"], Scoring()).evaluate([_request(tmp_path, "x")])[0]
-    assert bad.status == "error" and "n_layer" in bad.failure_reason and bad.summary_path is None
+    assert bad.status == "error" and "--n-layer must be a positive integer" in bad.failure_reason and bad.summary_path is None
     slow = SubprocessEvaluator([], Scoring(), timeout_s=0.01).evaluate([_request(tmp_path, "y")])[0]
     assert slow.status == "timeout" and slow.score == Scoring().penalty
 
