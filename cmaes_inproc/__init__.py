@@ -4,17 +4,29 @@
     result = run_pilot(run_id="pilot_cpu_0", generations=2, population_size=4)
     print(result.verdict.label, result.best.params)
 
-`python -m cmaes_inproc --help` is the command-line front end over `run_pilot`.
+`python -m cmaes_inproc --help` is the command-line front end over `run_pilot`. The names below are imported
+lazily (PEP 562), so the command line can install its Ctrl-C handling before torch is imported.
 """
 
-from .params import PARAM_SPECS, ParamSpec, decode_vector, encode_config
-from .pilot import run_pilot
-from .recorders import PilotEvent, Recorder
-from .records import CandidateRecord, ControlRecord, PilotResult, SensitivityResult, SensitivityRow
-from .spec import PilotSpec
-from .verdict import Verdict
+import importlib
 
-__all__ = [
-    "PARAM_SPECS", "CandidateRecord", "ControlRecord", "ParamSpec", "PilotEvent", "PilotResult", "PilotSpec",
-    "Recorder", "SensitivityResult", "SensitivityRow", "Verdict", "decode_vector", "encode_config", "run_pilot",
-]
+_EXPORTS = {
+    "PARAM_SPECS": "params", "ParamSpec": "params", "decode_vector": "params", "encode_config": "params",
+    "run_pilot": "pilot", "PilotEvent": "recorders", "Recorder": "recorders",
+    "CandidateRecord": "records", "ControlRecord": "records", "PilotResult": "records",
+    "SensitivityResult": "records", "SensitivityRow": "records", "PilotSpec": "spec", "Verdict": "verdict",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

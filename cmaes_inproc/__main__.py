@@ -1,195 +1,31 @@
-"""`python -m cmaes_inproc`: a thin command line over `run_pilot` (the pilot document's flags, plus a few).
+"""`python -m cmaes_inproc`: the pilot's command line (cli.py), with Ctrl-C and SIGTERM handled from the first moment.
 
-    python -m cmaes_inproc --batched --run-id pilot_cpu_0 --device cpu --generations 2 --population-size 4 \\
-        --target-flops 1e10 --search-seed 0 --eval-seed 123
-
-Flags, defaults and help come from `PilotSpec` and the nanochat configs, so the CLI and the Python API cannot drift
-apart. Bad input prints one line `cmaes_inproc: error: ...` naming the flag, and exits 2 before anything is written.
-Ctrl-C and SIGTERM stop the run with one line (exit 130 / 143); `--resume` continues it.
+The handlers are installed before torch and numpy are imported, so even an interrupt during start-up ends with one
+line and exit status 130 (Ctrl-C) or 143 (SIGTERM), never a traceback; `--resume` continues the run.
 """
 
 from __future__ import annotations
 
-import argparse
-import math
-import signal
 import sys
-from pathlib import Path
 
-from nanochat.cli_args import (add_model_args, add_training_args, flag_names, model_config_from_args,
-                               train_config_from_args)
-from nanochat.config import ConfigError, SynapticConfig, load_synaptic_config
-
-from .formatting import format_number, format_pct
-from .params import PARAM_SPECS
-from .pilot import run_pilot
-from .records import PilotResult
-from .recorders import PilotEvent
-from .spec import DEFAULTS, PilotSpec
+from nanochat.interrupts import Interrupts, Terminated
 
 PROG = "cmaes_inproc"
-SEARCH_FLAGS = ("generations", "population_size", "sigma", "search_seed", "eval_seed", "noise_seeds", "go_threshold",
-                "score_tail")
-EVALUATION_FLAGS = ("max_batch", "device")
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse would print the whole usage; we promise one line
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-class Terminated(BaseException):
-    """SIGTERM, turned into an exception so the run stops like it does on Ctrl-C."""
-
-
-def _spec_flag(group, name: str) -> None:
-    """A flag for PilotSpec field `name`, with the field's type, default and help."""
-    field = PilotSpec.__dataclass_fields__[name]
-    default = getattr(DEFAULTS, name)
-    group.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
-                       help=f"{field.metadata['help']} (default {default})")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog=PROG, description="CMA-ES Phase 1 pilot over ten synaptic knobs.")
-    g = p.add_argument_group("run")
-    g.add_argument("--run-id", default=None, help="run directory name (default: pilot_<UTC timestamp>)")
-    g.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"),
-                   help="run dir is <artifacts-dir>/cmaes/phase1/<run-id>/ (default: artifacts)")
-    g.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint and ledgers")
-    g.add_argument("--sensitivity", action="store_true",
-                   help="instead of CMA-ES: each knob at each edge of its range vs the baseline (sensitivity.csv)")
-    g.add_argument("--no-plots", action="store_true", help="skip the matplotlib figures")
-    g.add_argument("--quiet", action="store_true", help="no progress bar (the final table is still printed)")
-    g = p.add_argument_group("search")
-    for name in SEARCH_FLAGS:
-        _spec_flag(g, name)
-    g = p.add_argument_group("evaluation")
-    mode = g.add_mutually_exclusive_group()
-    mode.add_argument("--batched", dest="evaluator", action="store_const", const="batched",
-                      help="train candidates together in this process (default; falls back to subprocesses)")
-    mode.add_argument("--sequential", dest="evaluator", action="store_const", const="sequential",
-                      help="one `python -m nanochat.train` subprocess per evaluation (the pilot document's path)")
-    for name in EVALUATION_FLAGS:
-        _spec_flag(g, name)
-    g.add_argument("--timeout-s", type=float, default=None,
-                   help="wall-time limit of one training run (a batched population counts as one run)")
-    g = p.add_argument_group("training (passed to nanochat)")
-    add_model_args(g)
-    add_training_args(g)
-    g.add_argument("--data", type=Path, default=None,
-                   help="text file, directory of .txt or .parquet shards (default: embedded stdlib corpus)")
-    g.add_argument("--synaptic-config", type=Path, default=None,
-                   help="JSON overrides of the base SynapticConfig (the CMA-ES start and the baseline)")
-    p.set_defaults(evaluator=DEFAULTS.evaluator)
-    return p
-
-
-def _terminate(signum, frame):
-    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    names = {**flag_names(parser), "time_limit_s": "--timeout-s", "base_synaptic": "--synaptic-config"}
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    interrupts = Interrupts()
     try:
-        settings = {name: getattr(args, name) for name in (*SEARCH_FLAGS, *EVALUATION_FLAGS)}
-        model = model_config_from_args(args)
-        train = train_config_from_args(args, args.timeout_s)
-        base = load_synaptic_config(args.synaptic_config) if args.synaptic_config else SynapticConfig()
-        with _Progress(enabled=not args.quiet) as progress:
-            result = run_pilot(
-                run_id=args.run_id, artifacts_dir=args.artifacts_dir, resume=args.resume, plots=not args.no_plots,
-                progress=progress, extra_run_info={"argv": [PROG, *(sys.argv[1:] if argv is None else argv)]},
-                model=model, train=train, base_synaptic=base, data=args.data, evaluator=args.evaluator,
-                sensitivity=args.sensitivity, **settings)
-    except ConfigError as exc:
-        print(f"{PROG}: error: {exc.named(names)}", file=sys.stderr)
-        return 2
+        with interrupts.installed():
+            with interrupts.deferred():
+                from . import cli
+            return cli.main(argv)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; continue with --resume", file=sys.stderr)
         return 130
     except Terminated:
         print(f"{PROG}: terminated; continue with --resume", file=sys.stderr)
         return 143
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    _print_result(result)
-    return 0
-
-
-class _Progress:
-    """rich progress: evaluations done of the run, and steps of the population training right now.
-
-    The bar appears at the run's "start" event, i.e. after every input check passed, so a refused run prints
-    nothing but its one-line error.
-    """
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self.bar = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-        return False
-
-    def _start(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TextColumn("{task.fields[note]}"), console=Console(stderr=True))
-        self.bar.__enter__()
-        self.evals = self.bar.add_task("evaluations", total=None, note="")
-        self.steps = self.bar.add_task("  steps", total=None, note="")
-
-    def __call__(self, event: PilotEvent) -> None:
-        if self.enabled and self.bar is None and event.kind == "start":
-            self._start()
-        if self.bar is not None:
-            if event.kind == "step":
-                self.bar.update(self.steps, completed=event.step, total=event.steps)
-            else:
-                note = f"best {event.best_score:.4f}" if math.isfinite(event.best_score) else ""
-                self.bar.update(self.evals, completed=event.evals_done, total=event.evals_total,
-                                **({"note": note} if note else {}))
-
-
-def _print_result(result: PilotResult) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    if result.sensitivity is not None:
-        table = Table(title=f"sensitivity ({result.run_dir})")
-        for col in ("knob", "edge", "value", "score", "rel. delta"):
-            table.add_column(col, justify="left" if col in ("knob", "edge") else "right")
-        for r in result.sensitivity.rows:
-            table.add_row(r.knob, r.edge, f"{r.value:.4g}", format_number(r.score), format_pct(r.rel_delta, True))
-        console.print(table)
-        console.print(f"summary: {result.summary_md}")
-        return
-    v, best = result.verdict, result.best
-    table = Table(title="best candidate" if best else "no candidate finished")
-    table.add_column("knob")
-    table.add_column("default", justify="right")
-    table.add_column("best", justify="right")
-    if best is not None:
-        for ps in PARAM_SPECS:
-            table.add_row(ps.name, f"{getattr(result.spec.base_synaptic, ps.name):.4g}", f"{best.params[ps.name]:.4g}")
-        table.add_row("[b]score[/b]", format_number(v.baseline_score), format_number(best.score))
-    console.print(table)
-    console.print(f"verdict: [b]{v.label}[/b]  confirmed improvement {format_pct(v.confirmed_improvement, True)}, "
-                  f"seed noise {format_pct(v.seed_noise)}, failures {v.failures}/{v.evaluations}")
-    for reason in v.reasons:
-        console.print(f"  - {reason}")
-    console.print(f"summary: {result.summary_md}")
 
 
 if __name__ == "__main__":

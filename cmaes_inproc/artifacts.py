@@ -7,7 +7,7 @@ Run directory (`<artifacts_dir>/cmaes/phase1/<run_id>/`):
     controls.csv          baseline and confirmation evaluations (role, seed, score, ...), the verdict's inputs
     best.json             best-so-far candidate: decoded params, x, score, gen, cand, summary path
     summary.md            human-readable summary with the Go/No-Go verdict (and plots when matplotlib exists)
-    checkpoint.pkl        CMA-ES state after the last finished generation (for --resume)
+    checkpoint.json       how far the search got: finished generations and a hash of their ledger rows (--resume)
     eval/gen_0000/cand_0000/synaptic_config.json
     eval/gen_0000/cand_0000/seed_<eval_seed>/summary.json + run.md
     eval/baseline/synaptic_config.json, eval/baseline/seed_<s>/...       (eval seed + noise seeds)
@@ -15,23 +15,28 @@ Run directory (`<artifacts_dir>/cmaes/phase1/<run_id>/`):
     eval/sensitivity/<knob>_<low|high>/...                               (--sensitivity runs only)
 
 Every file is written to a temporary sibling and renamed into place, so a killed run never leaves a half-written
-file; the ledgers are small and are rewritten whole on each append for the same reason.
+file; the ledgers are small and are rewritten whole on each append for the same reason. A run holds an exclusive
+lock on its directory for its whole life, so two processes never work on the same run. Nothing in a run directory
+is executable state: the checkpoint is JSON, and the CMA-ES state is rebuilt on resume by replaying the recorded
+generations (the search is deterministic given its seed).
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
+import hashlib
 import io
 import json
 import os
-import pickle
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
 from nanochat.config import ConfigError
 # Atomic writes are shared with the per-evaluation summaries; re-exported here for the pilot's modules.
-from nanochat.files import atomic_write_bytes, atomic_write_json, atomic_write_text, json_safe  # noqa: F401
+from nanochat.files import (atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable_dir,  # noqa: F401
+                            json_safe)
 
 from .records import columns, from_cells, to_cells
 
@@ -52,7 +57,7 @@ class RunLayout:
         self.sensitivity_csv = self.root / "sensitivity.csv"
         self.best_json = self.root / "best.json"
         self.summary_md = self.root / "summary.md"
-        self.checkpoint = self.root / "checkpoint.pkl"
+        self.checkpoint = self.root / "checkpoint.json"
         self.eval_root = self.root / "eval"
         self.plots = self.root / "plots"
 
@@ -85,13 +90,8 @@ def eval_id_for_seed(seed: int) -> str:
     return f"seed_{seed}"
 
 
-def check_run_id(run_id: str) -> None:
-    if not run_id or run_id in (".", "..") or "/" in run_id or "\\" in run_id or run_id != run_id.strip():
-        raise ConfigError(f"--run-id must be a plain directory name, got {run_id!r}")
-
-
 def prepare_run_dir(layout: RunLayout, spec: dict, resume: bool) -> None:
-    """Create the run dir and write run.json, or check that a resumed run's spec matches. Never overwrites results.
+    """Create the run dir, or check that a resumed run's spec matches. Never overwrites results.
 
     Order matters: every check happens before the first write, so a refused run leaves the disk untouched.
     """
@@ -109,33 +109,15 @@ def prepare_run_dir(layout: RunLayout, spec: dict, resume: bool) -> None:
         differences = spec_differences(previous, json_safe(spec))
         if differences:
             raise ConfigError(f"--resume: run spec differs from {layout.run_json}: {'; '.join(differences)}")
-        _check_writable(root)
+        check_writable_dir("artifacts_dir", root)
         return
     if exists_nonempty:
         raise ConfigError(f"run dir {root} is not empty; use --resume to continue it or choose another --run-id")
-    _check_writable(_nearest_existing_parent(root))
+    check_writable_dir("artifacts_dir", root)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create run dir {root}: {exc.strerror}") from None
-    _check_writable(root)
-
-
-def _nearest_existing_parent(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists():
-        path = path.parent
-    return path
-
-
-def _check_writable(directory: Path) -> None:
-    # os.access is not enough (it says yes to root on read-only bind mounts); try a real write.
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".write_test.", dir=directory)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise ConfigError(f"artifacts dir {directory} is not writable: {exc.strerror or exc}") from None
+        raise ConfigError.about("artifacts_dir", f"{root} cannot be created: {exc.strerror or exc}") from None
 
 
 def spec_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -169,18 +151,33 @@ class Ledger:
         """The records of an existing ledger (for --resume); a damaged file is a one-line ConfigError."""
         if not self.path.is_file():
             return []
-        with self.path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames != self.columns:
-                raise ConfigError(f"--resume: {self.path} has columns {reader.fieldnames}, expected {self.columns}")
-            self._rows = [dict(r) for r in reader]
+        try:
+            with self.path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                header, rows = reader.fieldnames, [dict(r) for r in reader]
+        except (OSError, UnicodeError, csv.Error) as exc:
+            raise ConfigError(f"--resume: {self.path} is unreadable: {exc}") from None
+        if header != self.columns:
+            raise ConfigError(f"--resume: {self.path} has columns {header}, expected {self.columns}")
         records = []
-        for line, row in enumerate(self._rows, start=2):
+        for line, row in enumerate(rows, start=2):
+            if None in row or None in row.values():  # too many cells, or too few (a row cut short)
+                raise ConfigError(f"--resume: {self.path} line {line} does not have {len(self.columns)} cells "
+                                  "(a damaged ledger)")
             try:
                 records.append(from_cells(self.record_type, row, self.root))
             except ConfigError as exc:
                 raise ConfigError(f"--resume: {self.path} line {line}: {exc}") from None
+        self._rows = rows
         return records
+
+    def digest(self, n_rows: int) -> str:
+        """A hash of the first `n_rows` rows, exactly as written: the checkpoint records it, resume compares it."""
+        text = "\n".join(",".join(row.get(c) or "" for c in self.columns) for row in self._rows[:n_rows])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
     def append(self, records: Iterable) -> None:
         self._rows += [to_cells(r, self.root) for r in records]
@@ -191,16 +188,48 @@ class Ledger:
         atomic_write_text(self.path, buf.getvalue())
 
 
-# --- checkpoint ---------------------------------------------------------------------------------------------------
+# --- checkpoint and lock ---------------------------------------------------------------------------------------------
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write_bytes(path, pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    atomic_write_json(path, state)
 
 
 def load_checkpoint(path: Path) -> dict | None:
-    """The pickled CMA state of a run this process wrote itself (never load a checkpoint from an untrusted source)."""
+    """The checkpoint's JSON object, None when there is none; anything unreadable is a one-line ConfigError."""
     if not path.is_file():
         return None
-    with path.open("rb") as f:
-        return pickle.load(f)
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--resume: {path} is unreadable ({type(exc).__name__}); it is not a checkpoint this "
+                          "tool wrote") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"--resume: {path} is not a checkpoint this tool wrote")
+    return state
+
+
+class RunLock:
+    """An exclusive lock on the run directory (flock on the directory itself), held until `release()`.
+
+    The kernel drops it when the process dies, so a killed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, root: Path):
+        self.fd = os.open(root, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise ConfigError(f"run dir {root} is in use by another process; wait for it to end "
+                              "(or stop it) before resuming") from None
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = -1
+
+
+def remove_run_dir(root: Path) -> None:
+    """Undo a run that failed before recording anything (the directory was created by this very run)."""
+    shutil.rmtree(root, ignore_errors=True)

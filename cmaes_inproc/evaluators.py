@@ -20,6 +20,7 @@ import ctypes
 import gc
 import json
 import math
+import numbers
 import os
 import signal
 import subprocess
@@ -33,7 +34,8 @@ import torch
 from nanochat.config import ConfigError, Member, ModelConfig, SynapticConfig, TrainConfig
 from nanochat.status import Status
 
-DEFAULT_PENALTY = 1e3  # far above any cross-entropy of a byte model (ln 256 = 5.5); CMA-ES only uses ranks
+from .spec import DEFAULT_PENALTY
+
 
 OnDone = Callable[[list["EvalOutcome"]], None]
 OnStep = Callable[[int, int], None]
@@ -320,11 +322,18 @@ class ObjectiveEvaluator:
         self.objective, self.scoring = objective, scoring
 
     def evaluate(self, requests, on_done=None, on_step=None):
-        values = list(self.objective([dict(r.knobs) for r in requests]))
+        values = self.objective([dict(r.knobs) for r in requests])
+        try:
+            values = list(values)
+        except TypeError:
+            raise ConfigError.about("objective", f"must return a list of scores, got {type(values).__name__}") from None
         if len(values) != len(requests):
-            raise ValueError(f"objective returned {len(values)} values for {len(requests)} points")
+            raise ConfigError.about("objective", f"returned {len(values)} scores for a list of {len(requests)} points "
+                                                 "(one score per point, lower is better)")
         outcomes = []
-        for request, value in zip(requests, values):
+        for i, (request, value) in enumerate(zip(requests, values)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise ConfigError.about("objective", f"returned {value!r} for point {i}; scores must be real numbers")
             value = float(value)
             if math.isfinite(value):
                 outcomes.append(self.scoring.outcome(request, Status.OK, [value], self.name))

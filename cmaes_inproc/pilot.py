@@ -23,6 +23,7 @@ from typing import Callable
 
 from nanochat.config import ConfigError
 
+from .artifacts import remove_run_dir
 from .params import knobs_to_config, unit_to_x
 from .records import CandidateRecord, PilotResult
 from .recorders import (BestWriter, CheckpointWriter, Hooks, LedgerWriter, PilotEvent, ProgressReporter, Recorder,
@@ -65,7 +66,14 @@ def run_pilot(
     if progress is not None:
         recorders.append(ProgressReporter(run, progress))
     hooks = Hooks(recorders)
-    return run_sensitivity(run, hooks) if spec.sensitivity else run_cma(run, hooks)
+    try:
+        return run_sensitivity(run, hooks) if spec.sensitivity else run_cma(run, hooks)
+    except Exception:
+        if not resume and len(run.history) == 0:  # nothing to resume: leave no run directory behind
+            remove_run_dir(run.layout.root)
+        raise
+    finally:
+        run.close()
 
 
 def run_cma(run: Run, hooks: Hooks) -> PilotResult:

@@ -80,13 +80,16 @@ class LedgerWriter(Recorder):
 
 
 class CheckpointWriter(Recorder):
-    """The CMA-ES state after each generation, so --resume continues where a killed run stopped."""
+    """checkpoint.json after each generation: how many generations are finished and a hash of their ledger rows,
+    so --resume can rebuild the CMA-ES state by replay and refuse a ledger that no longer matches."""
 
     def __init__(self, run: Run):
-        self.path = run.layout.checkpoint
+        self.path, self.ledger = run.layout.checkpoint, run.ledgers[CandidateRecord]
 
     def generation(self, gen, search, best):
-        save_checkpoint(self.path, {"version": CHECKPOINT_VERSION, "next_gen": gen + 1, "search": search})
+        rows = len(self.ledger)
+        save_checkpoint(self.path, {"version": CHECKPOINT_VERSION, "next_gen": gen + 1, "progress_rows": rows,
+                                    "progress_sha256": self.ledger.digest(rows)})
 
 
 class BestWriter(Recorder):

@@ -157,7 +157,7 @@ def from_cells(record_type: type, cells: dict[str, str], root: Path) -> Record:
             else:
                 kind = f.type if isinstance(f.type, str) else f.type.__name__  # annotations may be postponed
                 values[f.name] = _PARSERS[kind](cells[f.name], root)
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"bad {f.name} cell {cells.get(f.name)!r}: {exc}") from None
     return record_type(**values)
 

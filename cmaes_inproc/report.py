@@ -18,13 +18,21 @@ LAYOUT_DESCRIPTION = {
     "best.json": "best candidate so far: decoded params, x, score, gen, cand, summary path",
     "verdict.json": "the Go/No-Go numbers (also in summary.md)",
     "summary.md": "this summary",
-    "checkpoint.pkl": "CMA-ES state after the last finished generation (for --resume)",
+    "checkpoint.json": "finished generations and a hash of their ledger rows (--resume replays the search)",
     "eval/gen_GGGG/cand_CCCC/": "synaptic_config.json, seed_<eval_seed>/summary.json + run.md",
     "eval/baseline/": "synaptic_config.json, seed_<s>/summary.json + run.md for the eval seed and each noise seed",
     "eval/confirm/": "the best candidate re-evaluated on the same seeds",
     "eval/sensitivity/<knob>_<low|high>/": "one-at-a-time sweep (--sensitivity)",
     "plots/": "PNG figures embedded in summary.md (when matplotlib is installed)",
 }
+
+
+def score_description(score_tail: int, budget) -> str:
+    """What a score is, honestly: a run shorter than `score_tail` steps is scored on all of its losses."""
+    steps = None if budget is None else budget.max_steps
+    if steps is not None and score_tail > steps:
+        return f"mean of the last {steps} train losses (every loss: score_tail {score_tail} > {steps} steps per run)"
+    return f"mean of the last {score_tail} train losses"
 
 
 def _budget_line(budget) -> str:
@@ -95,7 +103,7 @@ def render_cma_summary(*, run_id, spec, verdict: Verdict, best, records, per_gen
     lines += ["", "## Search", "",
               f"- {spec.generations} generations x {spec.population_size} candidates, sigma {spec.sigma:g} "
               f"(fraction of each knob's range), search seed {spec.search_seed}, eval seed {spec.eval_seed}, "
-              f"noise seeds {spec.noise_seeds}, score = mean of the last {spec.score_tail} train losses",
+              f"noise seeds {spec.noise_seeds}, score = {score_description(spec.score_tail, budget)}",
               _budget_line(budget),
               f"- evaluators: {', '.join(f'{k} x{v}' for k, v in sorted(by_evaluator.items())) or 'none'}",
               "", "| generation | best score | best so far |", "|---:|---:|---:|"]

@@ -19,20 +19,21 @@ import numpy as np
 
 from nanochat.cli_args import config_args
 from nanochat.config import ConfigError, SynapticConfig
+from nanochat.files import check_dir_name
 from nanochat.status import Status
 
 from . import report
-from .artifacts import (Ledger, RunLayout, atomic_write_json, check_run_id, eval_id_for_seed, load_checkpoint,
+from .artifacts import (Ledger, RunLayout, RunLock, atomic_write_json, eval_id_for_seed, load_checkpoint,
                         prepare_run_dir)
 from .evaluators import (BatchedEvaluator, EvalOutcome, EvalRequest, Evaluator, FallbackEvaluator,
                          ObjectiveEvaluator, Scoring, SubprocessEvaluator)
-from .params import PARAM_NAMES, PARAM_SPECS, decode_vector, encode_config, knobs_to_config, x_to_unit
+from .params import PARAM_NAMES, PARAM_SPECS, decode_vector, encode_config, knobs_to_config, unit_to_x, x_to_unit
 from .records import CandidateRecord, ControlRecord, History
 from .search import CMASearch
 from .spec import PilotSpec
 from .verdict import SeedResult
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 1 was a pickle; 2 is JSON, with the CMA-ES state rebuilt by replay
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,14 @@ class Run:
         self.ledgers = {CandidateRecord: Ledger(layout.progress_csv, CandidateRecord, layout.root),
                         ControlRecord: Ledger(layout.controls_csv, ControlRecord, layout.root)}
         self.history = History()
+        self.lock: RunLock | None = None
+        # What --resume compares: every setting that decides results, and the corpus itself (a path is not enough).
+        self.identity = {**spec.results_dict(), "corpus_sha256": None if corpus is None else corpus.sha256}
+
+    def close(self) -> None:
+        """Release the run directory's lock."""
+        if self.lock is not None:
+            self.lock.release()
 
     # -- evaluating --------------------------------------------------------------------------------------------------
 
@@ -138,15 +147,37 @@ class Run:
     # -- state ---------------------------------------------------------------------------------------------------------
 
     def search(self) -> tuple[CMASearch, int]:
-        """The CMA-ES state to continue from (the checkpoint's, on resume) and the next generation to run."""
-        state = load_checkpoint(self.layout.checkpoint)
-        if state is not None:
-            if state.get("version") != CHECKPOINT_VERSION:
-                raise ConfigError(f"--resume: {self.layout.checkpoint} has an unknown format")
-            return state["search"], int(state["next_gen"])
-        spec = self.spec
-        return CMASearch(x_to_unit(encode_config(spec.base_synaptic)), spec.sigma, spec.population_size,
-                         spec.search_seed, self.layout.root), 0
+        """The CMA-ES state to continue from and the next generation to run.
+
+        Nothing is unpickled: the state is rebuilt by replaying the generations the checkpoint says are finished
+        (ask, check that the recorded candidates are exactly the points asked, tell their recorded scores). The
+        checkpoint also holds a hash of those generations' ledger rows, so a ledger that lost, gained or changed
+        rows since (or a checkpoint from another run) is refused instead of silently giving another result.
+        """
+        spec, ledger = self.spec, self.ledgers[CandidateRecord]
+        search = CMASearch(x_to_unit(encode_config(spec.base_synaptic)), spec.sigma, spec.population_size,
+                           spec.search_seed, self.layout.root)
+        state = load_checkpoint(self.layout.checkpoint) or {"version": CHECKPOINT_VERSION, "next_gen": 0,
+                                                             "progress_rows": 0, "progress_sha256": ledger.digest(0)}
+        where = f"--resume: {self.layout.checkpoint}"
+        next_gen, rows = state.get("next_gen"), state.get("progress_rows")
+        if (state.get("version") != CHECKPOINT_VERSION or not isinstance(next_gen, int) or not isinstance(rows, int)
+                or not 0 <= next_gen <= spec.generations):
+            raise ConfigError(f"{where} is not a checkpoint of this run (unknown format or generation)")
+        if rows > len(ledger) or ledger.digest(rows) != state.get("progress_sha256"):
+            raise ConfigError(f"{where} records {next_gen} finished generation(s) that progress.csv does not hold "
+                              "as written (rows lost, added or edited, or a checkpoint from another run)")
+        for gen in range(next_gen):
+            points = search.ask()
+            recorded = [self.history.candidate(gen, cand) for cand in range(len(points))]
+            if any(r is None or r.x != tuple(float(v) for v in unit_to_x(u)) for r, u in zip(recorded, points)):
+                raise ConfigError(f"{where}: generation {gen} in progress.csv is not what the search asks")
+            search.tell(points, [r.score for r in recorded])
+        late = [r.key for r in self.history.candidates() if r.gen > next_gen]
+        if late:
+            raise ConfigError(f"{where}: progress.csv holds candidates {late[:3]} beyond generation {next_gen}, "
+                              "which the checkpoint does not know")
+        return search, next_gen
 
     def seed_result(self, record: ControlRecord) -> SeedResult:
         """A control's numbers as the verdict needs them (its loss curve is read from its summary.json)."""
@@ -169,20 +200,24 @@ def losses_of(summary_path: Path | None) -> list[float]:
 
 def open_run(spec: PilotSpec, run_id: str | None, artifacts_dir: str | Path, resume: bool,
              objective: Callable | None, extra_run_info: dict | None) -> Run:
-    """Check every input, then create (or reopen, on resume) the run directory; see the module docstring."""
-    run_id = run_id if run_id is not None else time.strftime("pilot_%Y%m%d_%H%M%S", time.gmtime())
-    check_run_id(run_id)
+    """Check every input, then create (or reopen, on resume) and lock the run directory; see the module docstring.
+
+    The returned run holds the directory's lock until `close()`.
+    """
+    run_id = check_dir_name("run_id", run_id if run_id is not None else time.strftime("pilot_%Y%m%d_%H%M%S",
+                                                                                       time.gmtime()))
     layout = RunLayout.for_run(Path(artifacts_dir).absolute(), run_id)
     scoring = Scoring(spec.score_tail, spec.penalty)
     budget = corpus = cli_args = None
     if objective is not None:
         evaluator: Evaluator = ObjectiveEvaluator(objective, scoring)
     else:
-        from nanochat.data import load_corpus  # the trainer stack is only needed when we actually train
+        from nanochat.data import check_corpus_fits, load_corpus  # the trainer stack only when we train
         from nanochat.trainer import plan_budget, resolve_device
 
         resolve_device(spec.device)  # an unusable device is bad input for every path: fail before writing
         corpus = load_corpus(spec.data)
+        check_corpus_fits(corpus, spec.model.sequence_len)
         budget = plan_budget(spec.model, spec.train, spec.base_synaptic.post_rank)
         cli_args = ["--model-type", "synaptic", "--device", spec.device, *config_args(spec.model, spec.train),
                     *([] if spec.data is None else ["--data", spec.data])]
@@ -197,14 +232,33 @@ def open_run(spec: PilotSpec, run_id: str | None, artifacts_dir: str | Path, res
             evaluator = FallbackEvaluator(batched, SubprocessEvaluator(cli_args, scoring, hard_timeout,
                                                                        label="subprocess-fallback"))
     run = Run(spec, run_id, layout, evaluator, budget, corpus, cli_args)
-    prepare_run_dir(layout, spec.results_dict(), resume)
-    if resume:
-        for ledger in run.ledgers.values():
-            for record in ledger.load():
-                run.history.add(record)
-    else:
-        atomic_write_json(layout.run_json, run_info(run, extra_run_info or {}))
+    prepare_run_dir(layout, run.identity, resume)
+    run.lock = RunLock(layout.root)
+    try:
+        if resume:
+            for ledger in run.ledgers.values():
+                for record in ledger.load():
+                    run.history.add(record)
+            _check_controls(run)
+        else:
+            if any(layout.root.iterdir()):  # another process created this run between our check and our lock
+                raise ConfigError(f"run dir {layout.root} is not empty; use --resume to continue it or choose "
+                                  "another --run-id")
+            atomic_write_json(layout.run_json, run_info(run, extra_run_info or {}))
+    except BaseException:
+        run.close()
+        raise
     return run
+
+
+def _check_controls(run: Run) -> None:
+    """A resumed controls.csv may only hold the evaluations this run asks for (roles, seeds, sweep edges)."""
+    spec = run.spec
+    for c in run.history.controls():
+        allowed = spec.seeds if c.role in ("baseline", "confirm") else [spec.eval_seed]
+        if c.role not in ("baseline", "confirm", "sensitivity") or c.seed not in allowed:
+            raise ConfigError(f"--resume: {run.layout.controls_csv} holds a {c.role!r} row on seed {c.seed}, "
+                              "which this run never asks for (a ledger from another run?)")
 
 
 def run_info(run: Run, extra: dict) -> dict:
@@ -214,7 +268,7 @@ def run_info(run: Run, extra: dict) -> dict:
     info = {
         "run_id": run.run_id,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "spec": spec.results_dict(),
+        "spec": run.identity,
         "execution": {**spec.execution_dict(), "fallback": "subprocess (nanochat.train)"},
         "param_space": [s.to_dict() for s in PARAM_SPECS],
         "scaling": {
@@ -227,7 +281,7 @@ def run_info(run: Run, extra: dict) -> dict:
         "baseline_config": spec.base_synaptic.to_dict(),
         "budget": None if run.budget is None else run.budget.to_dict(),
         "corpus": None if run.corpus is None else run.corpus.describe(),
-        "scoring": {"score": f"mean of the last {spec.score_tail} train losses", "penalty": spec.penalty,
+        "scoring": {"score": report.score_description(spec.score_tail, run.budget), "penalty": spec.penalty,
                     "statuses": [s.value for s in Status]},
         "reproduce": None if run.cli_args is None else {
             "command": "python -m nanochat.train " + " ".join(run.cli_args)

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nanochat.config import ConfigError, ModelConfig, SynapticConfig, TrainConfig
+from nanochat.config import MAX_SEED, ConfigError, ModelConfig, SynapticConfig, TrainConfig, check_seed
 
-from .evaluators import DEFAULT_PENALTY
 from .params import PARAM_SPECS, check_inside_bounds
 from .verdict import DEFAULT_GO_THRESHOLD
 
 EVALUATOR_MODES = ("batched", "sequential")
+DEFAULT_PENALTY = 1e3  # far above any cross-entropy of a byte model (ln 256 = 5.5); CMA-ES only uses ranks
 
 
 def _help(text: str) -> dict:
@@ -65,9 +65,12 @@ class PilotSpec:
         if not 0 < _number("sigma", self.sigma) <= 1:
             raise ConfigError.about("sigma", f"is a fraction of each knob's range and must be in (0, 1], got "
                                              f"{self.sigma!r}")
-        _int("search_seed", self.search_seed, 0)
-        _int("eval_seed", self.eval_seed, 0)
+        check_seed("search_seed", self.search_seed)
+        check_seed("eval_seed", self.eval_seed)
         _int("noise_seeds", self.noise_seeds, 0)
+        if self.eval_seed + self.noise_seeds > MAX_SEED:  # the noise seeds are eval_seed + 1, ..., + noise_seeds
+            raise ConfigError.about("noise_seeds", f"takes the seeds past {MAX_SEED} (eval_seed {self.eval_seed} + "
+                                                   f"{self.noise_seeds})")
         if _number("go_threshold", self.go_threshold) < 0:
             raise ConfigError.about("go_threshold", f"must be >= 0, got {self.go_threshold!r}")
         _int("score_tail", self.score_tail, 1)

@@ -18,10 +18,7 @@ not be written, 3 out of memory, 130/143 interrupted.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,44 +26,7 @@ from pathlib import Path
 from .cli_args import add_model_args, add_training_args, flag_names, model_config_from_args, train_config_from_args
 from .config import ConfigError, Member, SynapticConfig, load_synaptic_config
 from .files import check_dir_name, check_writable_dir
-
-
-class _Terminated(BaseException):
-    """Raised in the main thread by our SIGTERM handler, so SIGTERM unwinds like Ctrl-C."""
-
-
-class _Interrupts:
-    """SIGINT -> KeyboardInterrupt, SIGTERM -> _Terminated; while `deferred()`, a signal is only noted and raised
-    when the block ends (an exception raised inside a C extension's import can leave it half-initialised and turn
-    into an unrelated ImportError)."""
-
-    def __init__(self):
-        self.deferring = False
-        self.pending: int | None = None
-
-    def handle(self, signum, frame):
-        if self.deferring:
-            self.pending = self.pending or signum
-            return
-        self.raise_for(signum)
-
-    @staticmethod
-    def raise_for(signum: int):
-        raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-    @contextlib.contextmanager
-    def deferred(self):
-        self.deferring = True
-        try:
-            yield
-        finally:
-            self.deferring = False
-            pending, self.pending = self.pending, None
-            if pending is not None:
-                self.raise_for(pending)
-
-
-_INTERRUPTS = _Interrupts()
+from .interrupts import Interrupts, Terminated
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -102,24 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status. Ctrl-C and SIGTERM give one line and 130 / 143."""
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = [signal.signal(sig, _INTERRUPTS.handle) for sig in signals] if in_main_thread else []
+    interrupts = Interrupts()
     try:
-        return _main(argv)
+        with interrupts.installed():
+            return _main(argv, interrupts)
     except KeyboardInterrupt:
         print("nanochat.train: interrupted", file=sys.stderr)
         return 130
-    except _Terminated:
+    except Terminated:
         print("nanochat.train: interrupted", file=sys.stderr)
         return 143
-    finally:
-        for sig, handler in zip(signals, previous):
-            if handler is not None:  # None: the old handler was not set from Python and cannot be restored
-                signal.signal(sig, handler)
 
 
-def _main(argv: list[str] | None) -> int:
+def _main(argv: list[str] | None, interrupts: Interrupts) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     flags = flag_names(parser)  # errors name our flags ("--target-flops ..."), not the library's parameter names
@@ -132,7 +87,7 @@ def _main(argv: list[str] | None) -> int:
         train_cfg = train_config_from_args(args, args.time_limit_s)
         member = Member(synaptic=synaptic, seed=args.seed)
 
-        with _INTERRUPTS.deferred():  # the heavy imports, once the flags are known to be sane
+        with interrupts.deferred():  # the heavy imports, once the flags are known to be sane
             import torch
 
             from .data import check_corpus_fits, load_corpus

@@ -92,7 +92,7 @@ def seed_example(tmp_path_factory, tiny_config_file):
 def test_seed_example_writes_the_full_layout(seed_example):
     root = run_dir(seed_example, "pilot_cpu_0")
     for name in ("run.json", "progress.csv", "controls.csv", "best.json", "summary.md", "verdict.json",
-                 "checkpoint.pkl", "eval/baseline/synaptic_config.json", "eval/confirm/synaptic_config.json"):
+                 "checkpoint.json", "eval/baseline/synaptic_config.json", "eval/confirm/synaptic_config.json"):
         assert (root / name).is_file(), name
     rows = read_csv(root / "progress.csv")
     assert len(rows) == 8 and list(rows[0])[:6] == PROGRESS_HEAD
@@ -327,7 +327,7 @@ def test_unwritable_artifacts_dir_is_refused_by_the_real_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cmaes_inproc", "--artifacts-dir", str(blocker), "--run-id", "r",
                            "--generations", "1"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert proc.stderr.startswith("cmaes_inproc: error: ") and "not writable" in proc.stderr
+    assert proc.stderr.startswith("cmaes_inproc: error: ") and "--artifacts-dir" in proc.stderr and "cannot be created" in proc.stderr
     assert blocker.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["not_a_dir"]
 
 

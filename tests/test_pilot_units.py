@@ -291,7 +291,7 @@ def test_run_dir_rules(tmp_path):
         prepare_run_dir(RunLayout.for_run(tmp_path, "other"), {"k": 1}, resume=True)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(ConfigError, match="not writable|cannot create"):
+    with pytest.raises(ConfigError, match="not writable|cannot be created"):
         prepare_run_dir(RunLayout.for_run(blocker, "r"), {}, resume=False)
     assert [p.name for p in tmp_path.iterdir() if p.name != "file"] == ["cmaes"]
     assert not list(layout.root.glob(".*.tmp")), "no temp files left behind"

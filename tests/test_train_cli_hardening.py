@@ -107,19 +107,15 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay_s):
 
 def test_a_signal_during_the_heavy_imports_waits_for_them():
     """An exception raised inside a C extension's import can surface as an unrelated ImportError (seen with numpy
-    under load), so the CLI defers Ctrl-C / SIGTERM until its imports are done, then raises them."""
-    from nanochat.train import _INTERRUPTS
+    under load), so the CLIs defer Ctrl-C / SIGTERM until their imports are done, then raise them."""
+    from nanochat.interrupts import Interrupts
 
-    previous = signal.signal(signal.SIGINT, _INTERRUPTS.handle)
+    interrupts = Interrupts()
     reached_end_of_block = False
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            with _INTERRUPTS.deferred():
-                os.kill(os.getpid(), signal.SIGINT)
-                for _ in range(1000):  # the handler runs between bytecodes: it has run by now
-                    time.sleep(0.001)
-                reached_end_of_block = True
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        _INTERRUPTS.pending = None
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.installed(), interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs between bytecodes: it has run by now
+                time.sleep(0.001)
+            reached_end_of_block = True
     assert reached_end_of_block
