@@ -151,8 +151,8 @@ class BatchedEvaluator:
         failure: tuple[Status, str] | None = None
         try:
             outcomes = self._train(chunk, on_step)
-        except ConfigError:
-            raise  # bad input fails the same way on every path: report it instead of retrying
+        except (ConfigError, OSError):
+            raise  # bad input, or no room to write the results: the same on every path, so report, don't retry
         except Exception as exc:  # noqa: BLE001 - any failure of the batched path is handled below
             headline = _line(exc, 0) or type(exc).__name__
             if _is_out_of_memory(exc):
