@@ -1,4 +1,4 @@
-"""Shared pieces of the throughput benchmarks: the seed's baseline model, candidate populations, timers.
+"""Shared pieces of the throughput benchmarks: the pilot document's baseline model, candidate populations, timers.
 
 Every benchmark trains real candidates of the baseline model (4 layers, width 128, 4 heads, sequence 256, batch 8)
 on the embedded corpus. `BENCH_DEVICE` (default cpu) picks the device; `BENCH_STEPS` the steps per measurement.
@@ -22,7 +22,7 @@ from nanochat.trainer import train_population
 
 DEVICE = os.environ.get("BENCH_DEVICE", "cpu")
 STEPS = int(os.environ.get("BENCH_STEPS", "4"))
-BASELINE_MODEL = ModelConfig()  # the seed's Phase-1 baseline
+BASELINE_MODEL = ModelConfig()  # the pilot document's Phase-1 baseline
 
 
 def bench_train(steps: int = STEPS) -> TrainConfig:

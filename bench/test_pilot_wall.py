@@ -1,4 +1,4 @@
-"""Wall time of the seed's example pilot (2 generations x 4, --target-flops 1e10): --batched vs --sequential.
+"""Wall time of the pilot document's example pilot (2 generations x 4, --target-flops 1e10): --batched vs --sequential.
 
 Target (issue 4): batched >= 5x faster on 2 CPU cores, because the sequential path pays a Python + torch start-up
 per evaluation (8 candidates + baseline and noise seeds + the best's confirmation) and the batched path pays once.

@@ -3,7 +3,7 @@
 * `BatchedEvaluator`: trains requests together as populations (at most `max_batch` members each) with
   `nanochat.trainer.train_population`, in this process. A population that runs out of memory is split in half and
   retried, down to single members.
-* `SubprocessEvaluator`: the seed's path, one `python -m nanochat.train` per request.
+* `SubprocessEvaluator`: the pilot document's path, one `python -m nanochat.train` per request.
 * `FallbackEvaluator`: batched first; requests it could not run (out of memory even alone, or the batched path
   raised) go through the subprocess path, and are recorded as `subprocess-fallback`.
 * `ObjectiveEvaluator`: a user callable over decoded knobs, for reusing the CMA loop and artifacts elsewhere.
@@ -198,7 +198,7 @@ class BatchedEvaluator:
 # --- subprocess, one candidate per process ------------------------------------------------------------------------
 
 class SubprocessEvaluator:
-    """Run `python -m nanochat.train` once per request, one after another (the seed's evaluation path)."""
+    """Run `python -m nanochat.train` once per request, one after another (the pilot document's evaluation path)."""
 
     name = "subprocess"
 

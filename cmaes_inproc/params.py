@@ -3,8 +3,8 @@
 Three spaces, each with one job:
 
 * **value space**: what `SynapticConfig` holds (e.g. `post_fast_lr = 1.5e-3`).
-* **x-space**: the seed document's coordinates. Linear knobs are their value; log10 knobs are `log10(value)`.
-  The bounds of the seed's table live here, and `x` is what `progress.csv` and `best.json` record.
+* **x-space**: the pilot document's coordinates. Linear knobs are their value; log10 knobs are `log10(value)`.
+  The bounds of the pilot document's table live here, and `x` is what `progress.csv` and `best.json` record.
 * **unit space**: each x coordinate mapped affinely onto [0, 1] by its bounds. CMA-ES searches here, so that one
   `sigma` means "this fraction of the range" for every knob (the raw ranges differ by a factor of 40: [0, 0.1] vs
   [1, 18]). pycma's own bound handling keeps samples inside [0, 1].
@@ -58,7 +58,7 @@ class ParamSpec:
         return {"name": self.name, "kind": self.kind, "low": self.low, "high": self.high}
 
 
-# The seed document's table, in its order (index i is coordinate i of every vector).
+# The pilot document's table, in its order (index i is coordinate i of every vector).
 PARAM_SPECS: tuple[ParamSpec, ...] = (
     ParamSpec("tau_c", "linear", 0.70, 0.99),
     ParamSpec("alpha_c", "linear", 0.10, 1.00),

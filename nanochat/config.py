@@ -71,7 +71,7 @@ STRUCTURAL_FIELDS = ("attn_topk", "presyn_chunk", "endo_delay", "post_rank")
 class SynapticConfig:
     """Knobs and constants of the presynaptic attention and postsynaptic MLP (equations: nanochat/MODEL.md).
 
-    The first ten fields are the pilot's search space, with the seed document's defaults.
+    The first ten fields are the pilot's search space, with the pilot document's defaults.
     """
 
     # --- the ten searched knobs -------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def check_same_structure(configs: list[SynapticConfig]) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of the GPT (the seed's Phase-1 baseline by default)."""
+    """Shape of the GPT (the pilot document's Phase-1 baseline by default)."""
 
     vocab_size: int = 256  # byte-level tokens; larger values add unused rows
     n_layer: int = 4
@@ -283,7 +283,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
-# The default budget: ~150 optimizer steps of the baseline model (see README, "Choosing the budget"). The seed's
+# The default budget: ~150 optimizer steps of the baseline model (see README, "Choosing the budget"). The pilot document's
 # 1e10 is about one step with an honest FLOPs count, and a one-step objective cannot rank candidates.
 DEFAULT_TARGET_FLOPS = 2e12
 

@@ -45,7 +45,7 @@ def build_summary(member: Member, result: MemberResult, population: PopulationRe
         },
         "hparams": {
             "model_type": "synaptic",
-            "optimizer_type": "adamw",  # as the seed's CLI names it; block matrices use Muon internally
+            "optimizer_type": "adamw",  # as the pilot document's CLI names it; block matrices use Muon internally
             "seed": member.seed,
             "synaptic_config": member.synaptic.to_dict(),
         },

@@ -1,6 +1,6 @@
 """`python -m nanochat.train`: train ONE synaptic GPT (a population of P = 1) and write summary.json + run.md.
 
-This is the sequential reference path of the pilot (one subprocess per candidate), with the seed's flags:
+This is the sequential reference path of the pilot (one subprocess per candidate), with the pilot document's flags:
 
     python -m nanochat.train --model-type synaptic --synaptic-config cand.json --device cpu --seed 123 \\
         --target-flops 1e10 --out-dir artifacts/some/where
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training")
     add_training_args(g)
     g.add_argument("--optimizer-type", default="adamw", choices=["adamw"],
-                   help="accepted for the seed's CLI; the synaptic model always uses AdamW + Muon")
+                   help="accepted for the pilot document's CLI; the synaptic model always uses AdamW + Muon")
     g.add_argument("--time-limit-s", type=float, default=None, help="wall-time limit of the run")
     g = p.add_argument_group("artifacts")
     g.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))

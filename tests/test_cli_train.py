@@ -44,7 +44,7 @@ def test_target_flops_1e10_is_one_step_at_baseline(tmp_path):
 
 @pytest.mark.slow
 def test_default_budget_learns(tmp_path):
-    """The default budget at the seed's baseline size: the last loss is >= 30% below the first."""
+    """The default budget at the pilot document's baseline size: the last loss is >= 30% below the first."""
     r = run_train("--seed", "123", "--out-dir", str(tmp_path / "o"), "--quiet", timeout=900)
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "o" / "summary.json").read_text())

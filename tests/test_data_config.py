@@ -108,7 +108,7 @@ def test_estimate_flops_counts_matmul_weights_and_attention():
 def test_budget_steps():
     m = ModelConfig()
     one = plan_budget(m, TrainConfig(target_flops=1e10))
-    assert one.max_steps == 1  # the seed's 1e10 is about one step with an honest count
+    assert one.max_steps == 1  # the pilot document's 1e10 is about one step with an honest count
     default = plan_budget(m, TrainConfig())
     assert 120 <= default.max_steps <= 180
     assert default.max_steps == math.ceil(2e12 / (default.flops_per_token_est * 8 * 256))

@@ -1,7 +1,7 @@
 """cmaes_inproc end to end, with a tiny model: the seven points of issue 3's "What it must show".
 
 Every training run here is a 1-layer, width-32 model on 32-token sequences for 5 steps, so the whole file stays
-within tens of seconds on two CPU cores; the seed's example at its real size is marked slow.
+within tens of seconds on two CPU cores; the pilot document's example at its real size is marked slow.
 """
 
 import csv
@@ -78,7 +78,7 @@ def read_csv(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def seed_example(tmp_path_factory, tiny_config_file):
-    """The seed's example command (tiny model), run twice under two run ids."""
+    """The pilot document's example command (tiny model), run twice under two run ids."""
     artifacts = tmp_path_factory.mktemp("artifacts")
     with one_thread():
         for run_id in ("pilot_cpu_0", "pilot_cpu_0_again"):
@@ -86,7 +86,7 @@ def seed_example(tmp_path_factory, tiny_config_file):
     return artifacts
 
 
-# --- 1. the seed's example completes and writes the full layout -----------------------------------------------------
+# --- 1. the pilot document's example completes and writes the full layout -----------------------------------------------------
 
 
 def test_seed_example_writes_the_full_layout(seed_example):
@@ -135,7 +135,7 @@ def test_seed_example_writes_the_full_layout(seed_example):
 
 @pytest.mark.slow
 def test_seed_example_at_the_seed_size_is_one_step(tmp_path):
-    """The seed's exact command (4-layer, width-128 model, 1e10 FLOPs = one step) through the real CLI."""
+    """The pilot document's exact command (4-layer, width-128 model, 1e10 FLOPs = one step) through the real CLI."""
     proc = subprocess.run([sys.executable, "-m", "cmaes_inproc", "--run-id", "pilot_cpu_0", "--artifacts-dir",
                            str(tmp_path), *SEED_EXAMPLE, "--quiet"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr

@@ -20,7 +20,7 @@ from nanochat.config import ConfigError, ModelConfig, SynapticConfig, TrainConfi
 
 # --- params ---------------------------------------------------------------------------------------------------------
 
-SEED_TABLE = [  # the seed document's table, verbatim
+SEED_TABLE = [  # the pilot document's table, verbatim
     ("tau_c", "linear", 0.70, 0.99), ("alpha_c", "linear", 0.10, 1.00), ("init_rrp", "linear", 1.0, 18.0),
     ("prime_rate", "linear", 0.01, 0.20), ("rec_rate", "linear", 0.01, 0.20), ("lambda_loge", "linear", 0.0, 4.0),
     ("barrier_strength", "linear", 0.0, 0.50), ("stochastic_train_frac", "linear", 0.0, 0.40),
