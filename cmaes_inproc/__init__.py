@@ -8,7 +8,7 @@
 lazily (PEP 562), so the command line can install its Ctrl-C handling before torch is imported.
 """
 
-import importlib
+from nanochat.lazy import lazy_exports
 
 _EXPORTS = {
     "PARAM_SPECS": "params", "ParamSpec": "params", "decode_vector": "params", "encode_config": "params",
@@ -20,13 +20,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -5,7 +5,7 @@ The names below are imported lazily (PEP 562), so `python -m nanochat.train` can
 handling and check its flags before torch is imported.
 """
 
-import importlib
+from .lazy import lazy_exports
 
 _EXPORTS = {
     "ConfigError": "config", "Member": "config", "ModelConfig": "config", "SynapticConfig": "config",
@@ -18,13 +18,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

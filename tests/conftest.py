@@ -2,8 +2,8 @@
 
 import pytest
 
-from nanochat.config import ModelConfig, SynapticConfig, TrainConfig
 from nanochat.data import load_corpus
+from tiny import TRAINER_MODEL, TRAINER_SYNAPTIC, TRAINER_TRAIN
 
 
 @pytest.fixture(scope="session")
@@ -13,24 +13,17 @@ def corpus():
 
 @pytest.fixture
 def tiny_model():
-    return ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64)
+    return TRAINER_MODEL
 
 
 @pytest.fixture
 def tiny_train():
-    return TrainConfig(batch_size=4, max_steps=12, warmup_steps=2)
+    return TRAINER_TRAIN
 
 
 @pytest.fixture
 def tiny_synaptic():
-    return SynapticConfig(presyn_chunk=16)
-
-
-# The same sizes as CLI flags, for tests that run `python -m nanochat.train`.
-TINY_CLI_FLAGS = [
-    "--n-layer", "2", "--n-embd", "64", "--n-head", "2", "--n-kv-head", "2", "--sequence-len", "64",
-    "--batch-size", "4", "--warmup-steps", "2",
-]
+    return TRAINER_SYNAPTIC
 
 
 @pytest.fixture

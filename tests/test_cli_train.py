@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import TINY_CLI_FLAGS
+from tiny import TRAINER_FLAGS as TINY_CLI_FLAGS
 from nanochat.train import main
 
 

@@ -12,14 +12,13 @@ from nanochat.cli_args import add_training_args, train_config_from_args
 from nanochat.config import ConfigError, Member, ModelConfig, SynapticConfig, TrainConfig
 from nanochat.trainer import train_population
 
-TINY = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64)
+from tiny import TRAINER_MODEL as TINY
+from tiny import TRAINER_SYNAPTIC, mixed_population as mixed_eight
 
 
 def mixed_population() -> list[Member]:
     """Four members with stochastic release, and a fifth whose loss the tests make NaN at step 4."""
-    base = SynapticConfig(presyn_chunk=16)
-    members = [Member(base.replace(alpha_c=0.2 + 0.2 * i, stochastic_train_frac=0.1 * i), 100 + i % 2) for i in range(4)]
-    return members + [Member(base, 7)]
+    return mixed_eight(TRAINER_SYNAPTIC)[4:] + [Member(TRAINER_SYNAPTIC, 7)]
 
 
 def train(corpus, device, graph: bool, members=None, steps: int = 8):

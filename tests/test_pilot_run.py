@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,11 +24,11 @@ from cmaes_inproc.evaluators import BatchedEvaluator
 from cmaes_inproc.params import x_to_unit
 from nanochat.config import ModelConfig, SynapticConfig, TrainConfig
 
-TINY_MODEL = ModelConfig(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, sequence_len=32)
-TINY_TRAIN = TrainConfig(batch_size=2, max_steps=5, warmup_steps=1)
-TINY_SYNAPTIC = SynapticConfig(presyn_chunk=8)  # 4 presynaptic chunks per sequence: the state really evolves
-TINY_FLAGS = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--n-kv-head", "2", "--sequence-len", "32",
-              "--batch-size", "2", "--max-steps", "5", "--warmup-steps", "1", "--quiet"]
+from tiny import PILOT_FLAGS as TINY_FLAGS
+from tiny import PILOT_MODEL as TINY_MODEL
+from tiny import PILOT_SYNAPTIC as TINY_SYNAPTIC
+from tiny import PILOT_TRAIN as TINY_TRAIN
+
 SEED_EXAMPLE = ["--batched", "--device", "cpu", "--generations", "2", "--population-size", "4",
                 "--target-flops", "1e10", "--search-seed", "0", "--eval-seed", "123"]
 PROGRESS_HEAD = ["gen", "cand", "score", "status", "summary_path", "evaluator"]
@@ -253,7 +252,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_config_
 # --- 6. run_pilot with a custom objective finds a clearly better point, fast ----------------------------------------
 
 
-def test_custom_objective_finds_a_better_point_quickly(tmp_path):
+def test_custom_objective_finds_a_better_point(tmp_path):
     target = np.full(len(PARAM_SPECS), 0.8)  # a shifted sphere in the unit cube, far from the default config
 
     def shifted_sphere(points: list[dict]) -> list[float]:
@@ -266,12 +265,9 @@ def test_custom_objective_finds_a_better_point_quickly(tmp_path):
     np.random.seed(5)
     global_state = np.random.get_state()[1].copy()
     generations = 8
-    t0 = time.perf_counter()
     result = run_pilot(run_id="sphere", artifacts_dir=tmp_path, generations=generations, population_size=8,
                        sigma=0.3, objective=shifted_sphere, plots=False)
-    per_generation = (time.perf_counter() - t0) / generations
     start = shifted_sphere([{s.name: getattr(SynapticConfig(), s.name) for s in PARAM_SPECS}])[0]
-    assert per_generation < 1.0, f"{per_generation:.2f} s per generation"
     assert result.best.score < 0.5 * start, (result.best.score, start)
     assert result.best_per_generation[-1] < result.best_per_generation[0]
     assert len(result.records) == generations * 8 and all(r.evaluator == "objective" for r in result.records)

@@ -29,7 +29,8 @@ import torch
 from cmaes_inproc import PARAM_SPECS, run_pilot
 from cmaes_inproc.__main__ import main
 from cmaes_inproc.params import x_to_unit
-from nanochat.config import ModelConfig, SynapticConfig, TrainConfig
+from nanochat.config import TrainConfig
+from tiny import PILOT_FLAGS, PILOT_MODEL, PILOT_SYNAPTIC
 
 PINNED = Path(__file__).parent / "data" / "pinned_artifacts.json"
 TOP_FILES = ("progress.csv", "controls.csv", "best.json", "verdict.json", "sensitivity.csv")
@@ -37,10 +38,8 @@ VOLATILE = {"meta": ("created_utc", "host", "argv", "python", "torch"),
             "results": ("step_times_s", "tokens_per_second", "measured_time_s")}
 REL_TOL = 1e-6
 
-MODEL = ModelConfig(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, sequence_len=32)
-SYNAPTIC = SynapticConfig(presyn_chunk=8)
-CLI_SIZE = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--n-kv-head", "2", "--sequence-len", "32",
-            "--batch-size", "2", "--max-steps", "5", "--warmup-steps", "1", "--quiet", "--no-plots"]
+MODEL, SYNAPTIC = PILOT_MODEL, PILOT_SYNAPTIC
+CLI_SIZE = [*PILOT_FLAGS, "--no-plots"]
 EXAMPLE = ["--batched", "--device", "cpu", "--generations", "2", "--population-size", "4", "--target-flops", "1e10",
            "--search-seed", "0", "--eval-seed", "123"]
 

@@ -7,25 +7,10 @@ import sys
 
 import pytest
 
-from conftest import TINY_CLI_FLAGS
+from tiny import TRAINER_FLAGS as TINY_CLI_FLAGS
+from tiny import mixed_population
 from nanochat.config import Member, TrainConfig
 from nanochat.trainer import train_population
-
-
-def mixed_population(base):
-    """Eight members with different knobs and seeds; several draw stochastic releases."""
-    configs = [
-        base,
-        base.replace(alpha_c=0.95, stochastic_train_frac=0.4),
-        base.replace(lambda_loge=3.0, post_fast_lr=1e-2),
-        base.replace(stochastic_train_frac=0.0, tau_c=0.7),
-        base.replace(init_rrp=1.0, prime_rate=0.2, stochastic_train_frac=0.3),
-        base.replace(barrier_strength=0.5, rec_rate=0.2),
-        base.replace(post_slow_lr=1e-3, stochastic_train_frac=0.25),
-        base.replace(init_rrp=18.0, lambda_loge=0.0),
-    ]
-    seeds = [123, 123, 7, 123, 8, 7, 123, 9]
-    return [Member(c, s) for c, s in zip(configs, seeds)]
 
 
 def max_rel_diff(a, b):

@@ -22,14 +22,13 @@ import torch
 from cmaes_inproc import recorders, run_pilot
 from cmaes_inproc.__main__ import main
 from cmaes_inproc.artifacts import RunLock
-from nanochat.config import ConfigError, ModelConfig, SynapticConfig, TrainConfig
+from nanochat.config import ConfigError, TrainConfig
+from tiny import PILOT_FLAGS, PILOT_MODEL, PILOT_SYNAPTIC
 
-MODEL = ModelConfig(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, sequence_len=32)
-SMALL = dict(generations=2, population_size=3, noise_seeds=0, model=MODEL, base_synaptic=SynapticConfig(presyn_chunk=8),
+SMALL = dict(generations=2, population_size=3, noise_seeds=0, model=PILOT_MODEL, base_synaptic=PILOT_SYNAPTIC,
              train=TrainConfig(batch_size=2, max_steps=3, warmup_steps=1), plots=False)
-CLI_SIZE = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--n-kv-head", "2", "--sequence-len", "32",
-            "--batch-size", "2", "--max-steps", "3", "--warmup-steps", "1", "--quiet", "--no-plots",
-            "--generations", "2", "--population-size", "3", "--noise-seeds", "0"]
+CLI_SIZE = [*PILOT_FLAGS, "--max-steps", "3", "--no-plots", "--generations", "2", "--population-size", "3",
+            "--noise-seeds", "0"]
 TEXT = "the quick brown fox jumps over the lazy dog. " * 400
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import TINY_CLI_FLAGS
+from tiny import TRAINER_FLAGS as TINY_CLI_FLAGS
 from nanochat.files import check_dir_name, check_writable_dir
 from nanochat.config import ConfigError
 from nanochat.train import main
