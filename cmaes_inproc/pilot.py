@@ -27,7 +27,7 @@ from .params import knobs_to_config, unit_to_x
 from .records import CandidateRecord, PilotResult
 from .recorders import (BestWriter, CheckpointWriter, Hooks, LedgerWriter, PilotEvent, ProgressReporter, Recorder,
                         ReportWriter)
-from .run import ControlSlot, Run, open_run
+from .run import ControlSlot, Run, close_evaluator, open_run
 from .sensitivity import run_sensitivity
 from .spec import PilotSpec
 from .verdict import Verdict, compute_verdict
@@ -65,7 +65,10 @@ def run_pilot(
     if progress is not None:
         recorders.append(ProgressReporter(run, progress))
     hooks = Hooks(recorders)
-    return run_sensitivity(run, hooks) if spec.sensitivity else run_cma(run, hooks)
+    try:
+        return run_sensitivity(run, hooks) if spec.sensitivity else run_cma(run, hooks)
+    finally:
+        close_evaluator(run.evaluator)  # also on errors and Ctrl-C: no Ray actor outlives the run
 
 
 def run_cma(run: Run, hooks: Hooks) -> PilotResult:

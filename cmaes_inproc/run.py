@@ -191,20 +191,37 @@ def open_run(spec: PilotSpec, run_id: str | None, artifacts_dir: str | Path, res
         hard_timeout = None if limit is None else 2 * limit + 120
         if spec.evaluator == "sequential":
             evaluator = SubprocessEvaluator(cli_args, scoring, hard_timeout)
+        elif spec.evaluator == "ray":  # starts and handshakes the actors: a mismatch is refused before writing
+            from .ray_evaluator import RayEvaluator, RaySettings
+
+            evaluator = RayEvaluator(spec.model, spec.train, corpus, spec.device, scoring, spec.max_batch,
+                                     RaySettings.of(spec), layout.root / "ray_events.jsonl", hard_timeout,
+                                     run_meta={"run_id": run_id})
         else:
             batched = BatchedEvaluator(spec.model, spec.train, corpus, spec.device, scoring, spec.max_batch,
                                        run_meta={"run_id": run_id})
             evaluator = FallbackEvaluator(batched, SubprocessEvaluator(cli_args, scoring, hard_timeout,
                                                                        label="subprocess-fallback"))
     run = Run(spec, run_id, layout, evaluator, budget, corpus, cli_args)
-    prepare_run_dir(layout, spec.results_dict(), resume)
-    if resume:
-        for ledger in run.ledgers.values():
-            for record in ledger.load():
-                run.history.add(record)
-    else:
-        atomic_write_json(layout.run_json, run_info(run, extra_run_info or {}))
+    try:
+        prepare_run_dir(layout, spec.results_dict(), resume)
+        if resume:
+            for ledger in run.ledgers.values():
+                for record in ledger.load():
+                    run.history.add(record)
+        else:
+            atomic_write_json(layout.run_json, run_info(run, extra_run_info or {}))
+    except BaseException:
+        close_evaluator(evaluator)  # e.g. stop the Ray actors a refused resume had started
+        raise
     return run
+
+
+def close_evaluator(evaluator: Evaluator) -> None:
+    """Release what an evaluator holds (the Ray evaluator's actors, and Ray if it started it); most hold nothing."""
+    close = getattr(evaluator, "close", None)
+    if close is not None:
+        close()
 
 
 def run_info(run: Run, extra: dict) -> dict:
