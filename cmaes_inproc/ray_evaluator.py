@@ -226,7 +226,9 @@ class _Job:
     requests: list[EvalRequest]
     slot: int
     attempt: int
-    deadline: float | None
+    deadline: float | None = None
+    actor: Any = None  # the actor it was sent to, and where that runs (set on submit)
+    where: dict | None = None
 
 
 class RayEvaluator:
@@ -263,7 +265,7 @@ class RayEvaluator:
         self._on_done, self._on_step, self._total = on_done, on_step, len(requests)
         running = {}
         for i, shard in enumerate(partition(requests, len(self.pool.slots))):
-            self._submit(running, _Job(i, shard, i, 0, None))
+            self._submit(running, _Job(i, shard, i, 0))
         while running:
             ready, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
             for ref in ready:
@@ -276,9 +278,9 @@ class RayEvaluator:
         return [self._done[r.key] for r in requests]
 
     def _submit(self, running: dict, job: _Job) -> None:
-        actor = self.pool.slots[job.slot]
+        job.actor, job.where = self.pool.slots[job.slot], self.pool.where[job.slot]
         job.deadline = None if self.hard_timeout_s is None else time.monotonic() + self.hard_timeout_s
-        running[actor.train.remote(job.requests)] = job
+        running[job.actor.train.remote(job.requests)] = job
 
     def _collect(self, running: dict, ref, job: _Job) -> None:
         import ray
@@ -308,19 +310,20 @@ class RayEvaluator:
 
     def _fault(self, running: dict, job: _Job, reason: str) -> None:
         """Record the fault; re-run the shard on a fresh (or live) actor, or give up on it with error rows."""
-        where = self.pool.where[job.slot] if job.slot < len(self.pool.where) else {}
         event = dict(shard=job.shard, attempt=job.attempt + 1, members=[r.key for r in job.requests],
-                     error=reason, **where)
-        slot, action = (None, "")
-        if job.attempt < self.settings.max_retries:
-            slot, action = self.pool.replace(job.slot)
+                     error=reason, **(job.where or {}))
+        if self.pool.slots[job.slot] is job.actor:  # not yet replaced (by another shard's fault on the same actor)
+            slot, action = self.pool.replace(job.slot)  # also after the last attempt: the pool stays whole
         else:
-            self.pool.replace(job.slot)  # keep the pool whole for the next generation
+            slot = job.slot if self.pool.slots[job.slot] is not None else None
+            action = f"actor {job.slot} was already replaced"
+        if job.attempt >= self.settings.max_retries:
+            slot = None
         if slot is None:
             action = (action + "; " if action else "") + f"gave up after {job.attempt + 1} attempt(s): error rows"
         self.events.append("shard_lost", **event, action=action)
         if slot is not None:
-            self._submit(running, _Job(job.shard, job.requests, slot, job.attempt + 1, None))
+            self._submit(running, _Job(job.shard, job.requests, slot, job.attempt + 1))
             return
         why = f"ray shard lost {job.attempt + 1} time(s); last: {reason}"
         self._finish([self.scoring.outcome(r, Status.ERROR, [], self.name, failure_reason=why) for r in job.requests])
