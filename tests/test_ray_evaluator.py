@@ -219,6 +219,16 @@ def test_an_actor_with_another_corpus_is_refused_before_writing(tmp_path, local_
     assert not artifacts.exists()
 
 
+def test_ray_settings_do_not_change_what_resume_compares():
+    """--resume works across evaluators: a run started with --ray may go on --batched, and vice versa."""
+    from cmaes_inproc import PilotSpec
+
+    ray_spec = PilotSpec(evaluator="ray", ray_address="auto", num_actors=3, gpus_per_actor=0.5, cpus_per_actor=2,
+                         ray_max_retries=0)
+    assert ray_spec.results_dict() == PilotSpec().results_dict()
+    assert ray_spec.execution_dict()["num_actors"] == 3
+
+
 def test_ray_settings_are_checked_and_named():
     for name, value in (("num_actors", 0), ("cpus_per_actor", 0), ("gpus_per_actor", 0.0), ("ray_max_retries", -1),
                         ("ray_address", "")):
