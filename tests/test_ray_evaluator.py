@@ -208,6 +208,37 @@ def test_every_attempt_dying_ends_in_error_rows(tmp_path, local_ray, monkeypatch
     assert result.verdict.label and (result.run_dir / "summary.md").is_file()
 
 
+class HangingWorker(ShardWorker):
+    """Hangs in `train` (as a wedged driver or device would) while a marker file exists; the first one consumes it."""
+
+    marker = ""
+
+    def train(self, shard):
+        try:
+            os.unlink(self.marker)
+        except FileNotFoundError:
+            return super().train(shard)
+        time.sleep(600)
+
+
+def test_a_shard_over_the_hard_timeout_is_rerun(tmp_path, local_ray, monkeypatch):
+    marker = tmp_path / "hang"
+    marker.touch()
+    worker = type("HangingWorker", (HangingWorker,), {"marker": str(marker), "__module__": __name__})
+    monkeypatch.setattr(ray_evaluator, "ShardWorker", worker)
+    original = ray_evaluator.RayEvaluator.__init__
+
+    def short_timeout(self, *args, **kwargs):  # the real one is 2 x --timeout-s + 120 s: too long for a test
+        original(self, *args, **kwargs)
+        self.hard_timeout_s = 3.0
+
+    monkeypatch.setattr(ray_evaluator.RayEvaluator, "__init__", short_timeout)
+    result = run_pilot(run_id="hung", artifacts_dir=tmp_path, **{**RAY, "num_actors": 1}, **SMALL)
+    assert all(r.status == "ok" for r in result.records + result.controls)
+    [event] = events(result)
+    assert "hard timeout of 3s" in event["error"] and "restarted actor" in event["action"]
+
+
 # --- (d) a handshake mismatch is refused in one line, before anything is written ---------------------------------------
 
 
