@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -41,7 +42,8 @@ from .ray_worker import CorpusPayload, ShardResult, ShardWorker, fingerprint
 
 STARTUP_TIMEOUT_S = 300.0  # an actor imports torch and rebuilds the corpus; generous for a loaded machine
 POLL_S = 0.5  # how often the driver looks at shards in flight (deadlines, dead actors)
-KILL_GRACE_S = 10.0  # how long ray.get may take for a result that is already there
+RESULT_GRACE_S = 10.0  # how long ray.get may take for a result that is already there
+CONNECT_TIMEOUT_S = 10.0  # to reach a cluster's head at --ray-address
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,12 @@ def connect(settings: RaySettings, device_is_cuda: bool) -> bool:
     try:
         import ray
     except ImportError:
-        raise ConfigError.about("evaluator", "'ray' needs Ray: pip install 'cmaes-inproc[ray]'") from None
+        raise ConfigError("the Ray evaluator needs Ray: pip install 'cmaes-inproc[ray]'") from None
     if ray.is_initialized():
         return False
     quiet = dict(logging_level=logging.WARNING, configure_logging=True)
+    if settings.address is not None:
+        _probe(settings.address)
     try:
         if settings.address is not None:
             ray.init(address=settings.address, **quiet)
@@ -111,18 +115,29 @@ def connect(settings: RaySettings, device_is_cuda: bool) -> bool:
             if settings.num_actors is not None and not device_is_cuda:
                 cpus = settings.num_actors * settings.cpus_per_actor
             ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
-    except ConfigError:
-        raise
     except Exception as exc:  # noqa: BLE001 - ray raises ConnectionError, RuntimeError, ValueError, ...
-        raise ConfigError.about("ray_address", f"cannot start or join Ray ({settings.address or 'local'}): "
-                                               f"{one_line(exc)}") from None
+        if settings.address is not None:
+            raise ConfigError.about("ray_address", f"{settings.address!r}: cannot join Ray: {one_line(exc)}") from None
+        raise ConfigError(f"cannot start a local Ray: {one_line(exc)}") from None
     return True
+
+
+def _probe(address: str) -> None:
+    """Fail fast on a host:port nobody listens on: ray.init would retry the connection for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and the like: Ray resolves them itself, and fails quickly when there is no cluster
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError.about("ray_address", f"{address!r}: nothing answers there ({exc.strerror or exc}); start "
+                                               "the head with `ray start --head` or check the address") from None
 
 
 class _ActorPool:
     """The actors of a run, one per slot; replaces a dead one with a fresh actor after a handshake."""
 
-    def __init__(self, settings: RaySettings, device: str, device_is_cuda: bool, init_args: tuple,
+    def __init__(self, settings: RaySettings, device_is_cuda: bool, init_args: tuple,
                  expected: dict[str, str]):
         import ray
 
@@ -149,11 +164,11 @@ class _ActorPool:
             raise ConfigError.about("num_actors", f"{n} Ray actors did not start within {STARTUP_TIMEOUT_S:g}s "
                                                   f"(cluster: {ray.cluster_resources()})") from None
         except ray.exceptions.RayError as exc:
-            raise ConfigError.about("evaluator", f"a Ray actor failed to start: {_cause(exc)}") from None
+            raise ConfigError(f"a Ray actor failed to start: {_cause(exc)}") from None
         for i, reply in enumerate(replies):
             problem = self._mismatch(reply)
             if problem:
-                raise ConfigError.about("evaluator", f"Ray actor {i} on node {reply['ray_node'][:12]}: {problem}")
+                raise ConfigError(f"Ray actor {i} on node {reply['ray_node'][:12]} {problem}")
         return [{k: reply[k] for k in ("ray_node", "ray_actor")} for reply in replies]
 
     def _default_count(self, device_is_cuda: bool) -> int:
@@ -251,7 +266,7 @@ class RayEvaluator:
 
             payload = ray.put(corpus_payload(corpus))
             init_args = (model_cfg, train_cfg, payload, device, scoring, max_batch, dict(run_meta or {}))
-            self.pool = _ActorPool(settings, device, is_cuda, init_args, fingerprint(corpus.sha256, device))
+            self.pool = _ActorPool(settings, is_cuda, init_args, fingerprint(corpus.sha256, device))
         except BaseException:
             self.close()
             raise
@@ -286,7 +301,7 @@ class RayEvaluator:
         import ray
 
         try:
-            results: list[ShardResult] = ray.get(ref, timeout=KILL_GRACE_S)
+            results: list[ShardResult] = ray.get(ref, timeout=RESULT_GRACE_S)
         except ray.exceptions.RayTaskError as exc:
             if isinstance(exc.cause, ConfigError):
                 raise exc.cause from None  # bad input fails the same way on every path

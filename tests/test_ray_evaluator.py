@@ -271,6 +271,16 @@ def test_ray_settings_are_checked_and_named():
             run_pilot(run_id="x", artifacts_dir="/nonexistent", **{**RAY, name: value}, **SMALL)
 
 
+def test_an_address_nobody_answers_is_refused_at_once(tmp_path, capsys):
+    """ray.init would retry an unreachable head for minutes; the pilot refuses it in one line, writing nothing."""
+    ray.shutdown()
+    start = time.monotonic()
+    rc = main(["--ray", "--ray-address", "127.0.0.1:1", "--artifacts-dir", str(tmp_path / "a"), *TINY_FLAGS])
+    assert rc == 2 and time.monotonic() - start < 30 and not (tmp_path / "a").exists()
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("cmaes_inproc: error: --ray-address '127.0.0.1:1': nothing answers")
+
+
 # --- (c) a two-node cluster loses a node mid-generation -----------------------------------------------------------------
 
 
