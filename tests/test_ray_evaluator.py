@@ -157,6 +157,19 @@ def test_ray_matches_batched_bit_for_bit(tmp_path, reference, local_ray):
     assert execution["evaluator"] == "ray" and execution["num_actors"] == 2
 
 
+def test_a_ray_run_resumes_batched_with_the_same_results(tmp_path, reference, local_ray):
+    """Interrupted after generation 0 under --ray, resumed --batched: the same candidates, scores and best."""
+    def stop_after_first_generation(event):
+        if event.kind == "generation":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pilot(run_id="mixed", artifacts_dir=tmp_path, progress=stop_after_first_generation, **RAY, **EXAMPLE)
+    result = run_pilot(run_id="mixed", artifacts_dir=tmp_path, resume=True, **EXAMPLE)
+    assert results(result) == results(reference)
+    assert sorted({r.gen: r.evaluator for r in result.records}.items()) == [(0, "ray"), (1, "batched")]
+
+
 # --- (b) a lost actor: its shard runs again elsewhere; past the retries, error rows -----------------------------------
 
 
