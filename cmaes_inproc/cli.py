@@ -30,6 +30,8 @@ PROG = "cmaes_inproc"
 SEARCH_FLAGS = ("generations", "population_size", "sigma", "search_seed", "eval_seed", "noise_seeds", "go_threshold",
                 "score_tail")
 EVALUATION_FLAGS = ("max_batch", "device")
+RAY_FLAGS = ("ray_address", "num_actors", "gpus_per_actor", "cpus_per_actor", "ray_max_retries")
+RAY_FLAG_TYPES = {"ray_address": str, "num_actors": int}  # fields whose default (None) says nothing of their type
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -41,7 +43,8 @@ def _spec_flag(group, name: str) -> None:
     """A flag for PilotSpec field `name`, with the field's type, default and help."""
     field = PilotSpec.__dataclass_fields__[name]
     default = getattr(DEFAULTS, name)
-    group.add_argument("--" + name.replace("_", "-"), type=type(default), default=default,
+    kind = RAY_FLAG_TYPES.get(name, type(default))
+    group.add_argument("--" + name.replace("_", "-"), type=kind, default=default,
                        help=f"{field.metadata['help']} (default {default})")
 
 
@@ -65,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="train candidates together in this process (default; falls back to subprocesses)")
     mode.add_argument("--sequential", dest="evaluator", action="store_const", const="sequential",
                       help="one `python -m nanochat.train` subprocess per evaluation (the pilot document's path)")
-    for name in EVALUATION_FLAGS:
+    mode.add_argument("--ray", dest="evaluator", action="store_const", const="ray",
+                      help="split each generation across Ray actors, each shard trained batched (see --num-actors)")
+    for name in EVALUATION_FLAGS + RAY_FLAGS:
         _spec_flag(g, name)
     g.add_argument("--timeout-s", type=float, default=None,
                    help="wall-time limit of one training run (a batched population counts as one run)")
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = {**flag_names(parser), "time_limit_s": "--timeout-s", "base_synaptic": "--synaptic-config"}
     try:
-        settings = {name: getattr(args, name) for name in (*SEARCH_FLAGS, *EVALUATION_FLAGS)}
+        settings = {name: getattr(args, name) for name in (*SEARCH_FLAGS, *EVALUATION_FLAGS, *RAY_FLAGS)}
         model = model_config_from_args(args)
         train = train_config_from_args(args, args.timeout_s)
         base = load_synaptic_config(args.synaptic_config) if args.synaptic_config else SynapticConfig()

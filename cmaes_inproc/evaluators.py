@@ -172,8 +172,7 @@ class BatchedEvaluator:
         return outcomes
 
     def _train(self, chunk: list[EvalRequest], on_step) -> list[EvalOutcome]:
-        from nanochat.summary import write_member_artifacts  # imported late: the trainer pulls in the model code
-        from nanochat.trainer import train_population
+        from nanochat.trainer import train_population  # imported late: the trainer pulls in the model code
 
         members = [Member(synaptic=r.synaptic, seed=r.seed) for r in chunk]
         population = train_population(members, self.model_cfg, self.train_cfg, self.corpus, device=self.device,
@@ -181,13 +180,20 @@ class BatchedEvaluator:
         outcomes = []
         for request, member, result in zip(chunk, members, population.members):
             meta = {**self.run_meta, **request.meta, "evaluator": self.name, "population_size": len(chunk)}
-            summary = write_member_artifacts(request.out_dir, member=member, member_result=result,
-                                             population=population, model_cfg=self.model_cfg,
-                                             train_cfg=self.train_cfg, corpus=self.corpus, meta={"pilot": meta})
+            summary = self._summarize(request, member, result, population, {"pilot": meta})
             outcomes.append(self.scoring.outcome(request, result.status, result.losses, self.name,
                                                  failure_step=result.failure_step,
                                                  failure_reason=result.failure_reason, summary_path=Path(summary)))
         return outcomes
+
+    def _summarize(self, request: EvalRequest, member: Member, result, population, meta: dict) -> Path:
+        """Write the member's summary.json + run.md and return the summary's path. (The Ray actor overrides this to
+        keep the summary in memory instead: it must not write files on its own machine.)"""
+        from nanochat.summary import write_member_artifacts
+
+        return write_member_artifacts(request.out_dir, member=member, member_result=result, population=population,
+                                      model_cfg=self.model_cfg, train_cfg=self.train_cfg, corpus=self.corpus,
+                                      meta=meta)
 
     def _release_memory(self) -> None:
         gc.collect()  # the failed model and optimizer may sit in reference cycles

@@ -73,7 +73,7 @@ def run_pilot(
             remove_run_dir(run.layout.root)
         raise
     finally:
-        run.close()
+        run.close()  # the lock, and the evaluator's workers (no Ray actor outlives the run)
 
 
 def run_cma(run: Run, hooks: Hooks) -> PilotResult:

@@ -68,9 +68,10 @@ class Run:
         self.identity = {**spec.results_dict(), "corpus_sha256": None if corpus is None else corpus.sha256}
 
     def close(self) -> None:
-        """Release the run directory's lock."""
+        """Release the run directory's lock and whatever the evaluator holds (Ray actors)."""
         if self.lock is not None:
             self.lock.release()
+        close_evaluator(self.evaluator)
 
     # -- evaluating --------------------------------------------------------------------------------------------------
 
@@ -226,15 +227,21 @@ def open_run(spec: PilotSpec, run_id: str | None, artifacts_dir: str | Path, res
         hard_timeout = None if limit is None else 2 * limit + 120
         if spec.evaluator == "sequential":
             evaluator = SubprocessEvaluator(cli_args, scoring, hard_timeout)
+        elif spec.evaluator == "ray":  # starts and handshakes the actors: a mismatch is refused before writing
+            from .ray_evaluator import RayEvaluator, RaySettings
+
+            evaluator = RayEvaluator(spec.model, spec.train, corpus, spec.device, scoring, spec.max_batch,
+                                     RaySettings.of(spec), layout.root / "ray_events.jsonl", hard_timeout,
+                                     run_meta={"run_id": run_id})
         else:
             batched = BatchedEvaluator(spec.model, spec.train, corpus, spec.device, scoring, spec.max_batch,
                                        run_meta={"run_id": run_id})
             evaluator = FallbackEvaluator(batched, SubprocessEvaluator(cli_args, scoring, hard_timeout,
                                                                        label="subprocess-fallback"))
     run = Run(spec, run_id, layout, evaluator, budget, corpus, cli_args)
-    prepare_run_dir(layout, run.identity, resume)
-    run.lock = RunLock(layout.root)
     try:
+        prepare_run_dir(layout, run.identity, resume)
+        run.lock = RunLock(layout.root)
         if resume:
             for ledger in run.ledgers.values():
                 for record in ledger.load():
@@ -246,7 +253,7 @@ def open_run(spec: PilotSpec, run_id: str | None, artifacts_dir: str | Path, res
                                   "another --run-id")
             atomic_write_json(layout.run_json, run_info(run, extra_run_info or {}))
     except BaseException:
-        run.close()
+        run.close()  # the lock, and e.g. the Ray actors a refused resume had started
         raise
     return run
 
@@ -259,6 +266,13 @@ def _check_controls(run: Run) -> None:
         if c.role not in ("baseline", "confirm", "sensitivity") or c.seed not in allowed:
             raise ConfigError(f"--resume: {run.layout.controls_csv} holds a {c.role!r} row on seed {c.seed}, "
                               "which this run never asks for (a ledger from another run?)")
+
+
+def close_evaluator(evaluator: Evaluator) -> None:
+    """Release what an evaluator holds (the Ray evaluator's actors, and Ray if it started it); most hold nothing."""
+    close = getattr(evaluator, "close", None)
+    if close is not None:
+        close()
 
 
 def run_info(run: Run, extra: dict) -> dict:

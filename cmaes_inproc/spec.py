@@ -6,7 +6,7 @@ validates every field and raises a one-line `ConfigError` naming the field (the 
 
 `PilotSpec.results_dict()` is what `--resume` compares: a resumed run must have the very same search space, seeds,
 budget, model, data and scoring, or its ledger would mix two different experiments. How the work is executed
-(batched or sequential, `max_batch`) is not part of it: batch invariance makes the results the same either way,
+(evaluator, `max_batch`, the Ray settings) is not part of it: batch invariance makes the results the same either way,
 so a run started batched may be resumed sequentially (e.g. after an out-of-memory).
 """
 
@@ -24,7 +24,7 @@ from nanochat.config import MAX_SEED, ConfigError, ModelConfig, SynapticConfig, 
 from .params import PARAM_SPECS, check_inside_bounds
 from .verdict import DEFAULT_GO_THRESHOLD
 
-EVALUATOR_MODES = ("batched", "sequential")
+EVALUATOR_MODES = ("batched", "sequential", "ray")
 DEFAULT_PENALTY = 1e3  # far above any cross-entropy of a byte model (ln 256 = 5.5); CMA-ES only uses ranks
 
 
@@ -58,6 +58,15 @@ class PilotSpec:
     # execution only (not compared on resume)
     evaluator: str = "batched"  # one of EVALUATOR_MODES
     max_batch: int = field(default=8, metadata=_help("most members trained at once by the batched evaluator"))
+    # the Ray evaluator (cmaes_inproc/ray_evaluator.py); execution only, so --resume works across evaluators
+    ray_address: str | None = field(default=None, metadata=_help(
+        "Ray cluster to join (e.g. auto); none: start a local Ray for this run"))
+    num_actors: int | None = field(default=None, metadata=_help(
+        "Ray actors, each training one shard of a generation (none: one per GPU, or cores / cpus-per-actor)"))
+    gpus_per_actor: float = field(default=1.0, metadata=_help("GPUs reserved by each Ray actor on CUDA"))
+    cpus_per_actor: int = field(default=1, metadata=_help("CPU cores reserved by each Ray actor"))
+    ray_max_retries: int = field(default=2, metadata=_help(
+        "re-runs of a shard whose Ray actor or node was lost, before its rows are recorded as errors"))
 
     def __post_init__(self) -> None:
         _int("generations", self.generations, 1)
@@ -91,6 +100,15 @@ class PilotSpec:
             raise ConfigError.about("evaluator", f"must be one of {', '.join(EVALUATOR_MODES)}, got "
                                                  f"{self.evaluator!r}")
         _int("max_batch", self.max_batch, 1)
+        if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
+            raise ConfigError.about("ray_address", f"must be a non-empty string such as 'auto', got "
+                                                   f"{self.ray_address!r}")
+        if self.num_actors is not None:
+            _int("num_actors", self.num_actors, 1)
+        if _number("gpus_per_actor", self.gpus_per_actor) <= 0:
+            raise ConfigError.about("gpus_per_actor", f"must be > 0, got {self.gpus_per_actor!r}")
+        _int("cpus_per_actor", self.cpus_per_actor, 1)
+        _int("ray_max_retries", self.ray_max_retries, 0)
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> "PilotSpec":
@@ -134,7 +152,9 @@ class PilotSpec:
         }
 
     def execution_dict(self) -> dict:
-        return {"evaluator": self.evaluator, "max_batch": self.max_batch}
+        return {"evaluator": self.evaluator, "max_batch": self.max_batch, "ray_address": self.ray_address,
+                "num_actors": self.num_actors, "gpus_per_actor": self.gpus_per_actor,
+                "cpus_per_actor": self.cpus_per_actor, "ray_max_retries": self.ray_max_retries}
 
 
 def _int(name: str, value: Any, minimum: int) -> int:

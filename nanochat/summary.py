@@ -99,8 +99,13 @@ def write_member_artifacts(out_dir: str | Path, *, member: Member, member_result
                            population: PopulationResult, model_cfg: ModelConfig, train_cfg: TrainConfig,
                            corpus: Corpus, meta: dict | None = None) -> Path:
     """Write out_dir/summary.json and out_dir/run.md; returns the summary path."""
-    out_dir = Path(out_dir)
     summary = build_summary(member, member_result, population, model_cfg, train_cfg, corpus, meta)
+    return write_summary_files(out_dir, summary)
+
+
+def write_summary_files(out_dir: str | Path, summary: dict) -> Path:
+    """Write a summary built elsewhere (e.g. by a Ray actor on another machine) as out_dir/summary.json + run.md."""
+    out_dir = Path(out_dir)
     # summary.json last: it is what marks a run as done, so an interruption between the two leaves none.
     atomic_write_text(out_dir / "run.md", render_run_md(summary))
     atomic_write_json(out_dir / "summary.json", summary)
