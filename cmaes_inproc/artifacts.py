@@ -55,6 +55,7 @@ class RunLayout:
         self.progress_csv = self.root / "progress.csv"
         self.controls_csv = self.root / "controls.csv"
         self.sensitivity_csv = self.root / "sensitivity.csv"
+        self.evaluations_csv = self.root / "evaluations.csv"  # per-seed runs, Phase 2 options only
         self.best_json = self.root / "best.json"
         self.summary_md = self.root / "summary.md"
         self.checkpoint = self.root / "checkpoint.json"
