@@ -5,6 +5,7 @@ Run directory (`<artifacts_dir>/cmaes/phase1/<run_id>/`):
     run.json              the run spec (arguments, baseline config, parameter space, scaling, reproduce command)
     progress.csv          one row per CMA-ES candidate evaluation (the pilot document's columns + evaluator, seed, x, ...)
     controls.csv          baseline and confirmation evaluations (role, seed, score, ...), the verdict's inputs
+    evaluations.csv       --eval-seeds > 1 or a validation loss only: one row per training run (per seed), both losses
     best.json             best-so-far candidate: decoded params, x, score, gen, cand, summary path
     summary.md            human-readable summary with the Go/No-Go verdict (and plots when matplotlib exists)
     checkpoint.json       how far the search got: finished generations and a hash of their ledger rows (--resume)
@@ -55,6 +56,7 @@ class RunLayout:
         self.progress_csv = self.root / "progress.csv"
         self.controls_csv = self.root / "controls.csv"
         self.sensitivity_csv = self.root / "sensitivity.csv"
+        self.evaluations_csv = self.root / "evaluations.csv"  # per-seed runs, Phase 2 options only
         self.best_json = self.root / "best.json"
         self.summary_md = self.root / "summary.md"
         self.checkpoint = self.root / "checkpoint.json"

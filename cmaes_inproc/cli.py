@@ -24,7 +24,7 @@ from .params import PARAM_SPECS
 from .pilot import run_pilot
 from .records import PilotResult
 from .recorders import PilotEvent
-from .spec import DEFAULTS, PilotSpec
+from .spec import DEFAULTS, SCORE_ON, PilotSpec
 
 PROG = "cmaes_inproc"
 SEARCH_FLAGS = ("generations", "population_size", "sigma", "search_seed", "eval_seed", "noise_seeds", "go_threshold",
@@ -32,6 +32,7 @@ SEARCH_FLAGS = ("generations", "population_size", "sigma", "search_seed", "eval_
 EVALUATION_FLAGS = ("max_batch", "device")
 RAY_FLAGS = ("ray_address", "num_actors", "gpus_per_actor", "cpus_per_actor", "ray_max_retries")
 RAY_FLAG_TYPES = {"ray_address": str, "num_actors": int}  # fields whose default (None) says nothing of their type
+PHASE2_FLAGS = ("eval_seeds", "val_batches")  # plus --objective (field score_on: `objective` is a Python callable)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("search")
     for name in SEARCH_FLAGS:
         _spec_flag(g, name)
+    g = p.add_argument_group("phase 2: several seeds per candidate, held-out loss")
+    for name in PHASE2_FLAGS:
+        _spec_flag(g, name)
+    g.add_argument("--objective", dest="score_on", choices=SCORE_ON, default=DEFAULTS.score_on,
+                   help="what a score is: the mean of the last --score-tail train losses, or the mean loss on "
+                        f"held-out validation batches after training (default {DEFAULTS.score_on})")
     g = p.add_argument_group("evaluation")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--batched", dest="evaluator", action="store_const", const="batched",
@@ -95,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = {**flag_names(parser), "time_limit_s": "--timeout-s", "base_synaptic": "--synaptic-config"}
     try:
-        settings = {name: getattr(args, name) for name in (*SEARCH_FLAGS, *EVALUATION_FLAGS, *RAY_FLAGS)}
+        settings = {name: getattr(args, name)
+                    for name in (*SEARCH_FLAGS, *EVALUATION_FLAGS, *RAY_FLAGS, *PHASE2_FLAGS, "score_on")}
         model = model_config_from_args(args)
         train = train_config_from_args(args, args.timeout_s)
         base = load_synaptic_config(args.synaptic_config) if args.synaptic_config else SynapticConfig()

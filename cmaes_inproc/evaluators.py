@@ -11,7 +11,8 @@
 A request carries an opaque `tag` (the pilot's typed slot: which candidate or control it is), returned untouched on
 its outcome, so the caller needs no table of its own to know what came back. Every evaluator calls `on_done(outcomes)` as soon as a group of requests is finished (so the pilot can append to its
 ledger and a killed run loses little work) and returns all outcomes in request order. Scoring is shared: the mean
-of the last `tail` train losses for a member that finished; a fixed penalty for any failure.
+of the last `tail` train losses (or, with `on="val"`, the held-out validation loss) for a member that finished; a
+fixed penalty for any failure.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ class EvalOutcome:
     evaluator: str  # "batched" | "subprocess" | "subprocess-fallback" | "objective"
     summary_path: Path | None
     note: str = ""  # e.g. why the batched path handed this request to the subprocess path
+    train_score: float = math.nan  # mean of the last `tail` finite train losses, whatever the score measures
+    val_loss: float = math.nan  # held-out loss (NaN unless measured)
+    population_size: int = 1  # members of the population that trained it (1 for a subprocess)
 
 
 class Evaluator(Protocol):
@@ -84,13 +88,15 @@ class Evaluator(Protocol):
 
 @dataclass(frozen=True)
 class Scoring:
-    """Score = mean of the last `tail` losses of a finished run; failures get `penalty` (documented, fixed).
+    """Score = mean of the last `tail` losses of a finished run, or its validation loss when `on` is "val";
+    failures get `penalty` (documented, fixed).
 
-    The pilot's spec validates both values; here they are only used.
+    The pilot's spec validates the values; here they are only used.
     """
 
     tail: int = 3
     penalty: float = DEFAULT_PENALTY
+    on: str = "train"  # "train" | "val"
 
     def raw(self, losses: Sequence[float]) -> float:
         finite = []
@@ -103,14 +109,17 @@ class Scoring:
 
     def outcome(self, request: EvalRequest, status: Status, losses: Sequence[float], evaluator: str, *,
                 failure_step: int | None = None, failure_reason: str | None = None,
-                summary_path: Path | None = None, note: str = "") -> EvalOutcome:
+                summary_path: Path | None = None, note: str = "", val_loss: float = math.nan,
+                population_size: int = 1) -> EvalOutcome:
         status = Status(status)
-        raw = self.raw(losses)
+        train = self.raw(losses)
+        raw = val_loss if self.on == "val" else train
         if status.ok and not math.isfinite(raw):  # a "finished" run without a usable loss is an error
-            status, failure_reason = Status.ERROR, failure_reason or "no finite loss recorded"
+            what = "validation loss" if self.on == "val" else "loss"
+            status, failure_reason = Status.ERROR, failure_reason or f"no finite {what} recorded"
         score = raw if status.ok else self.penalty
         return EvalOutcome(request, score, raw, status, tuple(float(v) for v in losses), failure_step,
-                           failure_reason, evaluator, summary_path, note)
+                           failure_reason, evaluator, summary_path, note, train, float(val_loss), population_size)
 
 
 def _line(text: object, index: int) -> str:
@@ -136,9 +145,9 @@ class BatchedEvaluator:
     name = "batched"
 
     def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig, corpus, device: str, scoring: Scoring,
-                 max_batch: int, run_meta: Mapping[str, object] | None = None):
+                 max_batch: int, run_meta: Mapping[str, object] | None = None, val_batches: int = 0):
         self.model_cfg, self.train_cfg, self.corpus, self.device = model_cfg, train_cfg, corpus, device
-        self.scoring, self.max_batch = scoring, max_batch
+        self.scoring, self.max_batch, self.val_batches = scoring, max_batch, val_batches
         self.run_meta = dict(run_meta or {})
 
     def evaluate(self, requests, on_done=None, on_step=None):
@@ -176,14 +185,15 @@ class BatchedEvaluator:
 
         members = [Member(synaptic=r.synaptic, seed=r.seed) for r in chunk]
         population = train_population(members, self.model_cfg, self.train_cfg, self.corpus, device=self.device,
-                                      progress=on_step)
+                                      progress=on_step, val_batches=self.val_batches)
         outcomes = []
         for request, member, result in zip(chunk, members, population.members):
             meta = {**self.run_meta, **request.meta, "evaluator": self.name, "population_size": len(chunk)}
             summary = self._summarize(request, member, result, population, {"pilot": meta})
             outcomes.append(self.scoring.outcome(request, result.status, result.losses, self.name,
                                                  failure_step=result.failure_step,
-                                                 failure_reason=result.failure_reason, summary_path=Path(summary)))
+                                                 failure_reason=result.failure_reason, summary_path=Path(summary),
+                                                 val_loss=result.val_loss, population_size=len(chunk)))
         return outcomes
 
     def _summarize(self, request: EvalRequest, member: Member, result, population, meta: dict) -> Path:
@@ -251,12 +261,14 @@ class SubprocessEvaluator:
             results = json.loads(summary_path.read_text())["results"]
             losses = [math.nan if v is None else float(v) for v in results["losses"]]
             status = Status(results["status"])
+            val_loss = math.nan if results.get("val_loss") is None else float(results["val_loss"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             return self.scoring.outcome(request, Status.ERROR, [], self.name,
                                         failure_reason=f"unreadable {summary_path}: {type(exc).__name__}")
         return self.scoring.outcome(request, status, losses, self.name,
                                     failure_step=results.get("failure_step"),
-                                    failure_reason=results.get("failure_reason"), summary_path=summary_path)
+                                    failure_reason=results.get("failure_reason"), summary_path=summary_path,
+                                    val_loss=val_loss)
 
 
 def _die_with_parent() -> None:

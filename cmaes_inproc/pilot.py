@@ -6,8 +6,11 @@
 * Generation g: CMA-ES proposes `population_size` points of the unit cube; the candidates not yet in the history are
   trained (as one batched population, with the baseline riding along in the first one), each finished evaluation
   is recorded at once, and CMA-ES is told the scores.
-* After the last generation the best candidate is re-trained on the seeds of the baseline (the eval seed and the
-  noise seeds), and the Go/No-Go verdict is computed from those paired numbers (verdict.py).
+* After the last generation the best candidate is re-trained on the seeds of the baseline (the eval seeds and the
+  held-out noise seeds), and the Go/No-Go verdict is computed from those paired numbers (verdict.py), with a
+  confidence interval from the held-out seeds alone.
+* With `eval_seeds` K > 1 every candidate is K requests (one per eval seed) in the same batched populations, and
+  its progress.csv row is the mean over its seeds (evaluations.csv keeps the per-seed runs).
 * Everything written to disk is written by recorders listening to the loop's events (recorders.py).
 
 `--resume` runs the same loop: CMA-ES continues from its checkpoint, so the same points come back; candidates
@@ -108,7 +111,8 @@ def verdict(run: Run, best: CandidateRecord | None) -> Verdict:
     confirm = ({seed: run.seed_result(r) for seed, r in history.control_by_seed("confirm").items()}
                if best is not None else {})
     candidates = history.candidates()
-    return compute_verdict(eval_seed=run.spec.eval_seed, baseline=baseline, confirm=confirm,
+    return compute_verdict(eval_seed=run.spec.eval_seed, eval_seeds=run.spec.eval_seed_list, baseline=baseline,
+                           confirm=confirm,
                            best_score=best.score if best is not None else float("nan"),
                            candidate_statuses=[c.status for c in candidates],
                            candidate_scores=[c.score for c in candidates], go_threshold=run.spec.go_threshold)

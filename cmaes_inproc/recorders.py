@@ -18,6 +18,7 @@ for a progress bar. Every file is written atomically.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -93,10 +94,11 @@ class CheckpointWriter(Recorder):
 
 
 class BestWriter(Recorder):
-    """best.json: the best candidate so far (after every generation, and at the end)."""
+    """best.json: the best candidate so far (after every generation, and at the end); with several eval seeds also
+    its per-seed scores and their spread (keys that a one-seed run does not write)."""
 
     def __init__(self, run: Run):
-        self.layout = run.layout
+        self.layout, self.history, self.eval_seeds = run.layout, run.history, run.spec.eval_seeds
 
     def generation(self, gen, search, best):
         self.write(best)
@@ -110,6 +112,7 @@ class BestWriter(Recorder):
         if best is None:
             atomic_write_json(layout.best_json, {"best": None, "reason": "no candidate finished"})
             return
+        runs = self.history.seed_runs("candidate", best.gen, best.cand) if self.eval_seeds > 1 else {}
         atomic_write_json(layout.best_json, {
             "gen": best.gen, "cand": best.cand, "score": best.score, "status": best.status, "seed": best.seed,
             "params": best.params, "x": dict(zip(PARAM_NAMES, best.x)),
@@ -117,6 +120,8 @@ class BestWriter(Recorder):
             "evaluator": best.evaluator, "summary_path": layout.relative(best.summary_path),
             "synaptic_config_path": layout.relative(layout.candidate_dir(best.gen, best.cand)
                                                     / "synaptic_config.json"),
+            **({"seed_scores": {str(s): r.score for s, r in runs.items()},
+                "seed_std": statistics.stdev(r.score for r in runs.values())} if len(runs) > 1 else {}),
         })
 
 
@@ -144,7 +149,8 @@ class ReportWriter(Recorder):
                    if self.plots_enabled else {})
         atomic_write_text(layout.summary_md, report.render_cma_summary(
             run_id=run.run_id, spec=run.spec, verdict=verdict, best=result.best, records=result.records,
-            per_gen=result.best_per_generation, budget=run.budget, layout=layout, figures=figures))
+            per_gen=result.best_per_generation, budget=run.budget, layout=layout, figures=figures,
+            seed_runs=run.history.seed_runs))
 
     def _sensitivity(self, result: PilotResult) -> None:
         run, sweep = self.run, result.sensitivity

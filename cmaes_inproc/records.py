@@ -77,6 +77,36 @@ class ControlRecord:
 
 
 @dataclass(frozen=True)
+class SeedRecord:
+    """One training run of a config on one seed with both losses: a row of evaluations.csv.
+
+    Written only when a Phase 2 option is on (several eval seeds, or a validation loss): a candidate's progress.csv
+    row is then the mean over its seeds, and these rows keep the per-seed numbers it came from, whichever loss
+    drove the search. `population_size` shows how many members trained together with it.
+    """
+
+    role: str  # "candidate" | "baseline" | "confirm" | "sensitivity"
+    label: str
+    gen: int | None  # candidates only
+    cand: int | None
+    seed: int
+    score: float  # what the search used from this run: raw_score if ok, else the penalty
+    raw_score: float
+    train_score: float  # mean of the last score_tail train losses
+    val_loss: float  # NaN unless measured
+    status: Status
+    failure_step: int | None
+    failure_reason: str | None
+    population_size: int
+    evaluator: str
+    summary_path: Path | None
+
+    @property
+    def key(self) -> tuple:
+        return (self.role, self.label, self.gen, self.cand, self.seed)
+
+
+@dataclass(frozen=True)
 class SensitivityRow:
     """One knob at one edge of its range against the baseline on the eval seed: a row of sensitivity.csv."""
 
@@ -89,7 +119,7 @@ class SensitivityRow:
     status: Status
 
 
-Record = CandidateRecord | ControlRecord | SensitivityRow
+Record = CandidateRecord | ControlRecord | SeedRecord | SensitivityRow
 
 
 @dataclass(frozen=True)
@@ -200,10 +230,16 @@ class History:
     def __init__(self, candidates: Iterable[CandidateRecord] = (), controls: Iterable[ControlRecord] = ()):
         self._candidates: dict[tuple, CandidateRecord] = {}
         self._controls: dict[tuple, ControlRecord] = {}
+        self._seed_runs: dict[tuple, SeedRecord] = {}
         for record in [*candidates, *controls]:
             self.add(record)
 
-    def add(self, record: CandidateRecord | ControlRecord) -> None:
+    def add(self, record: CandidateRecord | ControlRecord | SeedRecord) -> None:
+        if isinstance(record, SeedRecord):
+            # A run killed between a seed's row and its candidate's row trains that seed again on resume; the
+            # newer row (the same numbers: training is deterministic) supersedes the older one.
+            self._seed_runs[record.key] = record
+            return
         table = self._candidates if isinstance(record, CandidateRecord) else self._controls
         if record.key in table:
             raise ConfigError(f"{type(record).__name__} {record.key} is recorded twice")
@@ -211,6 +247,12 @@ class History:
 
     def __len__(self) -> int:
         return len(self._candidates) + len(self._controls)
+
+    def seed_runs(self, role: str, gen: int | None = None, cand: int | None = None,
+                  label: str = "") -> dict[int, SeedRecord]:
+        """The per-seed runs of one candidate (or control role), by seed, in seed order."""
+        runs = [r for r in self._seed_runs.values() if (r.role, r.label, r.gen, r.cand) == (role, label, gen, cand)]
+        return {r.seed: r for r in sorted(runs, key=lambda r: r.seed)}
 
     def candidate(self, gen: int, cand: int) -> CandidateRecord | None:
         return self._candidates.get((gen, cand))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Sequence
 
 from .artifacts import RunLayout
@@ -19,6 +20,8 @@ LAYOUT_DESCRIPTION = {
     "verdict.json": "the Go/No-Go numbers (also in summary.md)",
     "summary.md": "this summary",
     "checkpoint.json": "finished generations and a hash of their ledger rows (--resume replays the search)",
+    "evaluations.csv": "--eval-seeds > 1 or a validation loss only: one row per training run (per seed), with the "
+                       "train score and the validation loss",
     "eval/gen_GGGG/cand_CCCC/": "synaptic_config.json, seed_<eval_seed>/summary.json + run.md",
     "eval/baseline/": "synaptic_config.json, seed_<s>/summary.json + run.md for the eval seed and each noise seed",
     "eval/confirm/": "the best candidate re-evaluated on the same seeds",
@@ -27,8 +30,13 @@ LAYOUT_DESCRIPTION = {
 }
 
 
-def score_description(score_tail: int, budget) -> str:
-    """What a score is, honestly: a run shorter than `score_tail` steps is scored on all of its losses."""
+def score_description(score_tail: int, budget, spec=None) -> str:
+    """What a score is, honestly: a run shorter than `score_tail` steps is scored on all of its losses; with a
+    Phase 2 `spec`, the validation loss and/or the mean over several eval seeds."""
+    if spec is not None and (spec.score_on == "val" or spec.eval_seeds > 1):
+        what = (f"mean loss on {spec.val_batches} held-out validation batches after training" if spec.score_on == "val"
+                else score_description(score_tail, budget))
+        return what + (f", averaged over {spec.eval_seeds} eval seeds" if spec.eval_seeds > 1 else "")
     steps = None if budget is None else budget.max_steps
     if steps is not None and score_tail > steps:
         return f"mean of the last {steps} train losses (every loss: score_tail {score_tail} > {steps} steps per run)"
@@ -42,8 +50,39 @@ def _budget_line(budget) -> str:
             f"{budget.flops_per_token_est:,} FLOPs/token)")
 
 
+def _heldout_lines(verdict: Verdict) -> list[str]:
+    """The unbiased number beside the selection-biased one, and two sentences on why both are shown."""
+    return [
+        f"- held-out improvement (seeds {', '.join(map(str, verdict.heldout_seeds)) or 'none'}, which took no part "
+        f"in selecting the best): {format_pct(verdict.heldout_improvement, signed=True)}, 95% interval "
+        f"[{format_pct(verdict.interval_low, signed=True)}, {format_pct(verdict.interval_high, signed=True)}] "
+        f"({verdict.interval_method})",
+        "",
+        "Why two improvements: the best was chosen because it scored lowest on the eval seeds, so its improvement "
+        "there is the best of many noisy draws and overstates what it would do on a fresh seed. The held-out seeds "
+        "played no part in that choice, so their improvement is unbiased, and its interval says whether seed noise "
+        "alone could explain it (GO needs the lower bound above zero).",
+        "",
+    ]
+
+
+def _seed_table(records, seed_runs) -> list[str]:
+    """With several eval seeds: the best few candidates' per-seed scores and their spread."""
+    rows = []
+    for r in sorted((r for r in records if r.status.ok), key=lambda r: r.score)[:5]:
+        runs = seed_runs("candidate", r.gen, r.cand)
+        scores = [run.score for run in runs.values()]
+        spread = statistics.stdev(scores) if len(scores) > 1 else math.nan
+        rows.append(f"| {r.gen} | {r.cand} | {format_number(r.score)} | {format_number(spread, 5)} | "
+                    + ", ".join(format_number(v) for v in scores) + " |")
+    if not rows:
+        return []
+    return ["", "Per-seed scores of the best candidates (the score is their mean; std is the spread across seeds):",
+            "", "| gen | cand | score | std | per seed |", "|---:|---:|---:|---:|---|", *rows]
+
+
 def render_cma_summary(*, run_id, spec, verdict: Verdict, best, records, per_gen: Sequence[float], budget,
-                       layout: RunLayout, figures: dict) -> str:
+                       layout: RunLayout, figures: dict, seed_runs=None) -> str:
     n_eval = len(records)
     by_evaluator: dict[str, int] = {}
     for r in records:
@@ -71,11 +110,13 @@ def render_cma_summary(*, run_id, spec, verdict: Verdict, best, records, per_gen
         f"- baseline score (default config, eval seed {verdict.eval_seed}): {format_number(verdict.baseline_score)}",
         f"- best search score (eval seed): {format_number(verdict.best_score)}"
         + (f" (gen {best.gen}, cand {best.cand})" if best else ""),
-        f"- improvement on the eval seed: {format_pct(verdict.search_improvement, signed=True)} (selection-biased: best of {n_eval})",
+        f"- improvement on the eval seed{'s' if len(verdict.eval_seeds) > 1 else ''}: "
+        f"{format_pct(verdict.search_improvement, signed=True)} (selection-biased: best of {n_eval})",
         f"- confirmed improvement, mean over seeds {', '.join(map(str, verdict.seeds))}: "
         f"{format_pct(verdict.confirmed_improvement, signed=True)} (paired std {format_pct(verdict.paired_std)}, best wins on "
         f"{verdict.wins}/{len(verdict.seeds)} seeds)",
         f"- seed noise (relative std of the baseline score across seeds): {format_pct(verdict.seed_noise)}",
+        *_heldout_lines(verdict),
         f"- failure rate: {verdict.failures}/{verdict.evaluations} candidate evaluations",
         f"- spread of the finished candidates' scores: {format_pct(verdict.score_spread)} of the best",
         "",
@@ -103,12 +144,14 @@ def render_cma_summary(*, run_id, spec, verdict: Verdict, best, records, per_gen
     lines += ["", "## Search", "",
               f"- {spec.generations} generations x {spec.population_size} candidates, sigma {spec.sigma:g} "
               f"(fraction of each knob's range), search seed {spec.search_seed}, eval seed {spec.eval_seed}, "
-              f"noise seeds {spec.noise_seeds}, score = {score_description(spec.score_tail, budget)}",
+              f"noise seeds {spec.noise_seeds}, score = {score_description(spec.score_tail, budget, spec)}",
               _budget_line(budget),
               f"- evaluators: {', '.join(f'{k} x{v}' for k, v in sorted(by_evaluator.items())) or 'none'}",
               "", "| generation | best score | best so far |", "|---:|---:|---:|"]
     for g, (value, running) in enumerate(zip(per_gen, best_so_far(list(per_gen)))):
         lines.append(f"| {g} | {format_number(value)} | {format_number(running)} |")
+    if seed_runs is not None and spec.eval_seeds > 1:
+        lines += _seed_table(records, seed_runs)
     for name, title in (("best_per_generation", "Best score per generation"), ("loss_curves", "Loss curves")):
         if name in figures:
             lines += ["", f"![{title}]({figures[name]})"]

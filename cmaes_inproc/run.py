@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from .artifacts import (Ledger, RunLayout, RunLock, atomic_write_json, eval_id_f
 from .evaluators import (BatchedEvaluator, EvalOutcome, EvalRequest, Evaluator, FallbackEvaluator,
                          ObjectiveEvaluator, Scoring, SubprocessEvaluator)
 from .params import PARAM_NAMES, PARAM_SPECS, decode_vector, encode_config, knobs_to_config, unit_to_x, x_to_unit
-from .records import CandidateRecord, ControlRecord, History
+from .records import CandidateRecord, ControlRecord, History, SeedRecord
 from .search import CMASearch
 from .spec import PilotSpec
 from .verdict import SeedResult
@@ -62,6 +63,8 @@ class Run:
         self.budget, self.corpus, self.cli_args = budget, corpus, cli_args
         self.ledgers = {CandidateRecord: Ledger(layout.progress_csv, CandidateRecord, layout.root),
                         ControlRecord: Ledger(layout.controls_csv, ControlRecord, layout.root)}
+        if spec.per_seed_ledger:
+            self.ledgers[SeedRecord] = Ledger(layout.evaluations_csv, SeedRecord, layout.root)
         self.history = History()
         self.lock: RunLock | None = None
         # What --resume compares: every setting that decides results, and the corpus itself (a path is not enough).
@@ -76,31 +79,41 @@ class Run:
     # -- evaluating --------------------------------------------------------------------------------------------------
 
     def evaluate(self, requests: list[EvalRequest], hooks) -> None:
-        """Run the requests; each finished evaluation becomes a record, joins the history and is announced."""
+        """Run the requests; each finished evaluation becomes records that join the history and are announced."""
         if not requests:
             return
 
         def on_done(outcomes: list[EvalOutcome]) -> None:
             for outcome in outcomes:
-                record = self._record(outcome)
-                self.history.add(record)
-                hooks.evaluated(record)
+                for record in self._records(outcome):
+                    self.history.add(record)
+                    hooks.evaluated(record)
 
         self.evaluator.evaluate(requests, on_done, hooks.step)
 
-    def _record(self, o: EvalOutcome) -> CandidateRecord | ControlRecord:
+    def _records(self, o: EvalOutcome) -> list[SeedRecord | CandidateRecord | ControlRecord]:
+        """The records of one finished evaluation, in the order they are written: its per-seed row (Phase 2 options
+        only), then its candidate or control row. With several eval seeds a candidate's row waits for its last seed
+        and holds the mean over its seeds (the per-seed rows come first, so a resumed run has them)."""
         slot = o.request.tag
+        out: list = [_seed_record(o)] if self.spec.per_seed_ledger else []
+        if isinstance(slot, CandidateSlot) and self.spec.eval_seeds > 1:
+            runs = {**self.history.seed_runs("candidate", slot.gen, slot.cand), o.request.seed: out[0]}
+            if len(runs) == self.spec.eval_seeds and self.history.candidate(slot.gen, slot.cand) is None:
+                out.append(_candidate_over_seeds(slot, [runs[s] for s in sorted(runs)], self.spec.penalty))
+            return out
         cells = dict(score=o.score, status=o.status, summary_path=o.summary_path, evaluator=o.evaluator,
                      eval_id=eval_id_for_seed(o.request.seed), seed=o.request.seed, raw_score=o.raw_score,
                      failure_step=o.failure_step, failure_reason=o.failure_reason, note=o.note)
         if isinstance(slot, CandidateSlot):
-            return CandidateRecord(gen=slot.gen, cand=slot.cand, x=slot.x, **cells)
-        return ControlRecord(role=slot.role, label=slot.label, **cells)
+            return out + [CandidateRecord(gen=slot.gen, cand=slot.cand, x=slot.x, **cells)]
+        return out + [ControlRecord(role=slot.role, label=slot.label, **cells)]
 
     # -- requests ----------------------------------------------------------------------------------------------------
 
     def candidate_requests(self, gen: int, xs: Sequence[np.ndarray]) -> list[EvalRequest]:
-        """Requests for the candidates of generation `gen` that the history does not hold yet."""
+        """Requests for the candidates of generation `gen` that the history does not hold yet, one per eval seed
+        (all in one list, so the batched evaluator trains a candidate's seeds in the same population)."""
         requests = []
         for cand, x in enumerate(xs):
             recorded = self.history.candidate(gen, cand)
@@ -115,7 +128,8 @@ class Run:
             self._write_config(config_dir, synaptic, knobs)
             slot = CandidateSlot(gen, cand, tuple(float(v) for v in x))
             meta = {"role": "candidate", "gen": gen, "cand": cand}
-            requests.append(self._request(config_dir, synaptic, knobs, self.spec.eval_seed, slot, meta))
+            requests += [self._request(config_dir, synaptic, knobs, seed, slot, meta)
+                         for seed in self.spec.eval_seed_list]
         return requests
 
     def control_requests(self, slot: ControlSlot, config_dir: Path, synaptic: SynapticConfig,
@@ -185,6 +199,32 @@ class Run:
         return SeedResult(record.score, record.status, tuple(losses_of(record.summary_path)))
 
 
+def _seed_record(o: EvalOutcome) -> SeedRecord:
+    slot = o.request.tag
+    where = (dict(role="candidate", label="", gen=slot.gen, cand=slot.cand) if isinstance(slot, CandidateSlot)
+             else dict(role=slot.role, label=slot.label, gen=None, cand=None))
+    return SeedRecord(**where, seed=o.request.seed, score=o.score, raw_score=o.raw_score, train_score=o.train_score,
+                      val_loss=o.val_loss, status=o.status, failure_step=o.failure_step,
+                      failure_reason=o.failure_reason, population_size=o.population_size, evaluator=o.evaluator,
+                      summary_path=o.summary_path)
+
+
+def _candidate_over_seeds(slot: CandidateSlot, runs: list[SeedRecord], penalty: float) -> CandidateRecord:
+    """A candidate's row from its per-seed runs (in seed order): the mean score when every seed finished, else the
+    penalty with the first failure's status and reason. Its seed, eval_id and summary are the first eval seed's."""
+    failed = [r for r in runs if not r.status.ok]
+    first = failed[0] if failed else runs[0]
+    seeds = [r.seed for r in runs]
+    return CandidateRecord(
+        gen=slot.gen, cand=slot.cand, x=slot.x, status=first.status, seed=runs[0].seed,
+        score=penalty if failed else statistics.fmean(r.score for r in runs),
+        raw_score=statistics.fmean(r.raw_score for r in runs), summary_path=runs[0].summary_path,
+        evaluator="+".join(sorted({r.evaluator for r in runs})), eval_id=f"seeds_{seeds[0]}-{seeds[-1]}",
+        failure_step=first.failure_step,
+        failure_reason=f"seed {first.seed}: {first.failure_reason}" if failed else None,
+        note=f"mean over seeds {', '.join(map(str, seeds))}")
+
+
 def losses_of(summary_path: Path | None) -> list[float]:
     """The recorded loss curve of an evaluation (empty when there is none, e.g. a custom objective's)."""
     if summary_path is None or not summary_path.is_file():
@@ -208,7 +248,7 @@ def open_run(spec: PilotSpec, run_id: str | None, artifacts_dir: str | Path, res
     run_id = check_dir_name("run_id", run_id if run_id is not None else time.strftime("pilot_%Y%m%d_%H%M%S",
                                                                                        time.gmtime()))
     layout = RunLayout.for_run(Path(artifacts_dir).absolute(), run_id)
-    scoring = Scoring(spec.score_tail, spec.penalty)
+    scoring = Scoring(spec.score_tail, spec.penalty, spec.score_on)
     budget = corpus = cli_args = None
     if objective is not None:
         evaluator: Evaluator = ObjectiveEvaluator(objective, scoring)
@@ -221,7 +261,8 @@ def open_run(spec: PilotSpec, run_id: str | None, artifacts_dir: str | Path, res
         check_corpus_fits(corpus, spec.model.sequence_len)
         budget = plan_budget(spec.model, spec.train, spec.base_synaptic.post_rank)
         cli_args = ["--model-type", "synaptic", "--device", spec.device, *config_args(spec.model, spec.train),
-                    *([] if spec.data is None else ["--data", spec.data])]
+                    *([] if spec.data is None else ["--data", spec.data]),
+                    *(["--val-batches", str(spec.val_batches)] if spec.val_batches else [])]
         # nanochat.train's own --time-limit-s stops training gracefully ("timeout"); the hard kill is for hangs.
         limit = spec.train.time_limit_s
         hard_timeout = None if limit is None else 2 * limit + 120
@@ -235,7 +276,7 @@ def open_run(spec: PilotSpec, run_id: str | None, artifacts_dir: str | Path, res
                                      run_meta={"run_id": run_id})
         else:
             batched = BatchedEvaluator(spec.model, spec.train, corpus, spec.device, scoring, spec.max_batch,
-                                       run_meta={"run_id": run_id})
+                                       run_meta={"run_id": run_id}, val_batches=spec.val_batches)
             evaluator = FallbackEvaluator(batched, SubprocessEvaluator(cli_args, scoring, hard_timeout,
                                                                        label="subprocess-fallback"))
     run = Run(spec, run_id, layout, evaluator, budget, corpus, cli_args)
@@ -295,7 +336,7 @@ def run_info(run: Run, extra: dict) -> dict:
         "baseline_config": spec.base_synaptic.to_dict(),
         "budget": None if run.budget is None else run.budget.to_dict(),
         "corpus": None if run.corpus is None else run.corpus.describe(),
-        "scoring": {"score": report.score_description(spec.score_tail, run.budget), "penalty": spec.penalty,
+        "scoring": {"score": report.score_description(spec.score_tail, run.budget, spec), "penalty": spec.penalty,
                     "statuses": [s.value for s in Status]},
         "reproduce": None if run.cli_args is None else {
             "command": "python -m nanochat.train " + " ".join(run.cli_args)

@@ -25,6 +25,8 @@ from .params import PARAM_SPECS, check_inside_bounds
 from .verdict import DEFAULT_GO_THRESHOLD
 
 EVALUATOR_MODES = ("batched", "sequential", "ray")
+SCORE_ON = ("train", "val")  # what a score measures: the last train losses, or the held-out validation loss
+DEFAULT_VAL_BATCHES = 8  # validation batches measured when score_on="val" leaves val_batches at 0
 DEFAULT_PENALTY = 1e3  # far above any cross-entropy of a byte model (ln 256 = 5.5); CMA-ES only uses ranks
 
 
@@ -43,7 +45,7 @@ class PilotSpec:
     search_seed: int = field(default=0, metadata=_help("CMA-ES sampling (0 is an ordinary seed)"))
     eval_seed: int = field(default=123, metadata=_help("training seed shared by every candidate"))
     noise_seeds: int = field(default=2, metadata=_help(
-        "extra seeds (eval-seed+1, ...) for the baseline and the best's confirmation"))
+        "held-out seeds (after the eval seeds) for the baseline and the best's confirmation"))
     go_threshold: float = field(default=DEFAULT_GO_THRESHOLD, metadata=_help(
         "confirmed relative improvement needed for GO (0.01 = 1%%)"))
     score_tail: int = field(default=3, metadata=_help("score = mean of the last N train losses"))
@@ -55,6 +57,13 @@ class PilotSpec:
     data: str | None = None  # None: nanochat's embedded corpus; else an absolute path
     device: str = field(default="cpu", metadata=_help("cpu, cuda or auto"))
     objective: str | None = None  # qualified name of a custom objective (it replaces training)
+    # Phase 2 (issue 13); the defaults are Phase 1's, and results_dict() names these only when they differ from it
+    eval_seeds: int = field(default=1, metadata=_help(
+        "seeds every candidate is trained on (eval-seed, eval-seed+1, ...); its score is their mean"))
+    score_on: str = "train"  # one of SCORE_ON (the CLI's --objective; `objective` is a custom Python objective)
+    val_batches: int = field(default=0, metadata=_help(
+        "held-out validation batches measured after training, recorded beside the train score (0: none; "
+        f"--objective val uses {DEFAULT_VAL_BATCHES} if left at 0)"))
     # execution only (not compared on resume)
     evaluator: str = "batched"  # one of EVALUATOR_MODES
     max_batch: int = field(default=8, metadata=_help("most members trained at once by the batched evaluator"))
@@ -76,10 +85,12 @@ class PilotSpec:
                                              f"{self.sigma!r}")
         check_seed("search_seed", self.search_seed)
         check_seed("eval_seed", self.eval_seed)
+        _int("eval_seeds", self.eval_seeds, 1)
         _int("noise_seeds", self.noise_seeds, 0)
-        if self.eval_seed + self.noise_seeds > MAX_SEED:  # the noise seeds are eval_seed + 1, ..., + noise_seeds
+        if self.eval_seed + self.eval_seeds - 1 + self.noise_seeds > MAX_SEED:  # seeds run on from eval_seed
             raise ConfigError.about("noise_seeds", f"takes the seeds past {MAX_SEED} (eval_seed {self.eval_seed} + "
-                                                   f"{self.noise_seeds})")
+                                                   f"{self.eval_seeds - 1 + self.noise_seeds})")
+        self._check_score_on()
         if _number("go_threshold", self.go_threshold) < 0:
             raise ConfigError.about("go_threshold", f"must be >= 0, got {self.go_threshold!r}")
         _int("score_tail", self.score_tail, 1)
@@ -100,6 +111,9 @@ class PilotSpec:
             raise ConfigError.about("evaluator", f"must be one of {', '.join(EVALUATOR_MODES)}, got "
                                                  f"{self.evaluator!r}")
         _int("max_batch", self.max_batch, 1)
+        if self.evaluator == "ray" and (self.val_batches or self.score_on != "train"):
+            raise ConfigError.about("evaluator", "'ray' does not measure the validation loss yet; use 'batched' or "
+                                                 "'sequential' with score_on='val' or val_batches")
         if self.ray_address is not None and (not isinstance(self.ray_address, str) or not self.ray_address.strip()):
             raise ConfigError.about("ray_address", f"must be a non-empty string such as 'auto', got "
                                                    f"{self.ray_address!r}")
@@ -109,6 +123,15 @@ class PilotSpec:
             raise ConfigError.about("gpus_per_actor", f"must be > 0, got {self.gpus_per_actor!r}")
         _int("cpus_per_actor", self.cpus_per_actor, 1)
         _int("ray_max_retries", self.ray_max_retries, 0)
+
+    def _check_score_on(self) -> None:
+        if self.score_on not in SCORE_ON:
+            raise ConfigError.about("score_on", f"must be one of {', '.join(SCORE_ON)}, got {self.score_on!r}")
+        _int("val_batches", self.val_batches, 0)
+        if self.score_on == "val" and self.val_batches == 0:
+            object.__setattr__(self, "val_batches", DEFAULT_VAL_BATCHES)
+        if self.objective is not None and self.val_batches:
+            raise ConfigError.about("score_on", "a custom objective does no training, so it has no validation loss")
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> "PilotSpec":
@@ -121,8 +144,24 @@ class PilotSpec:
 
     @property
     def seeds(self) -> list[int]:
-        """The eval seed (shared by every candidate: common random numbers) followed by the noise seeds."""
-        return [self.eval_seed + k for k in range(self.noise_seeds + 1)]
+        """The eval seeds (shared by every candidate: common random numbers) followed by the held-out noise seeds:
+        the seeds of the baseline and of the best's confirmation. With one eval seed: eval_seed, eval_seed + 1, ..."""
+        return [self.eval_seed + k for k in range(self.eval_seeds + self.noise_seeds)]
+
+    @property
+    def eval_seed_list(self) -> list[int]:
+        """The seeds every candidate is trained on; its score is the mean over them."""
+        return self.seeds[:self.eval_seeds]
+
+    @property
+    def heldout_seeds(self) -> list[int]:
+        """The seeds that took no part in selecting the best: the verdict's interval is computed on these."""
+        return self.seeds[self.eval_seeds:]
+
+    @property
+    def per_seed_ledger(self) -> bool:
+        """Whether evaluations.csv is written: only when a Phase 2 option is on, so Phase 1 runs keep their files."""
+        return self.eval_seeds > 1 or self.val_batches > 0
 
     @property
     def mode(self) -> str:
@@ -149,6 +188,8 @@ class PilotSpec:
             "device": self.device,
             "objective": self.objective,
             "param_specs": [s.to_dict() for s in PARAM_SPECS],
+            **{name: getattr(self, name) for name in ("eval_seeds", "score_on", "val_batches")
+               if getattr(self, name) != getattr(DEFAULTS, name)},  # a Phase 1 run dir still resumes
         }
 
     def execution_dict(self) -> dict:

@@ -1,7 +1,7 @@
 """The Go/No-Go decision, computed from numbers measured in the same run (never boilerplate).
 
-Inputs: the baseline (default config) and the best candidate, each evaluated on the same seeds (the eval seed, which
-every candidate used, plus the noise seeds), and the statuses of all CMA-ES candidate evaluations.
+Inputs: the baseline (default config) and the best candidate, each evaluated on the same seeds (the eval seeds, which
+every candidate used, plus the held-out noise seeds), and the statuses of all CMA-ES candidate evaluations.
 
 GO only if all of these hold (otherwise NO-GO, with every failed criterion as a reason):
 
@@ -10,7 +10,14 @@ GO only if all of these hold (otherwise NO-GO, with every failed criterion as a 
    >= `go_threshold` (1%);
 3. it exceeds the measured seed noise (relative sample std of the baseline score across seeds): a smaller gain
    could be luck of the seed, which the search itself (one common eval seed) cannot tell apart;
-4. the best is not pathological: it finished on every seed and its loss curves neither explode nor rise at the end.
+4. the best is not pathological: it finished on every seed and its loss curves neither explode nor rise at the end;
+5. on the held-out seeds (the noise seeds: they took no part in selecting the best), the paired relative improvement
+   has a mean >= `go_threshold` and a 95% confidence interval whose lower bound is above zero. The interval is a
+   two-sided Student t-interval, mean +- t(0.975, n-1) * sd / sqrt(n) over the n held-out seeds, so it needs n >= 2.
+
+Why criterion 5 beside 2: the best was chosen because it scored lowest on the eval seeds, so its improvement there is
+biased upwards (the best of many noisy draws); seeds that played no part in the choice give an unbiased estimate, and
+the interval says how far seed noise alone could move it.
 
 The baseline itself must have finished on every seed, or nothing can be compared.
 """
@@ -32,6 +39,10 @@ EXPLODE_FACTOR = 1.5  # a loss above 1.5x the first loss means the run blew up, 
 RISE_TOLERANCE = 0.05  # the smoothed curve ends >5% above its smoothed minimum: training made things worse
 MIN_STEPS_FOR_SHAPE = 4  # fewer steps than this carry no curve shape to judge
 DEAD_KNOB_THRESHOLD = 1e-3  # sensitivity: a knob that moves the score less than 0.1% at both edges is dead
+INTERVAL_METHOD = "two-sided 95% Student t-interval over the held-out seeds (n-1 degrees of freedom)"
+# t(0.975, dof): a table (no scipy); between entries the next smaller dof is used, which widens the interval.
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,12 @@ class Verdict:
     evaluations: int = 0
     score_spread: float = math.nan  # (max - min) / |min| of the finished candidates' scores: 0 means flat
     pathologies: dict[str, list[str]] = field(default_factory=dict)  # "best seed_124" -> problems
+    eval_seeds: list[int] = field(default_factory=list)  # the seeds the search selected on
+    heldout_seeds: list[int] = field(default_factory=list)  # the others: the interval's seeds
+    heldout_improvement: float = math.nan  # mean paired relative improvement on the held-out seeds (unbiased)
+    interval_low: float = math.nan  # its 95% confidence interval (NaN with fewer than 2 held-out seeds)
+    interval_high: float = math.nan
+    interval_method: str = INTERVAL_METHOD
 
     @property
     def label(self) -> str:
@@ -110,9 +127,42 @@ def _moving_average(values: Sequence[float], window: int) -> list[float]:
     return [sum(values[i:i + window]) / window for i in range(len(values) - window + 1)]
 
 
+def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high): the two-sided 95% Student t-interval of the mean; NaNs unless >= 2 finite values."""
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        return (statistics.fmean(values) if values and all(map(math.isfinite, values)) else math.nan,
+                math.nan, math.nan)
+    dof = len(values) - 1
+    t = _T975[max(k for k in _T975 if k <= dof)] if dof <= 120 else 1.960
+    mean = statistics.fmean(values)
+    half = t * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def _heldout_criterion(mean: float, low: float, high: float, go_threshold: float) -> tuple[Criterion, list[str]]:
+    """Criterion 5 (see the module docstring) and its reasons for NO-GO."""
+    reasons = []
+    if not math.isfinite(low):
+        reasons.append("the held-out improvement's interval could not be measured (needs >= 2 held-out noise seeds "
+                       "on which best and baseline finished)")
+    else:
+        if low <= 0:
+            where = "includes zero" if high >= 0 else "lies below zero"
+            reasons.append(f"the 95% interval of the held-out improvement [{format_pct(low, signed=True)}, "
+                           f"{format_pct(high, signed=True)}] {where}")
+        if mean < go_threshold:
+            reasons.append(f"held-out improvement {format_pct(mean, signed=True)} is below the threshold "
+                           f"{format_pct(go_threshold)}")
+    value = (f"{format_pct(mean, signed=True)} [{format_pct(low, signed=True)}, {format_pct(high, signed=True)}]"
+             if math.isfinite(low) else "not measured")
+    return Criterion("held-out improvement, 95% t-interval", value, f"low > 0, mean >= {format_pct(go_threshold)}",
+                     not reasons), reasons
+
+
 def compute_verdict(
     *,
     eval_seed: int,
+    eval_seeds: Sequence[int] | None = None,
     baseline: Mapping[int, SeedResult],
     confirm: Mapping[int, SeedResult],
     best_score: float,
@@ -121,8 +171,10 @@ def compute_verdict(
     go_threshold: float = DEFAULT_GO_THRESHOLD,
     max_failure_rate: float = MAX_FAILURE_RATE,
 ) -> Verdict:
-    """Decide GO / NO-GO; see the module docstring for the criteria."""
-    seeds = sorted(baseline, key=lambda s: (s != eval_seed, s))  # eval seed first, then the noise seeds
+    """Decide GO / NO-GO; see the module docstring for the criteria. `eval_seeds` (default: just `eval_seed`) are
+    the seeds the search selected on; every other seed of `baseline` is held out."""
+    selection = list(eval_seeds) if eval_seeds is not None else [eval_seed]
+    seeds = sorted(baseline, key=lambda s: (s not in selection, s))  # eval seeds first, then the noise seeds
     reasons: list[str] = []
     criteria: list[Criterion] = []
 
@@ -136,8 +188,9 @@ def compute_verdict(
         reasons.append(f"failure rate {format_pct(failure_rate)} ({failures}/{evaluations} candidate evaluations) "
                        f"exceeds {format_pct(max_failure_rate)}" if evaluations else "no candidate was evaluated")
 
-    base0 = baseline.get(eval_seed)
-    baseline_score = base0.score if base0 is not None and base0.ok else math.nan
+    on_selection = [baseline.get(s) for s in selection]
+    baseline_score = (statistics.fmean(b.score for b in on_selection)
+                      if all(b is not None and b.ok for b in on_selection) else math.nan)
     search_improvement = _rel_improvement(baseline_score, best_score)
     failed_baseline = [s for s in seeds if not baseline[s].ok]
     if failed_baseline:
@@ -208,12 +261,19 @@ def compute_verdict(
         reasons.append(f"scores are flat: all {len(finished)} finished candidates scored exactly {finished[0]!r}, "
                        "so the objective cannot tell candidates apart (is the budget only a step or two?)")
 
-    go = rate_ok and improve_ok and noise_ok and sane and not failed_baseline
+    heldout = [s for s in seeds if s not in selection]
+    heldout_mean, low, high = t_interval([r for s, r in zip(seeds, rel) if s in heldout])
+    heldout_criterion, heldout_reasons = _heldout_criterion(heldout_mean, low, high, go_threshold)
+    criteria.append(heldout_criterion)
+    reasons += heldout_reasons
+
+    go = rate_ok and improve_ok and noise_ok and sane and not failed_baseline and heldout_criterion.passed
     return Verdict(go=go, reasons=[] if go else reasons, criteria=criteria, eval_seed=eval_seed, seeds=seeds,
                    baseline_score=baseline_score, best_score=best_score, search_improvement=search_improvement,
                    confirmed_improvement=confirmed, seed_noise=seed_noise, paired=paired, paired_std=paired_std,
                    wins=wins, failure_rate=failure_rate, failures=failures, evaluations=evaluations,
-                   score_spread=spread, pathologies=pathologies)
+                   score_spread=spread, pathologies=pathologies, eval_seeds=selection, heldout_seeds=heldout,
+                   heldout_improvement=heldout_mean, interval_low=low, interval_high=high)
 
 
 def _rel_improvement(baseline: float, best: float) -> float:

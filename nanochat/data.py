@@ -152,12 +152,15 @@ def check_corpus_fits(corpus: Corpus, sequence_len: int) -> None:
 
 
 class BatchStream:
-    """Deterministic random windows of the train split: batch k depends only on (data_seed, k)."""
+    """Deterministic random windows of one split (train, or val for the held-out loss): batch k depends only on
+    (data_seed, k), so every member and every candidate sees the same batches."""
 
-    def __init__(self, corpus: Corpus, batch_size: int, sequence_len: int, data_seed: int, device: torch.device):
+    def __init__(self, corpus: Corpus, batch_size: int, sequence_len: int, data_seed: int, device: torch.device,
+                 split: str = "train"):
         check_corpus_fits(corpus, sequence_len)
-        n = corpus.train.numel()
-        self.tokens = corpus.train.to(torch.long)
+        tokens = corpus.val if split == "val" else corpus.train
+        n = tokens.numel()
+        self.tokens = tokens.to(torch.long)
         self.batch_size = batch_size
         self.sequence_len = sequence_len
         self.device = device

@@ -63,8 +63,17 @@ def build_summary(member: Member, result: MemberResult, population: PopulationRe
             "tokens_per_second": population.tokens_per_second,
             "measured_time_s": population.measured_time_s,
             "execution": population.execution,
+            **_val_results(result, population),
         },
     }
+
+
+def _val_results(result: MemberResult, population: PopulationResult) -> dict:
+    """The held-out loss keys, present only when it was measured (so a train-only summary keeps its shape)."""
+    if not population.val_batches:
+        return {}
+    return {"val_loss": finite_or_none(result.val_loss), "val_batches": population.val_batches,
+            "val_flops": population.val_flops}
 
 
 def render_run_md(summary: dict) -> str:

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--optimizer-type", default="adamw", choices=["adamw"],
                    help="accepted for the pilot document's CLI; the synaptic model always uses AdamW + Muon")
     g.add_argument("--time-limit-s", type=float, default=None, help="wall-time limit of the run")
+    g.add_argument("--val-batches", type=int, default=0,
+                   help="after training, measure the mean loss on this many held-out validation batches (fixed by "
+                        "--data-seed; their FLOPs are reported, not charged to the budget; default 0: none)")
     g = p.add_argument_group("artifacts")
     g.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"))
     g.add_argument("--artifacts-kind", default="nanochat")
@@ -109,7 +112,8 @@ def _main(argv: list[str] | None, interrupts: Interrupts) -> int:
 
     log = None if args.quiet else (lambda step, losses: print(f"step {step:5d}  loss {losses[0]:.4f}", flush=True))
     try:
-        result = train_population([member], model_cfg, train_cfg, corpus, device, on_log=log)
+        result = train_population([member], model_cfg, train_cfg, corpus, device, on_log=log,
+                                  val_batches=args.val_batches)
     except ConfigError as exc:
         print(f"nanochat.train: error: {exc.named(flags)}", file=sys.stderr)
         return 2
@@ -125,7 +129,8 @@ def _main(argv: list[str] | None, interrupts: Interrupts) -> int:
         return 2
     m = result.members[0]
     if not args.quiet:
-        print(f"{m.status}: {len(m.losses)} steps, score(3) {m.score(3):.4f}, {result.measured_time_s:.1f} s -> {path}")
+        val = f", val loss {m.val_loss:.4f}" if args.val_batches else ""
+        print(f"{m.status}: {len(m.losses)} steps, score(3) {m.score(3):.4f}{val}, {result.measured_time_s:.1f} s -> {path}")
     return 0 if m.ok else 1
 
 

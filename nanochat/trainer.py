@@ -26,6 +26,7 @@ from .hostmem import keep_freed_memory
 from .optim import PopulationOptimizer
 from .status import Status
 from .synaptic import SynapticGPT, estimate_flops
+from .validation import check_val_batches, measure_val_loss, val_flops
 
 _FAILURE_CODES = {1: Status.NAN, 2: Status.DIVERGED}
 
@@ -61,6 +62,7 @@ class MemberResult:
     status: Status = Status.OK
     failure_step: int | None = None
     failure_reason: str | None = None
+    val_loss: float = math.nan  # mean loss on the validation batches (NaN unless measured and the member finished)
 
     @property
     def ok(self) -> bool:
@@ -84,6 +86,8 @@ class PopulationResult:
     tokens_per_second: float = 0.0  # per member
     population: int = 1
     execution: str = "eager"  # on CUDA: "replayed" when the step ran as a CUDA graph, else why not
+    val_batches: int = 0  # validation batches measured after training (0: none)
+    val_flops: int = 0  # FLOPs of that measurement per member (not part of the training budget)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -190,16 +194,19 @@ def train_population(
     device: str | torch.device = "cpu",
     progress: Callable[[int, int], None] | None = None,
     on_log: Callable[[int, list[float]], None] | None = None,
+    val_batches: int = 0,
 ) -> PopulationResult:
     """Train all members at once; see the module docstring. Raises ConfigError on bad input and lets
     torch.OutOfMemoryError propagate (callers split the population and retry).
 
     `progress(step, total)` is called after every step without touching the device; `on_log(step, losses)` every
     `train_cfg.log_interval` steps and at the end, with the members' current losses (this one syncs the device).
+    `val_batches` > 0 measures each finished member's held-out loss after training (validation.py).
     """
     if not members:
         raise ConfigError("a population needs at least one member")
     check_same_structure([m.synaptic for m in members])
+    check_val_batches(val_batches)
     dev = resolve_device(device)
     if dev.type == "cpu":
         keep_freed_memory()  # step activations are reused instead of page-faulted anew (see hostmem.py)
@@ -281,6 +288,7 @@ def train_population(
         step_times = [a.elapsed_time(b) / 1000.0 for a, b in events]
     measured = time.perf_counter() - t_start
 
+    val = measure_val_loss(model, corpus, model_cfg, train_cfg, val_batches, dev) if val_batches else [math.nan] * P
     losses_host = losses[:steps_run].T.cpu().tolist()
     fail_step_host, fail_code_host = fail_step.cpu().tolist(), fail_code.cpu().tolist()
     results = []
@@ -297,7 +305,8 @@ def train_population(
             reason = f"time limit {train_cfg.time_limit_s:g}s reached after {steps_run} of {steps} steps"
             results.append(MemberResult(losses_host[i], Status.TIMEOUT, timed_out_at, reason))
         else:
-            results.append(MemberResult(losses_host[i]))
+            results.append(MemberResult(losses_host[i], val_loss=val[i]))
     tokens = budget.tokens_per_step_global * steps_run
     return PopulationResult(results, budget, str(dev), step_times, measured, tokens / measured if measured else 0.0, P,
-                            graph.status)
+                            graph.status, val_batches,
+                            val_flops(budget.flops_per_token_est, model_cfg, train_cfg, val_batches))
