@@ -32,7 +32,7 @@ STRUCTURAL_FIELDS = ("attn_topk", "presyn_chunk", "endo_delay", "post_rank")
 
 @dataclass(frozen=True)
 class SynapticConfig:
-    """Knobs and constants of the presynaptic attention and postsynaptic MLP (see SPEC.md, "The synaptic model").
+    """Knobs and constants of the presynaptic attention and postsynaptic MLP (nanochat/MODEL.md explains the equations).
 
     The first ten fields are the pilot's search space, with the seed document's defaults.
     """
@@ -242,6 +242,9 @@ DEFAULT_TARGET_FLOPS = 2e12
 # "fp32" is the reference; "bf16" runs the forward pass under torch.autocast(bfloat16) (matmuls in bf16, softmax,
 # norms and the loss in fp32). Batch invariance is checked at a looser tolerance for bf16 (see tests and bench/).
 PRECISIONS = ("fp32", "bf16")
+# float32 matmuls: "highest" is IEEE fp32 (the reference); "high" lets cuBLAS use TF32 tensor cores (CUDA only: CPU
+# matmuls are unchanged, so on CPU the two give the same numbers).
+MATMUL_PRECISIONS = ("highest", "high")
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,7 @@ class TrainConfig:
     time_limit_s: float | None = None  # members still running past this wall time are marked "timeout"
     precision: str = "fp32"  # one of PRECISIONS
     cuda_graph: bool = True  # on CUDA, replay the training step as one CUDA graph after two eager steps
+    matmul_precision: str = "highest"  # one of MATMUL_PRECISIONS; set for the run only, restored after
 
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -290,6 +294,9 @@ class TrainConfig:
             raise ConfigError(f"cuda_graph must be True or False, got {self.cuda_graph!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ConfigError(f"matmul_precision must be one of {', '.join(MATMUL_PRECISIONS)}, "
+                              f"got {self.matmul_precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
