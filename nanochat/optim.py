@@ -30,9 +30,9 @@ def newton_schulz(grad: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torc
     if transposed:
         x = x.transpose(-1, -2)
     x = x / bcast(member_sum(x * x).sqrt() + eps, 3)
-    for _ in range(steps):
+    for _ in range(steps):  # x <- a x + (b G + c G G) x with G = x x^T, as two fused multiply-adds
         gram = x @ x.transpose(-1, -2)
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.transpose(-1, -2) if transposed else x
 
 

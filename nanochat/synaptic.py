@@ -166,12 +166,23 @@ class PresynapticState:
 
 
 def _sum_at_keys(values: torch.Tensor, idx: torch.Tensor, n_keys: int) -> torch.Tensor:
-    """Sum edge values per key: (..., Qc, K) values at key positions idx (..., Qc, K) -> (..., n_keys).
+    """Sum edge values per key: (..., Qc, K) values at key positions idx (..., Qc, K) -> (..., n_keys), the same
+    bits on every run. `values` may carry extra leading dims (several quantities summed in one call).
 
-    Within one query row the top-k positions are distinct, so a plain scatter into a dense (..., Qc, n_keys) tensor
-    writes each cell at most once, and the sum over the queries then runs in a fixed order: unlike an atomic
-    scatter_add on CUDA, the result is the same bit for bit on every run. `values` may carry extra leading dims.
+    CPU's scatter_add walks each row's edges in order, so it is deterministic, and it is the cheaper of the two (the
+    dense form's zero-fill costs ~7% of a CPU training step at P = 8). On CUDA scatter_add uses atomics, which add in
+    a different order on every run; there the dense form below is used.
     """
+    if values.device.type != "cpu":
+        return _dense_sum_at_keys(values, idx, n_keys)
+    flat = idx.flatten(-2).expand(*values.shape[:-2], -1)
+    return values.new_zeros(*values.shape[:-2], n_keys).scatter_add_(-1, flat, values.flatten(-2))
+
+
+def _dense_sum_at_keys(values: torch.Tensor, idx: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """`_sum_at_keys` without atomics: within one query row the top-k positions are distinct, so a plain scatter
+    into a dense (..., Qc, n_keys) tensor writes each cell at most once, and the sum over the queries then runs in a
+    fixed order."""
     dense = values.new_zeros(*values.shape[:-1], n_keys)
     return dense.scatter_(-1, idx.expand_as(values), values).sum(-2)
 

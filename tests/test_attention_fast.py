@@ -1,9 +1,10 @@
-"""The chunked presynaptic attention (hand-written backward, deterministic per-key sums) computes what the
+"""The chunked presynaptic attention (hand-written backward, per-key sums without atomics) computes what the
 equations of nanochat/MODEL.md ("presynaptic attention") say, in float64: values, gradients, state and running mean.
 
 The reference below is the equations written plainly with autograd, chunk by chunk: a key/value prefix per chunk,
 the release edges scattered with scatter_add, every intermediate left to autograd. It is the implementation the
-fast path replaced (commit c5c57d3), with its state in float64.
+fast path replaced (commit c5c57d3), with its state in float64. Release noise is drawn per (query, edge slot) in the
+order of top-k's unsorted output, so the reference takes the same unsorted top-k to draw the same numbers per edge.
 """
 
 import math
@@ -14,7 +15,8 @@ import torch.nn.functional as F
 
 from nanochat.config import ModelConfig, SynapticConfig
 from nanochat.population import Knobs, bcast, member_sum
-from nanochat.synaptic import (PresynapticAttention, ReleaseNoise, _rotary, _sum_at_keys, release_probability)
+from nanochat.synaptic import (PresynapticAttention, ReleaseNoise, _dense_sum_at_keys, _rotary, _sum_at_keys,
+                               release_probability)
 
 
 def reference_release(state: dict, dots, allowed, ema, k: Knobs, noise) -> None:
@@ -149,11 +151,13 @@ def test_release_terms_change_the_output():
     assert (attn(x, cos, sin, knobs, None) - with_release).abs().max() > 1e-3
 
 
-def test_sum_at_keys_equals_scatter_add():
+@pytest.mark.parametrize("sum_at_keys", [_sum_at_keys, _dense_sum_at_keys], ids=["cpu", "dense"])
+def test_per_key_sums_equal_scatter_add(sum_at_keys):
+    """Both forms of the per-key edge sum (scatter_add on CPU, the dense atomics-free form used on CUDA)."""
     torch.manual_seed(0)
     values = torch.randn(2, 3, 4, 5, 7, 6, dtype=torch.float64)  # (quantities, P, B, H, Qc, K)
     idx = torch.rand(3, 4, 5, 7, 20).argsort(-1)[..., :6]  # distinct keys within a query row
-    got = _sum_at_keys(values, idx, 20)
+    got = sum_at_keys(values, idx, 20)
     want = torch.zeros(2, 3, 4, 5, 20, dtype=torch.float64).scatter_add(
         -1, idx.flatten(-2).expand(2, -1, -1, -1, -1), values.flatten(-2))
     torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
