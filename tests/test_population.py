@@ -1,4 +1,4 @@
-"""Batch invariance and failure isolation of the population trainer (SPEC: "Population dimension")."""
+"""Batch invariance and failure isolation of the population trainer (MODEL.md: population dimension)."""
 
 import json
 import math
