@@ -1,5 +1,9 @@
 """One prepared script for a lent GPU: CUDA batch invariance, throughput vs P, sequential ratio, memory, MFU, profile.
 
+Rows are labelled fp32 (IEEE float32 matmuls, the reference), tf32 (float32 with --matmul-precision high) and bf16
+(autocast). Invariance rows also say whether two repeats of the same run gave bit-identical losses; the profile
+counts kernels per step.
+
     python bench/gpu_check.py --out gpu.json --budget-s 300      # a few minutes on an H100
     python bench/gpu_check.py --device cpu --smoke --out x.json  # seconds: the same code path on a tiny model
 
@@ -31,12 +35,15 @@ from nanochat.data import load_corpus  # noqa: E402
 from nanochat.synaptic import estimate_flops  # noqa: E402
 from nanochat.trainer import train_population  # noqa: E402
 
-# Dense peaks of an H100 SXM: FP32 without tensor cores (fp32 rows; torch leaves TF32 off for matmuls) and BF16
-# tensor cores (bf16 autocast rows). Override with --peak-tflops / --peak-tflops-bf16 for another card.
-DEFAULT_PEAK_TFLOPS = {"fp32": 67.0, "bf16": 989.0}
+# Dense peaks of an H100 SXM: FP32 without tensor cores (fp32 rows: --matmul-precision highest), TF32 tensor cores
+# (tf32 rows: fp32 with --matmul-precision high) and BF16 tensor cores (bf16 autocast rows). Override with
+# --peak-tflops / --peak-tflops-tf32 / --peak-tflops-bf16 for another card.
+DEFAULT_PEAK_TFLOPS = {"fp32": 67.0, "tf32": 494.7, "bf16": 989.0}
 # Batch invariance on CUDA is checked at these relative tolerances on every loss of a 20-step run (CPU is exact):
-# cuBLAS may pick a different kernel for a different batch count, which reorders fp32 sums; bf16 rounds more.
-INVARIANCE_TOLERANCE = {"fp32": 1e-4, "bf16": 1e-2}
+# cuBLAS may pick a different kernel for a different batch count, which reorders fp32 sums; TF32 and bf16 round more.
+INVARIANCE_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-3, "bf16": 1e-2}
+# Each row label as TrainConfig fields: (precision, matmul_precision).
+SETTINGS = {"fp32": ("fp32", "highest"), "tf32": ("fp32", "high"), "bf16": ("bf16", "highest")}
 SMOKE_MODEL = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64)
 
 
@@ -48,7 +55,8 @@ def sync(dev: torch.device) -> None:
 def invariance(corpus, dev: torch.device, precision: str, steps: int) -> dict:
     """A mixed population of 8 (4 seeds, stochastic release on 7) against each member trained alone."""
     model = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64)
-    train = TrainConfig(batch_size=4, max_steps=steps, warmup_steps=2, precision=precision)
+    dtype, matmul = SETTINGS[precision]
+    train = TrainConfig(batch_size=4, max_steps=steps, warmup_steps=2, precision=dtype, matmul_precision=matmul)
     base = SynapticConfig(presyn_chunk=16)
     members = [Member(base.replace(alpha_c=0.1 + 0.1 * i, stochastic_train_frac=0.05 * i), 100 + i % 3)
                for i in range(8)]
@@ -91,7 +99,8 @@ def graph_equivalence(corpus, dev: torch.device, steps: int) -> dict:
 
 def run(members, model, corpus, dev, steps: int, precision: str = "fp32", graph: bool = True):
     """Wall seconds (construction included), the per-step device times and how the steps ran, for one population."""
-    train = TrainConfig(max_steps=steps, warmup_steps=1, precision=precision, cuda_graph=graph)
+    dtype, matmul = SETTINGS[precision]
+    train = TrainConfig(max_steps=steps, warmup_steps=1, precision=dtype, matmul_precision=matmul, cuda_graph=graph)
     sync(dev)
     t0 = time.perf_counter()
     result = train_population(members, model, train, corpus, dev)
@@ -187,6 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="populations also timed with --no-cuda-graph, in the same run, for the graph's gain")
     ap.add_argument("--ratio-population", type=int, default=32, help="P for the batched-vs-sequential ratio")
     ap.add_argument("--peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS["fp32"])
+    ap.add_argument("--peak-tflops-tf32", type=float, default=DEFAULT_PEAK_TFLOPS["tf32"])
     ap.add_argument("--peak-tflops-bf16", type=float, default=DEFAULT_PEAK_TFLOPS["bf16"])
     ap.add_argument("--budget-s", type=float, default=None,
                     help="skip the phases that would start after this many seconds (the report says which)")
@@ -202,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     eager_pops = [2] if args.smoke else [int(x) for x in args.eager_populations.split(",") if x]
     ratio_p = 2 if args.smoke else args.ratio_population
     inv_steps = 3 if args.smoke else 20
-    peaks = {"fp32": args.peak_tflops, "bf16": args.peak_tflops_bf16}
+    peaks = {"fp32": args.peak_tflops, "tf32": args.peak_tflops_tf32, "bf16": args.peak_tflops_bf16}
     corpus = load_corpus()
     started = time.perf_counter()
     report: dict = {
@@ -240,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     phase("graph_equivalence", lambda: emit("graph_equivalence", graph_equivalence(corpus, dev, 6 if args.smoke else 12)))
     invariance_rows: list = []
-    for prec in ("fp32", "bf16"):
+    for prec in ("fp32", "tf32", "bf16"):
         phase(f"invariance_{prec}", lambda prec=prec: (invariance_rows.append(invariance(corpus, dev, prec, inv_steps)),
                                                        emit("invariance", invariance_rows)))
     phase("warm_up", lambda: run(candidates(1), model, corpus, dev, 2))  # CUDA context, cuBLAS handles, allocator
@@ -271,11 +281,12 @@ def main(argv: list[str] | None = None) -> dict:
         })
 
     phase("batched_vs_sequential", ratio)
-    phase(f"throughput_bf16_P{ratio_p}", lambda: throughput(ratio_p, "bf16"))
+    for prec in ("bf16", "tf32"):
+        phase(f"throughput_{prec}_P{ratio_p}", lambda prec=prec: throughput(ratio_p, prec))
     phase(f"profile_P{ratio_p}", lambda: emit("profile", [profile_top_ops(ratio_p, model, corpus, dev)]))
-    bf16_max = max(pops)
-    if bf16_max != ratio_p:
-        phase(f"throughput_bf16_P{bf16_max}", lambda: throughput(bf16_max, "bf16"))
+    for p in sorted(({p for p in pops if p >= 128} | {max(pops)}) - {ratio_p}):  # and the issue's P = 128 targets
+        for prec in ("tf32", "bf16"):
+            phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(p, prec))
     if args.pilot != "none":
         import tempfile
 

@@ -15,6 +15,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import BASELINE_MODEL, candidates  # noqa: E402
 from nanochat.data import BatchStream, load_corpus  # noqa: E402
+from nanochat.hostmem import keep_freed_memory  # noqa: E402
 from nanochat.optim import PopulationOptimizer  # noqa: E402
 from nanochat.synaptic import SynapticGPT  # noqa: E402
 
@@ -27,6 +28,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=25)
     args = ap.parse_args()
     dev = torch.device(args.device)
+    if dev.type == "cpu":
+        keep_freed_memory()  # as train_population does: without it fresh large tensors are page-faulted anew
     members = candidates(args.population)
     model = SynapticGPT(BASELINE_MODEL, [m.synaptic for m in members], [m.seed for m in members], dev).train()
     opt = PopulationOptimizer(model, 3e-3, 0.02)

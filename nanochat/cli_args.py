@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .config import PRECISIONS, ModelConfig, TrainConfig
+from .config import MATMUL_PRECISIONS, PRECISIONS, ModelConfig, TrainConfig
 
 _MODEL = ModelConfig()
 _TRAIN = TrainConfig()
@@ -58,6 +58,8 @@ def add_training_args(group: argparse._ActionsContainer) -> None:
     group.add_argument("--data-seed", type=int, default=_TRAIN.data_seed, help="batch order (shared by all candidates)")
     group.add_argument("--precision", default=_TRAIN.precision, choices=PRECISIONS,
                        help="fp32 (default, the reference) or bf16 autocast of the matmuls (meant for CUDA)")
+    group.add_argument("--matmul-precision", default=_TRAIN.matmul_precision, choices=MATMUL_PRECISIONS,
+                       help="float32 matmuls: highest (default, IEEE fp32, the reference) or high (TF32 on CUDA)")
     group.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                        help="on CUDA, launch every step's kernels from Python instead of replaying a CUDA graph")
 
@@ -73,7 +75,7 @@ def train_config_from_args(args: argparse.Namespace, time_limit_s: float | None)
                        warmup_steps=args.warmup_steps, warmdown_frac=args.warmdown_frac,
                        log_interval=args.log_interval, diverge_factor=args.diverge_factor,
                        data_seed=args.data_seed, time_limit_s=time_limit_s, precision=args.precision,
-                       cuda_graph=args.cuda_graph)
+                       cuda_graph=args.cuda_graph, matmul_precision=args.matmul_precision)
 
 
 def config_args(model_cfg: ModelConfig, train_cfg: TrainConfig) -> list[str]:

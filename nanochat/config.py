@@ -290,6 +290,9 @@ DEFAULT_TARGET_FLOPS = 2e12
 # "fp32" is the reference; "bf16" runs the forward pass under torch.autocast(bfloat16) (matmuls in bf16, softmax,
 # norms and the loss in fp32). Batch invariance is checked at a looser tolerance for bf16 (see tests and bench/).
 PRECISIONS = ("fp32", "bf16")
+# float32 matmuls: "highest" is IEEE fp32 (the reference); "high" lets cuBLAS use TF32 tensor cores (CUDA only: CPU
+# matmuls are unchanged, so on CPU the two give the same numbers).
+MATMUL_PRECISIONS = ("highest", "high")
 
 
 @dataclass(frozen=True)
@@ -310,6 +313,7 @@ class TrainConfig:
     time_limit_s: float | None = None  # members still running past this wall time are marked "timeout"
     precision: str = "fp32"  # one of PRECISIONS
     cuda_graph: bool = True  # on CUDA, replay the training step as one CUDA graph after two eager steps
+    matmul_precision: str = "highest"  # one of MATMUL_PRECISIONS; set for the run only, restored after
 
     def __post_init__(self) -> None:
         # Types first, so a string or bool from an API caller is a ConfigError naming the field, not a TypeError
@@ -351,6 +355,9 @@ class TrainConfig:
             raise ConfigError.about("cuda_graph", f"must be True or False, got {self.cuda_graph!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError.about("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            raise ConfigError.about("matmul_precision", f"must be one of {', '.join(MATMUL_PRECISIONS)}, "
+                                                        f"got {self.matmul_precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,6 +3,12 @@
 Both act on (P, ...) parameters with a per-member learning rate (P,), which is zero for failed members, so a
 diverged member stops moving while the others carry on. Muon's Newton-Schulz iteration normalises each member's
 matrix by that member's own norm: no statistic mixes members.
+
+The step is vectorised: AdamW runs as a few `torch._foreach_*` calls over all its parameters, and Muon stacks the
+matrices of one shape (a wide matrix and the transpose of a tall one count as the same shape) into one
+(matrices x P, m, n) batch, so the Newton-Schulz iteration is 15 batched matmuls per shape (4 shapes in the baseline
+model) instead of 15 per matrix (40 matrices). Stacking only adds slices to the batch: each slice is still
+normalised by its own norm and multiplied by the same kernel, so a member's update does not depend on P.
 """
 
 from __future__ import annotations
@@ -17,16 +23,16 @@ _NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
 def newton_schulz(grad: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Approximately orthogonalise each member's matrix: (P, m, n) -> (P, m, n)."""
+    """Approximately orthogonalise each matrix of a batch, (N, m, n) -> (N, m, n), each by its own norm."""
     a, b, c = _NS_COEFFS
     x = grad
     transposed = x.shape[-2] > x.shape[-1]
     if transposed:
         x = x.transpose(-1, -2)
     x = x / bcast(member_sum(x * x).sqrt() + eps, 3)
-    for _ in range(steps):
+    for _ in range(steps):  # x <- a x + (b G + c G G) x with G = x x^T, as two fused multiply-adds
         gram = x @ x.transpose(-1, -2)
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.transpose(-1, -2) if transposed else x
 
 
@@ -68,27 +74,59 @@ class PopulationOptimizer:
         """One update with the rates of the last set_schedule(); `active` (P,) bool. Gradients of inactive members
         are zeroed (they may be NaN/Inf). Nothing here reads host state that changes per step, so it can be captured.
         """
-        gate = active.to(torch.float32)
+        self._adam_step(active)
+        self._muon_step(active)
+
+    def _adam_step(self, active: torch.Tensor) -> None:
+        live = [i for i, p in enumerate(self.adam_params) if p.grad is not None]
+        if not live:
+            return
+        params = [self.adam_params[i] for i in live]
+        ms, vs = [self.adam_state[i][0] for i in live], [self.adam_state[i][1] for i in live]
         b1, b2 = self.betas
-        for p, (m, v) in zip(self.adam_params, self.adam_state):
-            if p.grad is None:
-                continue
-            keep = bcast(gate, p.dim())
-            g = torch.where(bcast(active, p.dim()), p.grad, 0.0)
-            m.mul_(b1).add_(g, alpha=1 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            update = (m / self._bias1) / ((v / self._bias2).sqrt() + self.eps) + self.wd * p
-            p.sub_(self._adam_lr * keep * update)
-        for p, buf in zip(self.muon_params, self.muon_state):
-            if p.grad is None:
-                continue
-            keep = bcast(gate, p.dim())
-            g = torch.where(bcast(active, p.dim()), p.grad, 0.0)
-            buf.mul_(self.momentum).add_(g)
-            nesterov = g + self.momentum * buf
+        grads = [torch.where(bcast(active, p.dim()), p.grad, 0.0) for p in params]
+        torch._foreach_mul_(ms, b1)
+        torch._foreach_add_(ms, grads, alpha=1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+        denom = torch._foreach_div(vs, self._bias2)
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, self.eps)
+        update = torch._foreach_div(ms, self._bias1)
+        torch._foreach_div_(update, denom)
+        if self.wd:
+            torch._foreach_add_(update, params, alpha=self.wd)
+        rate = self._adam_lr * active.to(torch.float32)  # (P,): zero for failed members
+        torch._foreach_mul_(update, [bcast(rate, p.dim()) for p in params])
+        torch._foreach_sub_(params, update)
+
+    def _muon_step(self, active: torch.Tensor) -> None:
+        live = [i for i, p in enumerate(self.muon_params) if p.grad is not None]
+        if not live:
+            return
+        params, bufs = [self.muon_params[i] for i in live], [self.muon_state[i] for i in live]
+        grads = [torch.where(bcast(active, p.dim()), p.grad, 0.0) for p in params]
+        torch._foreach_mul_(bufs, self.momentum)
+        torch._foreach_add_(bufs, grads)
+        nesterov = torch._foreach_add(grads, bufs, alpha=self.momentum)
+        # Group by the orientation-free shape: tall matrices are orthogonalised as their (wide) transpose.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for j, g in enumerate(nesterov):
+            rows, cols = g.shape[-2:]
+            groups.setdefault((min(rows, cols), max(rows, cols)), []).append(j)
+        orthogonal: dict[int, torch.Tensor] = {}
+        for members in groups.values():
+            wide = [nesterov[j].transpose(-1, -2) if nesterov[j].shape[-2] > nesterov[j].shape[-1] else nesterov[j]
+                    for j in members]
+            stacked = newton_schulz(torch.cat(wide))  # (len(members) * P, m, n)
+            for j, out in zip(members, stacked.split([w.shape[0] for w in wide])):
+                orthogonal[j] = out.transpose(-1, -2) if nesterov[j].shape[-2] > nesterov[j].shape[-1] else out
+        rate = self._muon_lr * active.to(torch.float32)
+        for j, p in enumerate(params):
+            o = orthogonal[j]
             rows, cols = p.shape[-2:]
             scale = max(1.0, rows / cols) ** 0.5  # keeps the update's RMS comparable for tall and wide matrices
-            p.sub_(self._muon_lr * keep * (scale * newton_schulz(nesterov) + self.wd * p))
+            p.sub_(bcast(rate, p.dim()) * (scale * o + self.wd * p))
 
     def zero_grad(self) -> None:
         for p in self.adam_params + self.muon_params:

@@ -70,20 +70,21 @@ def release_probability(c: torch.Tensor, cl: torch.Tensor, sn: torch.Tensor, k: 
 class PresynapticState:
     """Per (member, row, head, key position) presynaptic state of one attention layer for one sequence.
 
-    It starts fresh for every sequence and advances causally chunk by chunk; it is never differentiated.
+    It starts fresh for every sequence and advances causally chunk by chunk; it is never differentiated. It is kept
+    in float32 (float64 when the activations are float64) whatever the matmul precision.
     """
 
-    def __init__(self, shape: tuple[int, int, int, int], k: Knobs, device: torch.device):
+    def __init__(self, shape: tuple[int, int, int, int], k: Knobs, device: torch.device, dtype: torch.dtype):
         P, B, H, T = shape
-        full = lambda v: bcast(v, 4).expand(P, B, H, T).clone()  # noqa: E731
-        self.c = torch.zeros(P, B, H, T, device=device)
+        full = lambda v: bcast(v, 4).to(dtype).expand(P, B, H, T).clone()  # noqa: E731
+        self.c = torch.zeros(P, B, H, T, device=device, dtype=dtype)
         self.rrp = full(k.init_rrp)
         self.res = full(k.init_reserve)
         self.sn = full(k.init_snare)
         self.cl = full(k.init_clamp)
         self.amp = full(k.init_amp)
         self.en = full(k.init_energy)
-        self.queue = torch.zeros(P, B, H, T, k.structure.endo_delay, device=device)  # endocytosis delay line
+        self.queue = torch.zeros(P, B, H, T, k.structure.endo_delay, device=device, dtype=dtype)  # endocytosis delay
 
     def logit_scale(self, n_keys: int, ema: torch.Tensor, k: Knobs) -> torch.Tensor:
         """p_j * rrp_j * amp_j / (ema + eps) for the first n_keys keys: (P, B, H, 1, n_keys)."""
@@ -95,19 +96,15 @@ class PresynapticState:
     @torch.no_grad()
     def release(
         self,
-        dots: torch.Tensor,  # (P, B, H, Qc, Tk) raw q.k/sqrt(D) of this chunk
-        allowed: torch.Tensor,  # (Qc, Tk) causal mask
+        vals: torch.Tensor,  # (P, B, H, Qc, K) q.k/sqrt(D) of each query's top-k keys, 0 where not a valid edge
+        idx: torch.Tensor,  # (P, B, H, Qc, K) their key positions, all < n_keys, distinct within a query row
+        valid: torch.Tensor,  # (P, B, H, Qc, K) False for the -inf picks of queries with fewer than K keys
+        n_keys: int,
         ema: torch.Tensor,  # (P,) running mean release magnitude of this layer, updated in place
         k: Knobs,
         noise: ReleaseNoise | None,
     ) -> None:
         """Each query releases onto its top-k keys; then the keys' pools, calcium and slow variables advance."""
-        n_keys = dots.shape[-1]
-        topk = min(k.structure.attn_topk, n_keys)
-        # edges: (P, B, H, Qc, K); only the set of top-k keys matters, so skip sorting it (7% cheaper on CPU).
-        vals, idx = dots.masked_fill(~allowed, float("-inf")).topk(topk, dim=-1, sorted=False)
-        valid = torch.isfinite(vals)
-        vals = torch.where(valid, vals, torch.zeros_like(vals))
 
         def at_edges(state: torch.Tensor) -> torch.Tensor:
             view = state[..., :n_keys].unsqueeze(-2).expand(*idx.shape[:-1], n_keys)
@@ -122,18 +119,14 @@ class PresynapticState:
             rows = noise.draw(tuple(idx.shape[1:-1]))  # (P, B, H, Qc)
             u = noise.draw(tuple(idx.shape[1:]) + (_MAX_BINOMIAL_N,))  # (P, B, H, Qc, K, 8)
             n = rrp_e.clamp(0, _MAX_BINOMIAL_N).round()
-            slot = torch.arange(_MAX_BINOMIAL_N, device=dots.device)
+            slot = torch.arange(_MAX_BINOMIAL_N, device=vals.device)
             draws = ((u < p_e.unsqueeze(-1)) & (slot < n.unsqueeze(-1))).sum(-1).to(r_e.dtype)
             stochastic_row = (rows < bcast(k.stochastic_train_frac, 4)).unsqueeze(-1)
             r_e = torch.where(stochastic_row, draws, r_e)
         r_e = r_e * valid
 
-        # Per key, summed over the chunk's edges.
-        flat_idx = idx.flatten(-2)
-        zeros = torch.zeros(*idx.shape[:-2], n_keys, device=dots.device)
-        released = zeros.scatter_add(-1, flat_idx, r_e.flatten(-2))
-        drive = zeros.scatter_add(-1, flat_idx, vals.flatten(-2))
-        touched = zeros.scatter_add(-1, flat_idx, valid.to(r_e.dtype).flatten(-2)) > 0
+        released, drive, count = _sum_at_keys(torch.stack([r_e, vals, valid.to(r_e.dtype)]), idx, n_keys)
+        touched = count > 0
 
         sl = slice(0, n_keys)
         rrp = self.rrp[..., sl]
@@ -172,14 +165,119 @@ class PresynapticState:
         ema.mul_(0.99).add_(0.01 * magnitude)
 
 
+def _sum_at_keys(values: torch.Tensor, idx: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """Sum edge values per key: (..., Qc, K) values at key positions idx (..., Qc, K) -> (..., n_keys), the same
+    bits on every run. `values` may carry extra leading dims (several quantities summed in one call).
+
+    CPU's scatter_add walks each row's edges in order, so it is deterministic, and it is the cheaper of the two (the
+    dense form's zero-fill costs ~7% of a CPU training step at P = 8). On CUDA scatter_add uses atomics, which add in
+    a different order on every run; there the dense form below is used.
+    """
+    if values.device.type != "cpu":
+        return _dense_sum_at_keys(values, idx, n_keys)
+    flat = idx.flatten(-2).expand(*values.shape[:-2], -1)
+    return values.new_zeros(*values.shape[:-2], n_keys).scatter_add_(-1, flat, values.flatten(-2))
+
+
+def _dense_sum_at_keys(values: torch.Tensor, idx: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """`_sum_at_keys` without atomics: within one query row the top-k positions are distinct, so a plain scatter
+    into a dense (..., Qc, n_keys) tensor writes each cell at most once, and the sum over the queries then runs in a
+    fixed order."""
+    dense = values.new_zeros(*values.shape[:-1], n_keys)
+    return dense.scatter_(-1, idx.expand_as(values), values).sum(-2)
+
+
+def _top_edges(dots: torch.Tensor, allowed: torch.Tensor, topk: int):
+    """Each query's release edges: the set of its top-k allowed keys by raw q.k (unsorted: only the set matters,
+    and skipping the sort makes top-k 7% cheaper on CPU). Returns (vals, idx, valid) of shape (..., Qc, K)."""
+    vals, idx = dots.masked_fill(~allowed, float("-inf")).topk(min(topk, dots.shape[-1]), dim=-1, sorted=False)
+    valid = torch.isfinite(vals)
+    return torch.where(valid, vals, torch.zeros_like(vals)), idx, valid
+
+
 def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+class _ChunkedPresynapticAttention(torch.autograd.Function):
+    """softmax(dots + lam log(sigmoid(dots) scale + eps) + bias) @ v, chunk by chunk, with a hand-written backward.
+
+    The forward walks the chunks once: queries [s, e) read keys [0, e) through views of one key/value tensor (no
+    per-chunk prefix copies), the logit scale comes from the state the earlier chunks left, and then the chunk
+    releases. Only the keys' state depends on earlier chunks and it carries no gradient, so the backward needs, per
+    chunk, just the softmax output and d logits / d dots = 1 + lam scale s (1 - s) / (s scale + eps) with
+    s = sigmoid(dots): two saved tensors per chunk instead of autograd's graph of ~10 ops (and its zero-filled
+    full-size gradients of every prefix view). The gradient is with respect to q, k and v only.
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, key: torch.Tensor, v: torch.Tensor, run: "_AttentionRun") -> torch.Tensor:
+        T, Q = q.shape[-2], run.chunk
+        outs, probs, slopes = [], [], []
+        for start in range(0, T, Q):
+            stop = min(start + Q, T)  # queries [start, stop) see keys [0, stop)
+            dots = q[..., start:stop, :] @ key[..., :stop, :].transpose(-1, -2)  # bf16 under autocast
+            d = dots.to(run.state_dtype)
+            scale = run.state.logit_scale(stop, run.ema, run.knobs)  # state left by chunks before this one
+            s = torch.sigmoid(d)
+            u = s * scale
+            arg = u + run.eps
+            logits = torch.log(arg).mul_(run.lam).add_(d).add_(run.bias[..., start:stop, :stop])
+            p = torch.softmax(logits, dim=-1)
+            outs.append(p @ v[..., :stop, :])
+            probs.append(p)
+            slopes.append(u.div_(arg).mul_(s.neg_().add_(1.0)).mul_(run.lam).add_(1.0))
+            if run.training or stop < T:  # the last chunk's release would only matter to ema, when training
+                vals, idx, valid = _top_edges(d, run.allowed[start:stop, :stop], run.knobs.structure.attn_topk)
+                run.state.release(vals, idx, valid, stop, run.ema, run.knobs, run.noise)
+        ctx.chunk, ctx.matmul_dtype = Q, dots.dtype
+        ctx.probs, ctx.slopes = probs, slopes
+        ctx.save_for_backward(q, key, v)
+        return torch.cat(outs, dim=-2)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        q, key, v = ctx.saved_tensors
+        T, Q, mm = q.shape[-2], ctx.chunk, ctx.matmul_dtype  # the backward's matmuls run in the forward's dtype
+        qm, km, vm, gm = q.to(mm), key.to(mm), v.to(mm), grad_y.to(mm)
+        dq, dk, dv = torch.empty_like(qm), torch.zeros_like(km), torch.zeros_like(vm)
+        for i, start in enumerate(range(0, T, Q)):
+            stop = min(start + Q, T)
+            p, slope = ctx.probs[i], ctx.slopes[i]
+            g = gm[..., start:stop, :]
+            dp = (g @ vm[..., :stop, :].transpose(-1, -2)).to(p.dtype)
+            dlogits = p * dp
+            dlogits.addcmul_(p, dlogits.sum(-1, keepdim=True), value=-1.0)  # softmax backward
+            ddots = dlogits.mul_(slope).to(mm)
+            dq[..., start:stop, :] = ddots @ km[..., :stop, :]
+            dk[..., :stop, :] += ddots.transpose(-1, -2) @ qm[..., start:stop, :]
+            dv[..., :stop, :] += p.to(mm).transpose(-1, -2) @ g
+        ctx.probs = ctx.slopes = None
+        return dq.to(q.dtype), dk.to(key.dtype), dv.to(v.dtype), None
+
+
+class _AttentionRun:
+    """What one layer's chunked attention reads besides q, k, v: the state, knobs, noise and fixed masks."""
+
+    def __init__(self, state: PresynapticState, ema: torch.Tensor, knobs: Knobs, noise: ReleaseNoise | None,
+                 training: bool, T: int, device: torch.device, dtype: torch.dtype):
+        Q = knobs.structure.presyn_chunk
+        self.state, self.ema, self.knobs, self.noise, self.training = state, ema, knobs, noise, training
+        self.chunk, self.state_dtype = Q, dtype
+        positions = torch.arange(T, device=device)
+        self.allowed = positions[None, :] <= positions[:, None]  # (T queries, T keys), causal
+        # Barrier distance in chunks (not fractions of T) so that barrier_strength <= 0.5 moves logits.
+        distance = (positions[:, None] - positions[None, :]).abs().to(dtype) / Q
+        self.bias = (-bcast(knobs.barrier_strength, 5).to(dtype) * distance).masked_fill(~self.allowed, float("-inf"))
+        self.lam = bcast(knobs.lambda_loge, 5).to(dtype)
+        self.eps = bcast(knobs.release_eps, 5).to(dtype)
+
+
 class PresynapticAttention(nn.Module):
-    """Causal self-attention whose logits carry a log(release) term and a distance barrier (SPEC: presynaptic)."""
+    """Causal self-attention whose logits carry a log(release) term and a distance barrier
+    (MODEL.md: presynaptic attention)."""
 
     def __init__(self, mcfg: ModelConfig, population: int):
         super().__init__()
@@ -196,7 +294,7 @@ class PresynapticAttention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k: Knobs,
                 noise: ReleaseNoise | None) -> torch.Tensor:
         P, B, T, C = x.shape
-        H, D, Q = self.n_head, self.head_dim, k.structure.presyn_chunk
+        H, D = self.n_head, self.head_dim
         flat = x.reshape(P, B * T, C)
         q = self.c_q(flat).view(P, B, T, H, D).transpose(2, 3)
         key = self.c_k(flat).view(P, B, T, self.n_kv_head, D).transpose(2, 3)
@@ -207,40 +305,20 @@ class PresynapticAttention(nn.Module):
             key = key.repeat_interleave(H // self.n_kv_head, dim=2)
             v = v.repeat_interleave(H // self.n_kv_head, dim=2)
 
-        state = PresynapticState((P, B, H, T), k, x.device)
+        state_dtype = torch.promote_types(x.dtype, torch.float32)  # float32 under bf16 autocast, float64 in tests
+        state = PresynapticState((P, B, H, T), k, x.device, state_dtype)
         ema = self.ema.clone()  # advanced chunk by chunk; written back only when training
-        positions = torch.arange(T, device=x.device)
-        lam = bcast(k.lambda_loge, 5)
-        outs = []
-        # Split once and concatenate key/value prefixes per chunk: slicing the prefixes of one tensor instead would
-        # make autograd build a zero-filled full-size gradient per chunk and add them up (15% of a CPU step).
-        q_chunks = (q * (1.0 / math.sqrt(D))).split(Q, dim=3)
-        k_chunks, v_chunks = key.split(Q, dim=3), v.split(Q, dim=3)
-        for i, q_i in enumerate(q_chunks):
-            start = i * Q
-            stop = start + q_i.shape[3]  # queries [start, stop) see keys [0, stop)
-            k_prefix = torch.cat(k_chunks[: i + 1], dim=3) if i else k_chunks[0]
-            v_prefix = torch.cat(v_chunks[: i + 1], dim=3) if i else v_chunks[0]
-            dots = q_i @ k_prefix.transpose(-1, -2)
-            qpos, kpos = positions[start:stop, None], positions[None, :stop]
-            allowed = kpos <= qpos
-            # Barrier distance in chunks (not fractions of T) so that barrier_strength <= 0.5 moves logits.
-            bias = -bcast(k.barrier_strength, 5) * ((qpos - kpos).abs().to(x.dtype) / Q)
-            bias = bias.masked_fill(~allowed, float("-inf"))
-            scale = state.logit_scale(stop, ema, k)  # state left by chunks before this one
-            logits = dots + lam * torch.log(torch.sigmoid(dots) * scale + bcast(k.release_eps, 5)) + bias
-            outs.append(torch.softmax(logits, dim=-1) @ v_prefix)
-            if self.training or stop < T:  # the last chunk's release would only matter to ema, when training
-                # The state is float32 whatever the matmul precision (bf16 autocast makes dots bf16).
-                state.release(dots.detach().float(), allowed, ema, k, noise if self.training else None)
+        run = _AttentionRun(state, ema, k, noise if self.training else None, self.training, T, x.device, state_dtype)
+        y = _ChunkedPresynapticAttention.apply((q * (1.0 / math.sqrt(D))).contiguous(), key.contiguous(),
+                                              v.contiguous(), run)
         if self.training:
             self.ema.copy_(ema)
-        y = torch.cat(outs, dim=3).transpose(2, 3).reshape(P, B * T, C)
-        return self.c_proj(y).view(P, B, T, C)
+        return self.c_proj(y.transpose(2, 3).reshape(P, B * T, C)).view(P, B, T, C)
 
 
 class SynapticLinear(nn.Module):
-    """y = x W + b, then y <- y * (1 + fast + slow) + (y U) V, with Hebbian fast/slow gains (SPEC: postsynaptic).
+    """y = x W + b, then y <- y * (1 + fast + slow) + (y U) V, with Hebbian fast/slow gains
+    (MODEL.md: postsynaptic MLP).
 
     `fast` and `slow` are per-member state vectors over output channels, changed by `hebbian_update` after each
     training step (never by the optimizer). U (out x R) and V (R x out) are trainable, V starts at zero.

@@ -186,6 +186,22 @@ class _StepGraph:
         self.graph = graph
 
 
+@contextlib.contextmanager
+def matmul_precision(level: str):
+    """TF32 for cuBLAS float32 matmuls while a run with matmul_precision "high" lasts, then the caller's setting.
+
+    Only the CUDA flag is touched (torch.set_float32_matmul_precision would also switch CPU oneDNN matmuls), through
+    the legacy switch that the rest of the code and bench/gpu_check.py read: torch refuses to read it once the newer
+    per-backend API has set it.
+    """
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = level == "high"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def train_population(
     members: list[Member],
     model_cfg: ModelConfig,
@@ -203,6 +219,12 @@ def train_population(
     `train_cfg.log_interval` steps and at the end, with the members' current losses (this one syncs the device).
     `val_batches` > 0 measures each finished member's held-out loss after training (validation.py).
     """
+    with matmul_precision(train_cfg.matmul_precision):
+        return _train_population(members, model_cfg, train_cfg, corpus, device, progress, on_log, val_batches)
+
+
+def _train_population(members, model_cfg, train_cfg, corpus, device, progress, on_log,
+                      val_batches) -> PopulationResult:
     if not members:
         raise ConfigError("a population needs at least one member")
     check_same_structure([m.synaptic for m in members])

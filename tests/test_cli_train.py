@@ -30,6 +30,7 @@ def test_cli_writes_summary_in_artifacts_layout(tmp_path):
                 "planned_total_flops_est"):
         assert budget[key] > 0
     assert summary["hparams"]["synaptic_config"]["tau_c"] == 0.85
+    assert summary["config"]["matmul_precision"] == "highest"
     assert len(summary["dataset"]["sha256"]) == 64
     assert summary["schema_version"] == 1 and len(res["step_times_s"]) == 6
     assert "step     2  loss" in r.stdout
@@ -81,6 +82,7 @@ BAD_INPUTS = [
     (lambda t: ["--device", "tpu"], "unsupported device"),
     (lambda t: ["--batch-size", "zero"], "invalid int value"),
     (lambda t: ["--precision", "fp16"], "invalid choice: 'fp16'"),
+    (lambda t: ["--matmul-precision", "medium"], "invalid choice: 'medium'"),
     (lambda t: ["--warmdown-frac", "2"], "--warmdown-frac must be in [0, 1]"),
 ]
 

@@ -26,7 +26,7 @@ def test_synaptic_linear_folded_weight_matches_the_spec_formula():
     got_grads = torch.autograd.grad((out * out.detach().cos()).sum(), params)
     pre, post = layer._stats
 
-    # SPEC: y = x W + b, then y <- y (1 + fast + slow) + (y U) V.
+    # MODEL.md (postsynaptic MLP): y = x W + b, then y <- y (1 + fast + slow) + (y U) V.
     y = torch.baddbmm(layer.linear.bias, x, layer.linear.weight)
     ref = y * (1 + layer.fast + layer.slow) + torch.bmm(torch.bmm(y, layer.U), layer.V)
     ref_grads = torch.autograd.grad((ref * ref.detach().cos()).sum(), params)
