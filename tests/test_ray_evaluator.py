@@ -315,12 +315,11 @@ def test_a_removed_node_loses_nothing(tmp_path, reference, monkeypatch):
 
     ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False,
-                                                            "object_store_memory": 150 * 1024 ** 2,
-                                                            "node_ip_address": "127.0.0.1"})
+                                                            "object_store_memory": 150 * 1024 ** 2})
     try:
-        doomed = cluster.add_node(num_cpus=1, object_store_memory=150 * 1024 ** 2, node_ip_address="127.0.0.1")
+        doomed = cluster.add_node(num_cpus=1, object_store_memory=150 * 1024 ** 2)
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, logging_level="ERROR", _node_ip_address="127.0.0.1")
+        ray.init(address=cluster.address, logging_level="ERROR")
         _seen_pids.update(_ray_descendants())
         started = tmp_path / "started"
         worker = type("NodeBoundWorker", (NodeBoundWorker,),
