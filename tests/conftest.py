@@ -27,6 +27,18 @@ def tiny_synaptic():
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from a second thread, and two torch processes with two threads each starve one another
+    on a 2-core runner; the test runs with one torch thread, restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def nan_loss_at(monkeypatch):
     """`nan_loss_at(member, step)`: from then on, that member's training loss is NaN at that step.
 

@@ -23,21 +23,16 @@ from nanochat.config import Member, ModelConfig, SynapticConfig, TrainConfig
 from nanochat.data import Corpus
 from nanochat.train import main as train_main
 from nanochat.trainer import train_population
+from tiny import PILOT_FLAGS, PILOT_MODEL, PILOT_SYNAPTIC, PILOT_TRAIN
 
-MODEL = ModelConfig(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, sequence_len=32)
-TRAIN = TrainConfig(batch_size=2, max_steps=5, warmup_steps=1)
-SYNAPTIC = SynapticConfig(presyn_chunk=8)
+MODEL = PILOT_MODEL
+TRAIN = PILOT_TRAIN
+SYNAPTIC = PILOT_SYNAPTIC
 SMALL = dict(generations=1, population_size=2, model=MODEL, train=TRAIN, base_synaptic=SYNAPTIC, plots=False)
-MODEL_FLAGS = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--n-kv-head", "2", "--sequence-len", "32",
-               "--batch-size", "2", "--max-steps", "5", "--warmup-steps", "1"]
+MODEL_FLAGS = [f for f in PILOT_FLAGS if f != "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rows(path) -> list[dict]:

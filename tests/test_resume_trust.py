@@ -32,12 +32,7 @@ CLI_SIZE = [*PILOT_FLAGS, "--max-steps", "3", "--no-plots", "--generations", "2"
 TEXT = "the quick brown fox jumps over the lazy dog. " * 400
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def interrupted(tmp_path, monkeypatch, after: int, run_id: str = "r", **settings) -> Path:
