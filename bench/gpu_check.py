@@ -173,7 +173,7 @@ def profile_top_ops(p: int, model, corpus, dev, rows: int = 15) -> dict:
 
 
 def pilot_wall(evaluator: str, target_flops: float, model, dev, artifacts: str, run_id: str) -> dict:
-    """Wall time and verdict of the seed's example pilot (2 generations x 4) through the public API."""
+    """Wall time and verdict of the pilot document's example pilot (2 generations x 4) through the public API."""
     from cmaes_inproc import run_pilot  # needs pycma; imported here so the other phases run without it
 
     t0 = time.perf_counter()
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--budget-s", type=float, default=None,
                     help="skip the phases that would start after this many seconds (the report says which)")
     ap.add_argument("--pilot", choices=("none", "batched", "all"), default="none",
-                    help="also time the seed's example pilot (1e10 FLOPs) and the default-budget pilot, batched; "
+                    help="also time the pilot document's example pilot (1e10 FLOPs) and the default-budget pilot, batched; "
                          "'all' adds the example with --sequential (one subprocess per candidate)")
     ap.add_argument("--smoke", action="store_true", help="tiny model and populations: checks the script, not a GPU")
     ap.add_argument("--out", default=None)
