@@ -15,7 +15,8 @@ trains its shard of a generation as one batched population, through the same `Ba
 * Faults: a shard whose actor died (killed, crashed, Ray OOM, node lost) or that ran past the hard timeout is
   re-run on a fresh actor (or, if none can be started, on a live one), up to `ray_max_retries` times; each event is
   one JSON line in `<run dir>/ray_events.jsonl`. Past that, the shard's rows are `error` with the penalty and the run
-  goes on. Every wait has a timeout.
+  goes on. Start-up, connection and result fetches have timeouts, and dead actors are noticed by polling; a shard
+  whose actor is alive but stuck is cut off only by the hard timeout, which exists when `--timeout-s` is set.
 * `close()` stops the actors, and Ray itself if this process started it.
 
 Ray is imported only here, and only when this evaluator is used (`pip install 'cmaes-inproc[ray]'`).
