@@ -15,8 +15,8 @@ import math
 import sys
 from pathlib import Path
 
-from nanochat.cli_args import (add_model_args, add_training_args, flag_names, model_config_from_args,
-                               train_config_from_args)
+from nanochat.cli_args import (OneLineParser, add_model_args, add_training_args, flag_names,
+                               model_config_from_args, train_config_from_args)
 from nanochat.config import ConfigError, SynapticConfig, load_synaptic_config
 
 from .formatting import format_number, format_pct
@@ -35,11 +35,6 @@ RAY_FLAG_TYPES = {"ray_address": str, "num_actors": int}  # fields whose default
 PHASE2_FLAGS = ("eval_seeds", "val_batches")  # plus --objective (field score_on: `objective` is a Python callable)
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse would print the whole usage; we promise one line
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def _spec_flag(group, name: str) -> None:
     """A flag for PilotSpec field `name`, with the field's type, default and help."""
     field = PilotSpec.__dataclass_fields__[name]
@@ -50,7 +45,7 @@ def _spec_flag(group, name: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog=PROG, description="CMA-ES Phase 1 pilot over ten synaptic knobs.")
+    p = OneLineParser(prog=PROG, description="CMA-ES Phase 1 pilot over ten synaptic knobs.")
     g = p.add_argument_group("run")
     g.add_argument("--run-id", default=None, help="run directory name (default: pilot_<UTC timestamp>)")
     g.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"),

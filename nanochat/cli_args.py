@@ -29,6 +29,13 @@ def flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
     return names
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (`prog: error: ...`, exit 2) instead of the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def add_model_args(group: argparse._ActionsContainer) -> None:
     group.add_argument("--vocab-size", type=int, default=_MODEL.vocab_size)
     group.add_argument("--n-layer", type=int, default=_MODEL.n_layer)

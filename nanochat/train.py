@@ -23,19 +23,15 @@ import time
 from pathlib import Path
 
 # Only light modules here: torch is imported inside main(), after the Ctrl-C/SIGTERM handling is in place.
-from .cli_args import add_model_args, add_training_args, flag_names, model_config_from_args, train_config_from_args
+from .cli_args import (OneLineParser, add_model_args, add_training_args, flag_names, model_config_from_args,
+                       train_config_from_args)
 from .config import ConfigError, Member, SynapticConfig, load_synaptic_config
 from .files import check_dir_name, check_writable_dir
 from .interrupts import Interrupts, Terminated
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse prints usage + message; we promise one line
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="nanochat.train", description="Train one synaptic GPT under a FLOPs budget.")
+    p = OneLineParser(prog="nanochat.train", description="Train one synaptic GPT under a FLOPs budget.")
     p.add_argument("--model-type", default="synaptic", choices=["synaptic"])
     p.add_argument("--synaptic-config", type=Path, help="JSON object of SynapticConfig overrides")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
