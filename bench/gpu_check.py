@@ -299,7 +299,39 @@ def main(argv: list[str] | None = None) -> dict:
                     pilots.append(pilot_wall(e, f, model, dev, artifacts, f"{e}_{f:g}")), emit("pilot", pilots)))
     report["total_seconds"] = time.perf_counter() - started
     save()
+    print(summary(report), flush=True)
     return report
+
+
+def summary(report: dict) -> str:
+    """A short table of the headline numbers (the device's reply carries only the end of the output)."""
+    lines = [f"device {report['device']}  torch {report['torch']}  total {report.get('total_seconds', 0):.0f} s"]
+    for r in report.get("throughput", []):
+        tail = (f"{r['member_steps_per_s']:9.1f} member-steps/s  step {1e3 * r['median_step_s']:8.2f} ms  "
+                f"mfu {100 * r['mfu']:5.2f}%  {r.get('max_allocated_mib', 0):8.0f} MiB  {r['execution']}"
+                if r.get("status") == "ok" else r.get("status", "?"))
+        lines.append(f"P={r['population']:<4} {r['precision']:5} graph={int(r['cuda_graph'])}  {tail}")
+    for r in report.get("invariance", []):
+        lines.append(f"invariance {r['precision']}: max rel {r['max_rel_diff_batched_vs_alone']:.2e} "
+                     f"(tol {r['tolerance']:g}) passed={r['passed']} repeat bit-identical={r['bit_identical_repeat']}")
+    if "graph_equivalence" in report:
+        g = report["graph_equivalence"]
+        lines.append(f"graph vs eager: max rel {g['max_rel_diff_graph_vs_eager']:.2e} bit_identical={g['bit_identical']}"
+                     f" statuses same={g['same_statuses']}")
+    if "batched_vs_sequential" in report:
+        b = report["batched_vs_sequential"]
+        lines.append(f"batched vs sequential P={b['population']}: {b['speedup_median']:.1f}x")
+    for prof in report.get("profile", []):
+        lines.append(f"profile P={prof['population']}: kernels/step {prof.get('kernels_per_step_incl_construction', 0):.0f}"
+                     f"  kernel s/step {prof.get('kernel_s_per_step_incl_construction', 0):.4f}")
+        lines += [f"   {o['share']:6.1%} {o['calls']:6d}  {o.get('kernel', o.get('op'))[:90]}"
+                  for o in prof.get("top_kernels", prof.get("top_ops", []))[:10]]
+    for pl in report.get("pilot", []):
+        lines.append(f"pilot {pl['evaluator']} {pl['target_flops']:g}: {pl['wall_s']:.1f} s go={pl['go']} "
+                     f"baseline {pl['baseline_score']:.4f} best {pl['best_score']:.4f}")
+    lines += [f"ERROR {k}: {v}" for k, v in report.get("errors", {}).items()]
+    lines += [f"skipped {', '.join(report['skipped'])}"] if report.get("skipped") else []
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -195,6 +195,29 @@ def _top_edges(dots: torch.Tensor, allowed: torch.Tensor, topk: int):
     return torch.where(valid, vals, torch.zeros_like(vals)), idx, valid
 
 
+class _TokenLookup(torch.autograd.Function):
+    """x[p, n] = wte[p, tokens[n]] for every member, with a backward that repeats bit for bit on CUDA.
+
+    The lookup's usual backward (index_add_ / embedding_backward) adds the gradients of repeated tokens with
+    atomics on CUDA, in a different order on every run; F.embedding's also sorts with a host sync that a CUDA
+    graph cannot capture (pytorch/pytorch#82886). Here the backward is one matmul, one-hot(tokens)^T @ grad,
+    whose summation order is fixed. The vocabulary is small (256 bytes), so the one-hot is cheap.
+    """
+
+    @staticmethod
+    def forward(ctx, wte: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:  # (P, V, C), (N,) -> (P, N, C)
+        ctx.save_for_backward(tokens)
+        ctx.vocab = wte.shape[1]
+        return wte.index_select(1, tokens)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (tokens,) = ctx.saved_tensors
+        # Built by comparison, not F.one_hot, whose range check syncs with the host.
+        one_hot = (tokens[None, :] == torch.arange(ctx.vocab, device=tokens.device)[:, None]).to(grad.dtype)
+        return torch.matmul(one_hot, grad), None  # (V, N) @ (P, N, C) -> (P, V, C)
+
+
 def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
@@ -485,12 +508,13 @@ class SynapticGPT(nn.Module):
         """Per-member mean cross-entropy, shape (P,). idx/targets: (B, T) token ids shared by all members."""
         P, (B, T) = self.population, idx.shape
         V = self.mcfg.vocab_size
-        # Member p reads row p*V + token of the flattened (P*V, C) embedding table.
-        rows = (idx.reshape(1, B * T) + V * torch.arange(P, device=idx.device)[:, None]).reshape(-1)
-        # index_select rather than F.embedding: the same lookup and the same index_add_ backward on CPU, but on CUDA
-        # embedding's backward sorts the indices with a host sync once there are more than 3072 of them, which a
-        # CUDA graph cannot capture (pytorch/pytorch#82886).
-        x = self.wte.reshape(P * V, -1).index_select(0, rows).view(P, B, T, -1)
+        if idx.device.type == "cpu":
+            # Member p reads row p*V + token of the flattened (P*V, C) embedding table. index_select rather than
+            # F.embedding: the same lookup, and its index_add_ backward is deterministic on CPU.
+            rows = (idx.reshape(1, B * T) + V * torch.arange(P, device=idx.device)[:, None]).reshape(-1)
+            x = self.wte.reshape(P * V, -1).index_select(0, rows).view(P, B, T, -1)
+        else:
+            x = _TokenLookup.apply(self.wte, idx.reshape(-1)).view(P, B, T, -1)
         x = F.rms_norm(x, (x.shape[-1],))
         cos, sin = self.cos[:T], self.sin[:T]
         noise = self.noise if self.training else None

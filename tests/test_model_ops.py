@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from nanochat.config import ModelConfig, SynapticConfig
 from nanochat.hostmem import keep_freed_memory
 from nanochat.population import Knobs
-from nanochat.synaptic import PresynapticAttention, SynapticLinear, _rotary, relu_squared
+from nanochat.synaptic import PresynapticAttention, SynapticLinear, _rotary, _TokenLookup, relu_squared
 
 
 def test_synaptic_linear_folded_weight_matches_the_spec_formula():
@@ -45,6 +45,21 @@ def test_relu_squared_matches_autograd_and_gradcheck():
     (r,) = torch.autograd.grad(F.relu(h).square().sum(), h)
     torch.testing.assert_close(g, r)
     assert torch.autograd.gradcheck(relu_squared, (h,))
+
+
+def test_token_lookup_matches_index_select_values_and_gradients():
+    # CUDA's lookup (deterministic one-hot backward) against the plain gather that CPU uses, repeated tokens included.
+    torch.manual_seed(0)
+    wte = torch.randn(3, 11, 5, dtype=torch.float64, requires_grad=True)
+    tokens = torch.tensor([4, 0, 10, 4, 4, 7, 0])
+    out = _TokenLookup.apply(wte, tokens)
+    ref = torch.stack([wte[p, tokens] for p in range(3)])
+    weights = torch.randn_like(ref)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    (g,) = torch.autograd.grad((out * weights).sum(), wte)
+    (r,) = torch.autograd.grad((ref * weights).sum(), wte)
+    torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda w: _TokenLookup.apply(w, tokens), (wte,))
 
 
 @pytest.mark.parametrize("chunk", [16, 24, 64])
