@@ -111,7 +111,7 @@ class PresynapticState:
             return torch.gather(view, -1, idx)
 
         rrp_e = at_edges(self.rrp)
-        c_e = bcast(k.tau_c, 5) * at_edges(self.c) + bcast(k.alpha_c, 5) * F.softplus(vals)
+        c_e = bcast(k.tau_c, 5) * at_edges(self.c) + bcast(k.alpha_c, 5) * F.softplus(vals)  # residual + spike
         p_e = release_probability(c_e, at_edges(self.cl), at_edges(self.sn), k, 5)
         r_e = p_e * rrp_e
         if noise is not None and noise.enabled:
@@ -133,7 +133,11 @@ class PresynapticState:
         released = torch.minimum(released, rrp)  # a key cannot release more vesicles than its pool holds
         amp_before = self.amp[..., sl].clone()
 
-        self.c[..., sl] = bcast(k.tau_c, 4) * self.c[..., sl] + bcast(k.alpha_c, 4) * F.softplus(drive) * touched
+        # Residual calcium is a leaky integrator of the drive: it settles at alpha_c softplus(drive), in the sensors'
+        # range, within about 1 / (1 - tau_c) chunks. (Without the (1 - tau_c) factor it piled up to ~5-100, every
+        # sensor saturated, and tau_c moved the loss no more than a 1e-6 nudge of any knob does.)
+        tau = bcast(k.tau_c, 4)
+        self.c[..., sl] = tau * self.c[..., sl] + (1.0 - tau) * bcast(k.alpha_c, 4) * F.softplus(drive) * touched
         rrp -= released
         res = self.res[..., sl]
         if k.structure.endo_delay > 0:

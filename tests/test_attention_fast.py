@@ -46,7 +46,7 @@ def reference_release(state: dict, dots, allowed, ema, k: Knobs, noise) -> None:
     queue = state["queue"][..., :n_keys, :]
     released = torch.minimum(released, s["rrp"])
     amp_before = s["amp"].clone()
-    s["c"].copy_(b("tau_c") * s["c"] + b("alpha_c") * F.softplus(drive) * touched)
+    s["c"].copy_(b("tau_c") * s["c"] + (1 - b("tau_c")) * b("alpha_c") * F.softplus(drive) * touched)
     s["rrp"] -= released
     s["res"] += queue[..., 0]
     queue.copy_(torch.cat([queue[..., 1:], (b("rec_rate") * released).unsqueeze(-1)], dim=-1))
