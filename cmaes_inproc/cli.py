@@ -33,6 +33,7 @@ EVALUATION_FLAGS = ("max_batch", "device")
 RAY_FLAGS = ("ray_address", "num_actors", "gpus_per_actor", "cpus_per_actor", "ray_max_retries")
 RAY_FLAG_TYPES = {"ray_address": str, "num_actors": int}  # fields whose default (None) says nothing of their type
 PHASE2_FLAGS = ("eval_seeds", "val_batches")  # plus --objective (field score_on: `objective` is a Python callable)
+SENSITIVITY_FLAGS = ("sensitivity_seeds", "sensitivity_nudge")
 
 
 def _spec_flag(group, name: str) -> None:
@@ -51,12 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"),
                    help="run dir is <artifacts-dir>/cmaes/phase1/<run-id>/ (default: artifacts)")
     g.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint and ledgers")
-    g.add_argument("--sensitivity", action="store_true",
-                   help="instead of CMA-ES: each knob at each edge of its range vs the baseline (sensitivity.csv)")
     g.add_argument("--no-plots", action="store_true", help="skip the matplotlib figures")
     g.add_argument("--quiet", action="store_true", help="no progress bar (the final table is still printed)")
     g = p.add_argument_group("search")
     for name in SEARCH_FLAGS:
+        _spec_flag(g, name)
+    g = p.add_argument_group("sensitivity sweep")
+    g.add_argument("--sensitivity", action="store_true",
+                   help="instead of CMA-ES: each knob at each edge of its range vs the baseline (sensitivity.csv)")
+    for name in SENSITIVITY_FLAGS:
         _spec_flag(g, name)
     g = p.add_argument_group("phase 2: several seeds per candidate, held-out loss")
     for name in PHASE2_FLAGS:
@@ -98,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     names = {**flag_names(parser), "time_limit_s": "--timeout-s", "base_synaptic": "--synaptic-config"}
     try:
         settings = {name: getattr(args, name)
-                    for name in (*SEARCH_FLAGS, *EVALUATION_FLAGS, *RAY_FLAGS, *PHASE2_FLAGS, "score_on")}
+                    for name in (*SEARCH_FLAGS, *EVALUATION_FLAGS, *RAY_FLAGS, *PHASE2_FLAGS, *SENSITIVITY_FLAGS,
+                                 "score_on")}
         model = model_config_from_args(args)
         train = train_config_from_args(args, args.timeout_s)
         base = load_synaptic_config(args.synaptic_config) if args.synaptic_config else SynapticConfig()

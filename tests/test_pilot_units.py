@@ -205,6 +205,11 @@ def test_a_raising_batched_path_yields_retryable_errors(tmp_path, monkeypatch):
     ({"score_tail": 0}, "score_tail must be an integer >= 1, got 0"),
     ({"population_size": "4"}, "population_size must be an integer >= 2, got '4'"),
     ({"generatons": 3}, "unknown setting(s) generatons"),
+    ({"sensitivity_seeds": 1}, "sensitivity_seeds must be an integer >= 2, got 1"),
+    ({"sensitivity_nudge": 0.02}, "sensitivity_nudge is a fraction of each knob's range and must be in (0, 0.01), "
+                                  "got 0.02"),
+    ({"sensitivity": True, "sensitivity_nudge": 1e-18}, "sensitivity_nudge 1e-18 is too small to move tau_c"),
+    ({"sensitivity": True, "eval_seeds": 2}, "eval_seeds applies to CMA-ES candidates only"),
 ])
 def test_the_library_names_the_parameter_not_a_flag(tmp_path, setting, message):
     with pytest.raises(ConfigError) as err:
