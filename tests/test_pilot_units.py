@@ -13,7 +13,9 @@ from cmaes_inproc import ControlRecord, run_pilot
 from cmaes_inproc.artifacts import Ledger, RunLayout, atomic_write_json, prepare_run_dir
 from cmaes_inproc.evaluators import (BatchedEvaluator, EvalRequest, FallbackEvaluator, ObjectiveEvaluator, Scoring,
                                      SubprocessEvaluator)
+from cmaes_inproc.liveness import Liveness
 from cmaes_inproc.params import check_inside_bounds, unit_to_x, x_to_unit
+from cmaes_inproc.records import SensitivityRow
 from cmaes_inproc.search import CMASearch
 from cmaes_inproc.verdict import SeedResult, compute_verdict, loss_curve_pathologies
 from nanochat.config import ConfigError, ModelConfig, SynapticConfig, TrainConfig
@@ -300,3 +302,12 @@ def test_run_dir_rules(tmp_path):
         prepare_run_dir(RunLayout.for_run(blocker, "r"), {}, resume=False)
     assert [p.name for p in tmp_path.iterdir() if p.name != "file"] == ["cmaes"]
     assert not list(layout.root.glob(".*.tmp")), "no temp files left behind"
+
+
+def test_a_sensitivity_row_round_trips_with_its_verdict(tmp_path):
+    row = SensitivityRow(knob="tau_c", arm="nudge", value=0.99 - 2.9e-7, n_seeds=1, mean_rel_effect=1e-4, se=math.nan,
+                         t=math.nan, floor_se=7e-5, verdict=Liveness.NOT_DISTINGUISHABLE)
+    Ledger(tmp_path / "s.csv", SensitivityRow, tmp_path).append([row])
+    assert (tmp_path / "s.csv").read_text().splitlines()[1].endswith(",nan,nan,7e-05,not distinguishable")
+    (back,) = Ledger(tmp_path / "s.csv", SensitivityRow, tmp_path).load()
+    assert back.verdict is Liveness.NOT_DISTINGUISHABLE and back.value == row.value and math.isnan(back.se)
