@@ -11,9 +11,9 @@ Run directory (`<artifacts_dir>/cmaes/phase1/<run_id>/`):
     checkpoint.json       how far the search got: finished generations and a hash of their ledger rows (--resume)
     eval/gen_0000/cand_0000/synaptic_config.json
     eval/gen_0000/cand_0000/seed_<eval_seed>/summary.json + run.md
-    eval/baseline/synaptic_config.json, eval/baseline/seed_<s>/...       (eval seed + noise seeds)
+    eval/baseline/synaptic_config.json, eval/baseline/seed_<s>/...       (eval + noise seeds, or the sweep's seeds)
     eval/confirm/synaptic_config.json,  eval/confirm/seed_<s>/...        (best candidate re-evaluated)
-    eval/sensitivity/<knob>_<low|high>/...                               (--sensitivity runs only)
+    eval/sensitivity/<knob>_<low|high|nudge>/...                         (--sensitivity runs only)
 
 Every file is written to a temporary sibling and renamed into place, so a killed run never leaves a half-written
 file; the ledgers are small and are rewritten whole on each append for the same reason. A run holds an exclusive
@@ -73,8 +73,8 @@ class RunLayout:
     def control_dir(self, role: str) -> Path:
         return self.eval_root / role  # "baseline" or "confirm"
 
-    def sensitivity_dir(self, knob: str, edge: str) -> Path:
-        return self.eval_root / "sensitivity" / f"{knob}_{edge}"
+    def sensitivity_dir(self, knob: str, arm: str) -> Path:
+        return self.eval_root / "sensitivity" / f"{knob}_{arm}"
 
     @staticmethod
     def seed_dir(config_dir: Path, seed: int) -> Path:

@@ -19,11 +19,13 @@ from nanochat.cli_args import (OneLineParser, add_model_args, add_training_args,
                                model_config_from_args, train_config_from_args)
 from nanochat.config import ConfigError, SynapticConfig, load_synaptic_config
 
-from .formatting import format_number, format_pct
+from .formatting import format_effect, format_number, format_pct, format_t
+from .liveness import ARMS
 from .params import PARAM_SPECS
 from .pilot import run_pilot
 from .records import PilotResult
 from .recorders import PilotEvent
+from .report import sensitivity_floor_line, sensitivity_rule
 from .spec import DEFAULTS, SCORE_ON, PilotSpec
 
 PROG = "cmaes_inproc"
@@ -33,6 +35,7 @@ EVALUATION_FLAGS = ("max_batch", "device")
 RAY_FLAGS = ("ray_address", "num_actors", "gpus_per_actor", "cpus_per_actor", "ray_max_retries")
 RAY_FLAG_TYPES = {"ray_address": str, "num_actors": int}  # fields whose default (None) says nothing of their type
 PHASE2_FLAGS = ("eval_seeds", "val_batches")  # plus --objective (field score_on: `objective` is a Python callable)
+SENSITIVITY_FLAGS = ("sensitivity_seeds", "sensitivity_nudge")
 
 
 def _spec_flag(group, name: str) -> None:
@@ -51,12 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--artifacts-dir", type=Path, default=Path("artifacts"),
                    help="run dir is <artifacts-dir>/cmaes/phase1/<run-id>/ (default: artifacts)")
     g.add_argument("--resume", action="store_true", help="continue a killed run from its checkpoint and ledgers")
-    g.add_argument("--sensitivity", action="store_true",
-                   help="instead of CMA-ES: each knob at each edge of its range vs the baseline (sensitivity.csv)")
     g.add_argument("--no-plots", action="store_true", help="skip the matplotlib figures")
     g.add_argument("--quiet", action="store_true", help="no progress bar (the final table is still printed)")
     g = p.add_argument_group("search")
     for name in SEARCH_FLAGS:
+        _spec_flag(g, name)
+    g = p.add_argument_group("sensitivity sweep")
+    g.add_argument("--sensitivity", action="store_true",
+                   help="instead of CMA-ES: the baseline, each knob at each edge of its range and each knob nudged, "
+                        "on --sensitivity-seeds seeds; each knob alive or not against the chaos floor "
+                        "(sensitivity.csv; --noise-seeds is not used)")
+    for name in SENSITIVITY_FLAGS:
         _spec_flag(g, name)
     g = p.add_argument_group("phase 2: several seeds per candidate, held-out loss")
     for name in PHASE2_FLAGS:
@@ -98,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     names = {**flag_names(parser), "time_limit_s": "--timeout-s", "base_synaptic": "--synaptic-config"}
     try:
         settings = {name: getattr(args, name)
-                    for name in (*SEARCH_FLAGS, *EVALUATION_FLAGS, *RAY_FLAGS, *PHASE2_FLAGS, "score_on")}
+                    for name in (*SEARCH_FLAGS, *EVALUATION_FLAGS, *RAY_FLAGS, *PHASE2_FLAGS, *SENSITIVITY_FLAGS,
+                                 "score_on")}
         model = model_config_from_args(args)
         train = train_config_from_args(args, args.timeout_s)
         base = load_synaptic_config(args.synaptic_config) if args.synaptic_config else SynapticConfig()
@@ -166,13 +175,7 @@ def _print_result(result: PilotResult) -> None:
 
     console = Console()
     if result.sensitivity is not None:
-        table = Table(title=f"sensitivity ({result.run_dir})")
-        for col in ("knob", "edge", "value", "score", "rel. delta"):
-            table.add_column(col, justify="left" if col in ("knob", "edge") else "right")
-        for r in result.sensitivity.rows:
-            table.add_row(r.knob, r.edge, f"{r.value:.4g}", format_number(r.score), format_pct(r.rel_delta, True))
-        console.print(table)
-        console.print(f"summary: {result.summary_md}")
+        _print_sweep(console, result)
         return
     v, best = result.verdict, result.best
     table = Table(title="best candidate" if best else "no candidate finished")
@@ -188,4 +191,25 @@ def _print_result(result: PilotResult) -> None:
                   f"seed noise {format_pct(v.seed_noise)}, failures {v.failures}/{v.evaluations}")
     for reason in v.reasons:
         console.print(f"  - {reason}")
+    console.print(f"summary: {result.summary_md}")
+
+
+def _print_sweep(console, result: PilotResult) -> None:
+    """The sweep's rows as summary.md shows them, then the chaos floor and the rule."""
+    from rich.table import Table
+
+    sweep = result.sensitivity
+    table = Table(title=f"sensitivity over seeds {', '.join(map(str, sweep.seeds))} ({result.run_dir})")
+    for col in ("knob", "verdict", "arm", "value", "seeds", "mean effect ± SE", "t", "chaos SE"):
+        table.add_column(col, justify="left" if col in ("knob", "verdict", "arm") else "right")
+    for r in sweep.rows:
+        first = r.arm == ARMS[0]  # the knob and its verdict once, on its first arm's row
+        table.add_row(r.knob if first else "", str(r.verdict) if first else "", r.arm, f"{r.value:.4g}",
+                      str(r.n_seeds), format_effect(r.mean_rel_effect, r.se), format_t(r.t), format_pct(r.floor_se),
+                      end_section=r.arm == ARMS[-1])
+    console.print(table)
+    console.print(sensitivity_floor_line(sweep), highlight=False)
+    console.print(sensitivity_rule(), highlight=False)
+    if sweep.failures:
+        console.print(f"failed evaluations, left out: {len(sweep.failures)} (see {result.summary_md})")
     console.print(f"summary: {result.summary_md}")

@@ -16,3 +16,13 @@ def format_pct(value: float | None, signed: bool = False) -> str:
         return "n/a"
     pct, sign = 100 * value, ("+" if signed else "")
     return f"{pct:{sign}.2f}%" if pct == 0 or abs(pct) >= 0.01 else f"{pct:{sign}.2e}%"
+
+
+def format_t(value: float | None) -> str:
+    """A t statistic (mean / standard error) with its sign; "n/a" when it could not be computed."""
+    return "n/a" if value is None or math.isnan(value) else f"{value:+.1f}"
+
+
+def format_effect(mean: float | None, se: float | None) -> str:
+    """A mean relative effect and its standard error, as percentages: "+1.23% ± 0.10%"."""
+    return f"{format_pct(mean, signed=True)} ± {format_pct(se)}"

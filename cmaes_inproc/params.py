@@ -54,6 +54,12 @@ class ParamSpec:
     def from_unit(self, u: float) -> float:
         return self.low + u * (self.high - self.low)
 
+    def nudge(self, value: float, fraction: float) -> float:
+        """`value` moved by `fraction` of the x-range, in x-space: upward, or downward where upward would leave the
+        bounds (a default at the high edge). The sensitivity sweep's chaos floor trains these."""
+        x, step = self.encode(value), fraction * (self.high - self.low)
+        return self.decode(x + step if x + step <= self.high else x - step)
+
     def to_dict(self) -> dict:
         return {"name": self.name, "kind": self.kind, "low": self.low, "high": self.high}
 

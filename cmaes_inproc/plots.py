@@ -11,6 +11,7 @@ import math
 from typing import Sequence
 
 from .artifacts import RunLayout, atomic_write_bytes
+from .liveness import FLOOR_MULTIPLE, MIN_T
 from .records import SensitivityRow, best_so_far
 
 
@@ -74,19 +75,28 @@ def cma_plots(layout: RunLayout, best_per_gen: Sequence[float], baseline_score: 
     return figures
 
 
-def sensitivity_plots(layout: RunLayout, rows: Sequence[SensitivityRow]) -> dict[str, str]:
-    """Relative score change of each knob at each edge of its range."""
-    fig = _new_figure(7.0, 4.0)
+def sensitivity_plots(layout: RunLayout, rows: Sequence[SensitivityRow], floor: float,
+                      n_seeds: int) -> dict[str, str]:
+    """Each knob's mean effect at each edge of its range with error bars of MIN_T standard errors, against the
+    chaos band: FLOOR_MULTIPLE standard errors of a mean of chaos alone over the sweep's `n_seeds` seeds."""
+    fig = _new_figure(8.0, 4.6)
     if fig is None:
         return {}
     ax = fig.add_subplot(1, 1, 1)
     knobs = list(dict.fromkeys(r.knob for r in rows))
-    for offset, edge in ((-0.2, "low"), (0.2, "high")):
-        values = [next((100 * r.rel_delta for r in rows if r.knob == k and r.edge == edge), math.nan) for k in knobs]
-        ax.bar([i + offset for i in range(len(knobs))], values, width=0.4, label=f"{edge} edge")
+    band = 100 * FLOOR_MULTIPLE * floor / math.sqrt(n_seeds)
+    if math.isfinite(band):
+        ax.axhspan(-band, band, color="tab:gray", alpha=0.35, lw=0,
+                   label=f"chaos band ±{FLOOR_MULTIPLE:g}·floor/√{n_seeds}")
+    for offset, arm, marker in ((-0.15, "low", "v"), (0.15, "high", "^")):
+        arm_rows = [next(r for r in rows if r.knob == k and r.arm == arm) for k in knobs]
+        ax.errorbar([i + offset for i in range(len(knobs))], [100 * r.mean_rel_effect for r in arm_rows],
+                    yerr=[100 * MIN_T * r.se if math.isfinite(r.se) else 0.0 for r in arm_rows], fmt=marker,
+                    capsize=3, label=f"{arm} edge, mean ± {MIN_T:g} SE")
     ax.axhline(0, color="black", linewidth=0.5)
+    verdicts = {r.knob: r.verdict for r in rows}
     ax.set_xticks(range(len(knobs)))
-    ax.set_xticklabels(knobs, rotation=45, ha="right")
-    ax.set_ylabel("score change vs baseline (%)")
-    ax.legend()
+    ax.set_xticklabels([f"{k} ({verdicts[k]})" for k in knobs], rotation=35, ha="right", fontsize=8)
+    ax.set_ylabel("mean score change vs baseline (%)")
+    ax.legend(fontsize=8)
     return {"sensitivity": _save(fig, layout, "sensitivity.png")}

@@ -156,7 +156,8 @@ class ReportWriter(Recorder):
         run, sweep = self.run, result.sensitivity
         layout = run.layout
         Ledger(layout.sensitivity_csv, SensitivityRow, layout.root).append(sweep.rows)
-        figures = plots.sensitivity_plots(layout, sweep.rows) if self.plots_enabled else {}
+        figures = (plots.sensitivity_plots(layout, sweep.rows, sweep.stats.floor, len(sweep.seeds))
+                   if self.plots_enabled else {})
         atomic_write_text(layout.summary_md, report.render_sensitivity_summary(
             run_id=run.run_id, spec=run.spec, sweep=sweep, budget=run.budget, layout=layout, figures=figures))
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 from nanochat.config import ConfigError
 from nanochat.status import Status
 
+from .liveness import Liveness, SweepStats
 from .params import PARAM_NAMES, decode_vector
 from .verdict import Verdict
 
@@ -108,15 +109,22 @@ class SeedRecord:
 
 @dataclass(frozen=True)
 class SensitivityRow:
-    """One knob at one edge of its range against the baseline on the eval seed: a row of sensitivity.csv."""
+    """One arm of one knob against the baseline over the sweep's seeds: a row of sensitivity.csv.
+
+    The arm is the knob at the low or the high edge of its range, or nudged by a tiny fraction of it (the chaos
+    floor's arm). Its effect on a seed is (score_arm - score_base) / score_base, paired on that seed; the per-seed
+    scores are controls.csv's rows. The statistics and the verdict rule are liveness.py's.
+    """
 
     knob: str
-    edge: str  # "low" | "high"
+    arm: str  # "low" | "high" | "nudge"
     value: float
-    score: float  # NaN unless the evaluation finished
-    delta: float  # score - baseline score
-    rel_delta: float  # delta / |baseline score|
-    status: Status
+    n_seeds: int  # seeds on which the arm and the baseline both finished (failed evaluations are left out)
+    mean_rel_effect: float  # mean of the paired relative effects (NaN with no seed)
+    se: float  # standard error of that mean: sample stdev / sqrt(n_seeds) (NaN with fewer than 2 seeds)
+    t: float  # mean_rel_effect / se
+    floor_se: float  # chaos floor / sqrt(n_seeds): the standard error of a mean of chaos alone over as many seeds
+    verdict: Liveness  # the knob's verdict (the same on its three rows)
 
 
 Record = CandidateRecord | ControlRecord | SeedRecord | SensitivityRow
@@ -124,11 +132,14 @@ Record = CandidateRecord | ControlRecord | SeedRecord | SensitivityRow
 
 @dataclass(frozen=True)
 class SensitivityResult:
-    """The one-at-a-time sweep: every knob at both edges against the baseline (see sensitivity.py)."""
+    """The sweep: a row per knob and arm, the numbers they came from, and what failed (see sensitivity.py)."""
 
     rows: list[SensitivityRow]
-    baseline_score: float  # on the eval seed
-    seed_noise: float  # relative std of the baseline score across seeds (NaN with one seed)
+    seeds: list[int]  # common to the baseline and every arm
+    baseline_scores: dict[int, float]  # {seed: score}, NaN where the baseline failed
+    stats: SweepStats  # the chaos floor, and each knob's per-seed effects and verdict
+    seed_noise: float  # relative std of the baseline score across the seeds (for scale)
+    failures: list[ControlRecord]  # evaluations that did not finish, left out of the statistics
 
 
 @dataclass
@@ -215,6 +226,7 @@ _PARSERS = {
     "float": lambda text, root: _float(text),
     "str": lambda text, root: text,
     "Status": lambda text, root: Status(text),
+    "Liveness": lambda text, root: Liveness(text),
     "Path | None": _path,
     "int | None": lambda text, root: None if text == "" else _int(text),
     "str | None": lambda text, root: None if text == "" else text,

@@ -7,15 +7,19 @@ import statistics
 from typing import Sequence
 
 from .artifacts import RunLayout
-from .formatting import format_number, format_pct
+from .formatting import format_effect, format_number, format_pct, format_t
+from .liveness import EDGES, FLOOR_MULTIPLE, MIN_T, NUDGE, Liveness
 from .params import PARAM_SPECS
 from .records import SensitivityResult, best_so_far
-from .verdict import DEAD_KNOB_THRESHOLD, Verdict
+from .verdict import Verdict
 
 LAYOUT_DESCRIPTION = {
     "run.json": "run spec: settings, parameter space, scaling, budget, corpus, reproduce command",
     "progress.csv": "one row per CMA-ES candidate evaluation",
-    "controls.csv": "baseline (eval seed + noise seeds), confirmation of the best, sensitivity evaluations",
+    "controls.csv": "baseline (eval seed + noise seeds, or the sweep's seeds), confirmation of the best, "
+                    "sensitivity evaluations (one row per arm and seed)",
+    "sensitivity.csv": "--sensitivity only: one row per knob and arm (low, high, nudge) with the mean paired effect, "
+                       "its standard error, t, the chaos floor's standard error and the knob's verdict",
     "best.json": "best candidate so far: decoded params, x, score, gen, cand, summary path",
     "verdict.json": "the Go/No-Go numbers (also in summary.md)",
     "summary.md": "this summary",
@@ -25,7 +29,7 @@ LAYOUT_DESCRIPTION = {
     "eval/gen_GGGG/cand_CCCC/": "synaptic_config.json, seed_<eval_seed>/summary.json + run.md",
     "eval/baseline/": "synaptic_config.json, seed_<s>/summary.json + run.md for the eval seed and each noise seed",
     "eval/confirm/": "the best candidate re-evaluated on the same seeds",
-    "eval/sensitivity/<knob>_<low|high>/": "one-at-a-time sweep (--sensitivity)",
+    "eval/sensitivity/<knob>_<low|high|nudge>/": "one-at-a-time sweep (--sensitivity), seed_<s>/ per sweep seed",
     "plots/": "PNG figures embedded in summary.md (when matplotlib is installed)",
 }
 
@@ -161,38 +165,65 @@ def render_cma_summary(*, run_id, spec, verdict: Verdict, best, records, per_gen
     return "\n".join(lines)
 
 
+def sensitivity_rule() -> str:
+    """The verdict rule of the sweep in two sentences, with the thresholds liveness.py decides by."""
+    return (f"A knob is alive when at some edge of its range its mean effect over the seeds is at least {MIN_T:g} "
+            f"standard errors from zero (|t| >= {MIN_T:g}) and at least {FLOOR_MULTIPLE:g} chaos standard errors in "
+            "size (floor / sqrt(n) over its n seeds), the chaos floor being the root-mean-square effect of nudging a "
+            "knob by a tiny fraction of its range, i.e. what chaotic training alone does to one seed's score. "
+            "It is weak when an edge passes only one of the two tests, and not distinguishable from chaos when no "
+            "edge passes either.")
+
+
+def sensitivity_floor_line(sweep: SensitivityResult) -> str:
+    """The chaos floor, and the band an arm's mean must leave (the same sentence in summary.md and the terminal)."""
+    k = len(sweep.seeds)
+    n = sum(len(ks.effects[NUDGE]) for ks in sweep.stats.knobs.values())
+    floor_se = sweep.stats.floor / math.sqrt(k)
+    return (f"chaos floor {format_pct(sweep.stats.floor)} per seed (root-mean-square of {n} nudge effects); a "
+            f"{k}-seed mean of chaos has standard error {format_pct(floor_se)}, so the chaos band is "
+            f"±{format_pct(FLOOR_MULTIPLE * floor_se)}")
+
+
 def render_sensitivity_summary(*, run_id, spec, sweep: SensitivityResult, budget, layout: RunLayout,
                                figures: dict) -> str:
-    rows = sweep.rows
-    by_knob: dict[str, list] = {}
-    for r in rows:
-        by_knob.setdefault(r.knob, []).append(r)
-    effect = {k: max((abs(r.rel_delta) for r in rs if math.isfinite(r.rel_delta)), default=math.nan)
-              for k, rs in by_knob.items()}
-    dead = [k for k, e in effect.items() if not (math.isfinite(e) and e >= DEAD_KNOB_THRESHOLD)]
-    inert = [k for k, e in effect.items() if e == 0.0]  # bit-identical scores: the knob is not wired in at all
-    failed = [f"{r.knob} {r.edge} ({r.status})" for r in rows if not r.status.ok]
+    verdicts = {r.knob: r.verdict for r in sweep.rows}
+    by_verdict = {v: [k for k, kv in verdicts.items() if kv is v] for v in Liveness}
+    seeds = sweep.seeds
+    inert = [k for k, ks in sweep.stats.knobs.items()  # bit-identical scores: the knob is not wired in at all
+             if all(e == 0.0 for edge in EDGES for e in ks.effects[edge].values())]
     lines = [
         f"# Sensitivity sweep `{run_id}`",
         "",
-        f"Each knob at each edge of its range, all other knobs at the default, eval seed {spec.eval_seed}.",
+        f"Each knob at the low and the high edge of its range, and nudged by {spec.sensitivity_nudge:g} of its range, "
+        f"all other knobs at the default; the baseline and every arm trained on the same {len(seeds)} seeds "
+        f"({', '.join(map(str, seeds))}). An arm's effect on a seed is the relative change of its score against the "
+        "baseline's on that seed (negative = better).",
         "",
-        f"- baseline score: {format_number(sweep.baseline_score)}",
-        f"- seed noise (relative std of the baseline over {len(spec.seeds)} seeds): {format_pct(sweep.seed_noise)}",
+        sensitivity_rule(),
+        "",
+        f"- alive: {len(by_verdict[Liveness.ALIVE])}/{len(verdicts)}"
+        + "".join(f"; {v}: {', '.join(ks)}" for v, ks in by_verdict.items() if v is not Liveness.ALIVE and ks),
+        f"- {sensitivity_floor_line(sweep)}",
+        "- baseline score per seed: " + ", ".join(f"{s}: {format_number(sweep.baseline_scores[s])}" for s in seeds)
+        + f" (seed noise, the relative std across seeds: {format_pct(sweep.seed_noise)})",
         _budget_line(budget),
-        f"- alive knobs (|rel. change| >= {100 * DEAD_KNOB_THRESHOLD:g}% at some edge): "
-        f"{len(effect) - len(dead)}/{len(effect)}" + (f"; dead: {', '.join(dead)}" if dead else ""),
-        f"- knobs with no effect at all (bit-identical scores at both edges): {', '.join(inert) or 'none'}",
-        f"- failed evaluations: {', '.join(failed) if failed else 'none'}",
+        "- knobs with no effect at all (bit-identical scores at both edges on every seed): "
+        + (", ".join(inert) or "none"),
+        "- failed evaluations (left out of their arm's statistics): "
+        + (", ".join(f"{c.label or c.role} seed {c.seed} ({c.status})" for c in sweep.failures) or "none"),
         "",
-        "| knob | edge | value | score | delta | rel. delta |",
-        "|---|---|---:|---:|---:|---:|",
+        "| knob | verdict | arm | value | seeds | mean effect ± SE | t | chaos SE | effect per seed |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    for r in sorted(rows, key=lambda r: (-effect.get(r.knob, 0) if math.isfinite(effect.get(r.knob, 0)) else 0,
-                                         r.knob, r.edge)):
-        lines.append(f"| {r.knob} | {r.edge} | {r.value:.4g} | {format_number(r.score)} | "
-                     f"{format_number(r.delta, 5)} | {format_pct(r.rel_delta, signed=True)} |")
+    for r in sweep.rows:
+        effects = sweep.stats.knobs[r.knob].effects[r.arm]
+        per_seed = ", ".join(format_pct(effects[s], signed=True) if s in effects else "n/a" for s in seeds)
+        lines.append(f"| {r.knob} | {r.verdict} | {r.arm} | {r.value:.4g} | {r.n_seeds} | "
+                     f"{format_effect(r.mean_rel_effect, r.se)} | {format_t(r.t)} | {format_pct(r.floor_se)} | "
+                     f"{per_seed} |")
     if "sensitivity" in figures:
         lines += ["", f"![Sensitivity]({figures['sensitivity']})"]
-    lines += ["", "Data: `sensitivity.csv`; evaluations under `eval/sensitivity/` and `eval/baseline/`.", ""]
+    lines += ["", "Data: `sensitivity.csv` (the rows above), `controls.csv` (every evaluation's score, per seed); "
+              "evaluations under `eval/sensitivity/` and `eval/baseline/`.", ""]
     return "\n".join(lines)

@@ -143,7 +143,7 @@ class Run:
 
     def baseline_requests(self) -> list[EvalRequest]:
         return self.control_requests(ControlSlot("baseline"), self.layout.control_dir("baseline"),
-                                     self.spec.base_synaptic, self.spec.seeds)
+                                     self.spec.base_synaptic, self.spec.baseline_seeds)
 
     def _request(self, config_dir: Path, synaptic: SynapticConfig, knobs: dict[str, float], seed: int, slot,
                  meta: dict) -> EvalRequest:
@@ -300,11 +300,11 @@ def open_run(spec: PilotSpec, run_id: str | None, artifacts_dir: str | Path, res
 
 
 def _check_controls(run: Run) -> None:
-    """A resumed controls.csv may only hold the evaluations this run asks for (roles, seeds, sweep edges)."""
+    """A resumed controls.csv may only hold the evaluations this run asks for (roles, seeds, sweep arms)."""
     spec = run.spec
+    roles = ("baseline", "sensitivity") if spec.sensitivity else ("baseline", "confirm")
     for c in run.history.controls():
-        allowed = spec.seeds if c.role in ("baseline", "confirm") else [spec.eval_seed]
-        if c.role not in ("baseline", "confirm", "sensitivity") or c.seed not in allowed:
+        if c.role not in roles or c.seed not in spec.baseline_seeds:
             raise ConfigError(f"--resume: {run.layout.controls_csv} holds a {c.role!r} row on seed {c.seed}, "
                               "which this run never asks for (a ledger from another run?)")
 

@@ -27,6 +27,7 @@ from .verdict import DEFAULT_GO_THRESHOLD
 EVALUATOR_MODES = ("batched", "sequential", "ray")
 SCORE_ON = ("train", "val")  # what a score measures: the last train losses, or the held-out validation loss
 DEFAULT_VAL_BATCHES = 8  # validation batches measured when score_on="val" leaves val_batches at 0
+MAX_NUDGE = 0.01  # the sweep's nudge must stay tiny: it measures chaos, not the knob's own (smooth) effect
 DEFAULT_PENALTY = 1e3  # far above any cross-entropy of a byte model (ln 256 = 5.5); CMA-ES only uses ranks
 
 
@@ -51,6 +52,10 @@ class PilotSpec:
     score_tail: int = field(default=3, metadata=_help("score = mean of the last N train losses"))
     penalty: float = DEFAULT_PENALTY  # the score of a failed evaluation (CMA-ES only uses ranks)
     sensitivity: bool = False  # instead of CMA-ES: each knob at each edge of its range vs the baseline
+    sensitivity_seeds: int = field(default=3, metadata=_help(
+        "seeds of the sensitivity sweep, the same for every arm (eval-seed, eval-seed+1, ...; at least 2)"))
+    sensitivity_nudge: float = field(default=1e-6, metadata=_help(
+        "the sensitivity sweep's chaos floor: each knob moved by this fraction of its range"))
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     base_synaptic: SynapticConfig = field(default_factory=SynapticConfig)
@@ -97,10 +102,16 @@ class PilotSpec:
         _number("penalty", self.penalty)
         if not isinstance(self.sensitivity, bool):
             raise ConfigError.about("sensitivity", f"must be True or False, got {self.sensitivity!r}")
+        _int("sensitivity_seeds", self.sensitivity_seeds, 2)  # a standard error needs two seeds
+        if not 0 < _number("sensitivity_nudge", self.sensitivity_nudge) < MAX_NUDGE:
+            raise ConfigError.about("sensitivity_nudge", f"is a fraction of each knob's range and must be in "
+                                                         f"(0, {MAX_NUDGE:g}), got {self.sensitivity_nudge!r}")
         for name, cls in (("model", ModelConfig), ("train", TrainConfig), ("base_synaptic", SynapticConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError.about(name, f"must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
         check_inside_bounds(self.base_synaptic)
+        if self.sensitivity:
+            _check_sweep(self)
         if self.data is not None:
             if not isinstance(self.data, (str, os.PathLike)):
                 raise ConfigError.about("data", f"must be a path, got {type(self.data).__name__}")
@@ -149,6 +160,17 @@ class PilotSpec:
         return [self.eval_seed + k for k in range(self.eval_seeds + self.noise_seeds)]
 
     @property
+    def sensitivity_seed_list(self) -> list[int]:
+        """The sensitivity sweep's seeds, common to the baseline and every arm: eval_seed, eval_seed + 1, ..."""
+        return [self.eval_seed + k for k in range(self.sensitivity_seeds)]
+
+    @property
+    def baseline_seeds(self) -> list[int]:
+        """The seeds the baseline is trained on: the sweep's seeds in a sensitivity run (which has no noise seeds to
+        confirm anything on), else `seeds`."""
+        return self.sensitivity_seed_list if self.sensitivity else self.seeds
+
+    @property
     def eval_seed_list(self) -> list[int]:
         """The seeds every candidate is trained on; its score is the mean over them."""
         return self.seeds[:self.eval_seeds]
@@ -190,12 +212,29 @@ class PilotSpec:
             "param_specs": [s.to_dict() for s in PARAM_SPECS],
             **{name: getattr(self, name) for name in ("eval_seeds", "score_on", "val_batches")
                if getattr(self, name) != getattr(DEFAULTS, name)},  # a Phase 1 run dir still resumes
+            **({"sensitivity_seeds": self.sensitivity_seeds, "sensitivity_nudge": self.sensitivity_nudge}
+               if self.sensitivity else {}),  # a CMA-ES run dir still resumes
         }
 
     def execution_dict(self) -> dict:
         return {"evaluator": self.evaluator, "max_batch": self.max_batch, "ray_address": self.ray_address,
                 "num_actors": self.num_actors, "gpus_per_actor": self.gpus_per_actor,
                 "cpus_per_actor": self.cpus_per_actor, "ray_max_retries": self.ray_max_retries}
+
+
+def _check_sweep(spec: PilotSpec) -> None:
+    """What a sensitivity sweep needs beyond the fields' own checks."""
+    if spec.eval_seeds > 1:
+        raise ConfigError.about("eval_seeds", "applies to CMA-ES candidates only; the sensitivity sweep has its own "
+                                              "number of seeds")
+    if spec.eval_seed + spec.sensitivity_seeds - 1 > MAX_SEED:
+        raise ConfigError.about("sensitivity_seeds", f"takes the seeds past {MAX_SEED} (eval_seed {spec.eval_seed} + "
+                                                     f"{spec.sensitivity_seeds - 1})")
+    for ps in PARAM_SPECS:  # a nudge lost to rounding would measure no chaos at all and lower the floor
+        value = getattr(spec.base_synaptic, ps.name)
+        if ps.nudge(value, spec.sensitivity_nudge) == value:
+            raise ConfigError.about("sensitivity_nudge", f"{spec.sensitivity_nudge!r} is too small to move "
+                                                         f"{ps.name} from {value!r}")
 
 
 def _int(name: str, value: Any, minimum: int) -> int:

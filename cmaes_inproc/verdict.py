@@ -38,7 +38,6 @@ DEFAULT_GO_THRESHOLD = 0.01
 EXPLODE_FACTOR = 1.5  # a loss above 1.5x the first loss means the run blew up, even if it recovered
 RISE_TOLERANCE = 0.05  # the smoothed curve ends >5% above its smoothed minimum: training made things worse
 MIN_STEPS_FOR_SHAPE = 4  # fewer steps than this carry no curve shape to judge
-DEAD_KNOB_THRESHOLD = 1e-3  # sensitivity: a knob that moves the score less than 0.1% at both edges is dead
 INTERVAL_METHOD = "two-sided 95% Student t-interval over the held-out seeds (n-1 degrees of freedom)"
 # t(0.975, dof): a table (no scipy); between entries the next smaller dof is used, which widens the interval.
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,

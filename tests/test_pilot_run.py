@@ -330,19 +330,51 @@ def test_unwritable_artifacts_dir_is_refused_by_the_real_cli(tmp_path):
 # --- the sensitivity sweep -------------------------------------------------------------------------------------------
 
 
-def test_sensitivity_sweep_writes_every_knob_at_both_edges(tmp_path, tiny_config_file):
-    assert cli(tmp_path, "sens", "--sensitivity", "--noise-seeds", "1", "--max-batch", "12",
-               config=tiny_config_file) == 0
+def test_sensitivity_sweep_trains_every_arm_on_common_seeds_and_resumes(tmp_path, tiny_config_file):
+    """The baseline and each knob at its low edge, high edge and nudged, on the same 3 seeds; sensitivity.csv's
+    numbers recomputed here from controls.csv; a run killed part-way resumes to the same sensitivity.csv."""
+    assert cli(tmp_path, "sens", "--sensitivity", "--max-batch", "32", config=tiny_config_file) == 0
     root = run_dir(tmp_path, "sens")
+    seeds = [123, 124, 125]
+    controls = read_csv(root / "controls.csv")
+    score = {(c["label"] or c["role"], int(c["seed"])): float(c["score"]) for c in controls}
+    arms = [(s, arm) for s in PARAM_SPECS for arm in ("low", "high", "nudge")]
+    assert sorted(score) == sorted([("baseline", s) for s in seeds]
+                                   + [(f"{spec.name}_{arm}", s) for spec, arm in arms for s in seeds])
+    assert all(c["status"] == "ok" for c in controls)
+
     rows = read_csv(root / "sensitivity.csv")
-    assert list(rows[0])[:6] == ["knob", "edge", "value", "score", "delta", "rel_delta"]
-    assert [(r["knob"], r["edge"]) for r in rows] == [(s.name, e) for s in PARAM_SPECS for e in ("low", "high")]
-    baseline = next(float(c["score"]) for c in read_csv(root / "controls.csv")
-                    if c["role"] == "baseline" and c["seed"] == "123")
-    for r, (spec, edge) in zip(rows, [(s, e) for s in PARAM_SPECS for e in ("low", "high")]):
-        assert float(r["value"]) == pytest.approx(spec.decode(spec.low if edge == "low" else spec.high))
-        assert float(r["delta"]) == pytest.approx(float(r["score"]) - baseline, abs=1e-12)
-        config = json.loads((root / f"eval/sensitivity/{spec.name}_{edge}/synaptic_config.json").read_text())
+    assert list(rows[0]) == ["knob", "arm", "value", "n_seeds", "mean_rel_effect", "se", "t", "floor_se", "verdict"]
+    assert [(r["knob"], r["arm"]) for r in rows] == [(spec.name, arm) for spec, arm in arms]
+
+    def effects(label):
+        return [(score[label, s] - score["baseline", s]) / score["baseline", s] for s in seeds]
+
+    floor = math.sqrt(np.mean([e * e for spec in PARAM_SPECS for e in effects(f"{spec.name}_nudge")]))
+    default = SynapticConfig(presyn_chunk=8)
+    for r, (spec, arm) in zip(rows, arms):
+        e = effects(f"{spec.name}_{arm}")
+        se = np.std(e, ddof=1) / math.sqrt(3)
+        assert int(r["n_seeds"]) == 3 and float(r["mean_rel_effect"]) == pytest.approx(np.mean(e), rel=1e-9, abs=1e-18)
+        assert float(r["se"]) == pytest.approx(se, rel=1e-9, abs=1e-18)
+        assert float(r["floor_se"]) == pytest.approx(floor / math.sqrt(3), rel=1e-9)
+        x, x0 = spec.encode(float(r["value"])), spec.encode(getattr(default, spec.name))
+        step = 1e-6 * (spec.high - spec.low)  # the nudge goes down only where up would leave the range
+        want = {"low": spec.low, "high": spec.high, "nudge": x0 + step if x0 + step <= spec.high else x0 - step}
+        assert x == pytest.approx(want[arm], abs=1e-12)
+        config = json.loads((root / f"eval/sensitivity/{spec.name}_{arm}/synaptic_config.json").read_text())
         assert config[spec.name] == float(r["value"])
-    assert "alive knobs" in (root / "summary.md").read_text()
+    for spec in PARAM_SPECS:  # one verdict per knob, and the rule's words
+        mine = [r for r in rows if r["knob"] == spec.name]
+        assert len({r["verdict"] for r in mine}) == 1 and mine[0]["verdict"] in ("alive", "weak", "not distinguishable")
+    summary = (root / "summary.md").read_text()
+    assert "chaos floor" in summary and "at least 3 standard errors" in summary
+    assert "failed evaluations (left out of their arm's statistics): none" in summary
     assert (root / "plots/sensitivity.png").is_file()
+
+    kept = (root / "controls.csv").read_text().splitlines(keepends=True)[:-40]  # as if killed 40 evaluations early
+    (root / "controls.csv").write_text("".join(kept))
+    before = (root / "sensitivity.csv").read_text()
+    assert cli(tmp_path, "sens", "--sensitivity", "--max-batch", "32", "--resume", config=tiny_config_file) == 0
+    assert len(read_csv(root / "controls.csv")) == len(controls)
+    assert (root / "sensitivity.csv").read_text() == before

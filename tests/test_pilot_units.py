@@ -13,7 +13,9 @@ from cmaes_inproc import ControlRecord, run_pilot
 from cmaes_inproc.artifacts import Ledger, RunLayout, atomic_write_json, prepare_run_dir
 from cmaes_inproc.evaluators import (BatchedEvaluator, EvalRequest, FallbackEvaluator, ObjectiveEvaluator, Scoring,
                                      SubprocessEvaluator)
+from cmaes_inproc.liveness import Liveness
 from cmaes_inproc.params import check_inside_bounds, unit_to_x, x_to_unit
+from cmaes_inproc.records import SensitivityRow
 from cmaes_inproc.search import CMASearch
 from cmaes_inproc.verdict import SeedResult, compute_verdict, loss_curve_pathologies
 from nanochat.config import ConfigError, ModelConfig, SynapticConfig, TrainConfig
@@ -205,6 +207,11 @@ def test_a_raising_batched_path_yields_retryable_errors(tmp_path, monkeypatch):
     ({"score_tail": 0}, "score_tail must be an integer >= 1, got 0"),
     ({"population_size": "4"}, "population_size must be an integer >= 2, got '4'"),
     ({"generatons": 3}, "unknown setting(s) generatons"),
+    ({"sensitivity_seeds": 1}, "sensitivity_seeds must be an integer >= 2, got 1"),
+    ({"sensitivity_nudge": 0.02}, "sensitivity_nudge is a fraction of each knob's range and must be in (0, 0.01), "
+                                  "got 0.02"),
+    ({"sensitivity": True, "sensitivity_nudge": 1e-18}, "sensitivity_nudge 1e-18 is too small to move tau_c"),
+    ({"sensitivity": True, "eval_seeds": 2}, "eval_seeds applies to CMA-ES candidates only"),
 ])
 def test_the_library_names_the_parameter_not_a_flag(tmp_path, setting, message):
     with pytest.raises(ConfigError) as err:
@@ -295,3 +302,12 @@ def test_run_dir_rules(tmp_path):
         prepare_run_dir(RunLayout.for_run(blocker, "r"), {}, resume=False)
     assert [p.name for p in tmp_path.iterdir() if p.name != "file"] == ["cmaes"]
     assert not list(layout.root.glob(".*.tmp")), "no temp files left behind"
+
+
+def test_a_sensitivity_row_round_trips_with_its_verdict(tmp_path):
+    row = SensitivityRow(knob="tau_c", arm="nudge", value=0.99 - 2.9e-7, n_seeds=1, mean_rel_effect=1e-4, se=math.nan,
+                         t=math.nan, floor_se=7e-5, verdict=Liveness.NOT_DISTINGUISHABLE)
+    Ledger(tmp_path / "s.csv", SensitivityRow, tmp_path).append([row])
+    assert (tmp_path / "s.csv").read_text().splitlines()[1].endswith(",nan,nan,7e-05,not distinguishable")
+    (back,) = Ledger(tmp_path / "s.csv", SensitivityRow, tmp_path).load()
+    assert back.verdict is Liveness.NOT_DISTINGUISHABLE and back.value == row.value and math.isnan(back.se)

@@ -6,7 +6,7 @@ this file as a script, `python tests/test_pinned_artifacts.py --write`, to regen
 
 * the pilot document's example command (tiny model, 5 steps) through the CLI;
 * the default pilot settings (2 generations x 4, 2 noise seeds, stochastic release on) on a tiny model;
-* the sensitivity sweep on a tiny model;
+* the sensitivity sweep on a tiny model (2 seeds: the baseline and 30 arms on each);
 * a custom objective (no training): numpy arithmetic only, so its files are compared byte for byte.
 
 Files compared: progress.csv, controls.csv, best.json, verdict.json, sensitivity.csv and every evaluation's
@@ -65,7 +65,7 @@ def produce(artifacts: Path) -> dict[str, dict[str, str]]:
         run_pilot(run_id="defaults", artifacts_dir=artifacts, model=MODEL, base_synaptic=SYNAPTIC,
                   train=TrainConfig(batch_size=2, max_steps=12, warmup_steps=2), plots=False)
         run_pilot(run_id="sweep", artifacts_dir=artifacts, model=MODEL, base_synaptic=SYNAPTIC, sensitivity=True,
-                  noise_seeds=1, max_batch=12, train=TrainConfig(batch_size=2, max_steps=5, warmup_steps=1),
+                  sensitivity_seeds=2, max_batch=12, train=TrainConfig(batch_size=2, max_steps=5, warmup_steps=1),
                   plots=False)
         run_pilot(run_id="objective", artifacts_dir=artifacts, generations=4, population_size=6, sigma=0.3,
                   objective=sphere, plots=False)

@@ -167,6 +167,9 @@ def test_a_summary_path_leaving_the_run_dir_is_refused(tmp_path, monkeypatch):
     (["--data-seed", "1180591620717411303424"], "--data-seed must be an integer in [0, 4294967295]"),
     (["--eval-seed", "9223372036854775807"], "--eval-seed must be an integer in [0, 4294967295]"),
     (["--eval-seed", "4294967295", "--noise-seeds", "2"], "--noise-seeds takes the seeds past"),
+    (["--sensitivity", "--eval-seed", "4294967295", "--noise-seeds", "0"], "--sensitivity-seeds takes the seeds past"),
+    (["--sensitivity", "--sensitivity-seeds", "1"], "--sensitivity-seeds must be an integer >= 2, got 1"),
+    (["--sensitivity-nudge", "0"], "--sensitivity-nudge is a fraction of each knob's range"),
     (["--sequential", "--data", "TINY"], "--sequence-len"),
     (["--batched", "--data", "TINY"], "--sequence-len"),
 ])
