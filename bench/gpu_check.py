@@ -32,7 +32,7 @@ from common import BASELINE_MODEL, candidates, nan_loss_at  # noqa: E402
 
 from nanochat.config import Member, ModelConfig, SynapticConfig, TrainConfig  # noqa: E402
 from nanochat.data import load_corpus  # noqa: E402
-from nanochat.synaptic import estimate_flops  # noqa: E402
+from nanochat.synaptic import ReleaseNoise, estimate_flops  # noqa: E402
 from nanochat.trainer import train_population  # noqa: E402
 
 # Dense peaks of an H100 SXM: FP32 without tensor cores (fp32 rows: --matmul-precision highest), TF32 tensor cores
@@ -95,6 +95,38 @@ def graph_equivalence(corpus, dev: torch.device, steps: int) -> dict:
         "same_statuses": [m.status for m in g.members] == [m.status for m in e.members],
         "statuses": [m.status for m in g.members], "failure_steps": [m.failure_step for m in g.members],
     }
+
+
+def cpu_vs_device(corpus, dev: torch.device, steps: int, model_cfg: ModelConfig) -> dict:
+    """The same member trained on the CPU and on this device: losses step by step, and one step's gradients.
+
+    With no release noise (its generators differ between devices) the two runs compute the same function and may
+    differ only by float rounding, which training amplifies slowly; the first losses must agree to ~1e-6 and the
+    gradients of the first step to ~1e-4 (float32). A systematic gap points at an op that behaves differently.
+    """
+    import copy
+
+    from nanochat.data import BatchStream
+    from nanochat.synaptic import SynapticGPT
+
+    config = SynapticConfig(stochastic_train_frac=0.0)
+    train = TrainConfig(max_steps=steps, warmup_steps=2, cuda_graph=False)
+    curves = {d: train_population([Member(config, 123)], model_cfg, train, corpus, d).members[0].losses
+              for d in ("cpu", str(dev))}
+    rel = [abs(a - b) / abs(a) for a, b in zip(curves["cpu"], curves[str(dev)])]
+    cpu_model = SynapticGPT(model_cfg, [config], [123], "cpu").train()
+    dev_model = copy.deepcopy(cpu_model).to(dev)
+    dev_model.noise = ReleaseNoise([123], [0.0], dev)
+    inputs, targets = BatchStream(corpus, 8, model_cfg.sequence_len, 0, torch.device("cpu")).next()
+    cpu_model(inputs, targets).sum().backward()
+    dev_model(inputs.to(dev), targets.to(dev)).sum().backward()
+    grads = {}
+    for (name, a), (_, b) in zip(cpu_model.named_parameters(), dev_model.named_parameters()):
+        grads[name] = ((a.grad - b.grad.cpu()).norm() / a.grad.norm().clamp_min(1e-30)).item()
+    worst = sorted(grads.items(), key=lambda kv: kv[1], reverse=True)[:8]
+    return {"steps": steps, "cpu_losses": curves["cpu"], "device_losses": curves[str(dev)],
+            "max_rel_loss_diff_first_3": max(rel[:3]), "rel_loss_diff_last": rel[-1],
+            "worst_grad_rel_diff_step0": worst}
 
 
 def run(members, model, corpus, dev, steps: int, precision: str = "fp32", graph: bool = True):
@@ -249,6 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
         save()
 
     phase("graph_equivalence", lambda: emit("graph_equivalence", graph_equivalence(corpus, dev, 6 if args.smoke else 12)))
+    phase("cpu_vs_device", lambda: emit("cpu_vs_device", cpu_vs_device(corpus, dev, 3 if args.smoke else 30, model)))
     invariance_rows: list = []
     for prec in ("fp32", "tf32", "bf16"):
         phase(f"invariance_{prec}", lambda prec=prec: (invariance_rows.append(invariance(corpus, dev, prec, inv_steps)),
@@ -318,6 +351,11 @@ def summary(report: dict) -> str:
         g = report["graph_equivalence"]
         lines.append(f"graph vs eager: max rel {g['max_rel_diff_graph_vs_eager']:.2e} bit_identical={g['bit_identical']}"
                      f" statuses same={g['same_statuses']}")
+    if "cpu_vs_device" in report:
+        c = report["cpu_vs_device"]
+        lines.append(f"cpu vs device: first losses max rel {c['max_rel_loss_diff_first_3']:.2e}, step {c['steps']} rel "
+                     f"{c['rel_loss_diff_last']:.2e}; worst step-0 grads " +
+                     ", ".join(f"{n} {d:.1e}" for n, d in c["worst_grad_rel_diff_step0"][:4]))
     if "batched_vs_sequential" in report:
         b = report["batched_vs_sequential"]
         lines.append(f"batched vs sequential P={b['population']}: {b['speedup_median']:.1f}x")

@@ -27,6 +27,9 @@ def test_gpu_check_smoke_on_cpu_writes_a_complete_report(tmp_path):
     eq = report["graph_equivalence"]
     assert eq["bit_identical"] and eq["same_statuses"] and eq["statuses"] == ["ok"] * 4 + ["nan"]
     assert eq["failure_steps"][-1] == 4
+    same = report["cpu_vs_device"]  # cpu against cpu here: the same function, so no difference at all
+    assert len(same["cpu_losses"]) == len(same["device_losses"]) == 3
+    assert same["max_rel_loss_diff_first_3"] == 0.0 and all(d == 0.0 for _, d in same["worst_grad_rel_diff_step0"])
     assert all(r["status"] == "ok" and r["member_steps_per_s"] > 0 and r["mfu"] > 0 for r in rows)
     ratio = report["batched_vs_sequential"]
     assert ratio["population"] == 2 and len(ratio["batched_s"]) == len(ratio["sequential_s"]) == 2
