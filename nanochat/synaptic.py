@@ -200,12 +200,13 @@ def _top_edges(dots: torch.Tensor, allowed: torch.Tensor, topk: int):
 
 
 class _TokenLookup(torch.autograd.Function):
-    """x[p, n] = wte[p, tokens[n]] for every member, with a backward that repeats bit for bit on CUDA.
+    """x[p, n] = wte[p, tokens[n]] for every member, with a backward that repeats bit for bit on every device.
 
-    The lookup's usual backward (index_add_ / embedding_backward) adds the gradients of repeated tokens with
-    atomics on CUDA, in a different order on every run; F.embedding's also sorts with a host sync that a CUDA
-    graph cannot capture (pytorch/pytorch#82886). Here the backward is one matmul, one-hot(tokens)^T @ grad,
-    whose summation order is fixed. The vocabulary is small (256 bytes), so the one-hot is cheap.
+    The backward adds the gradients of repeated tokens. CPU's index_add_ walks the tokens in order, so it is
+    deterministic and the cheaper choice there. On CUDA index_add_ (and embedding_backward) adds with atomics, in a
+    different order on every run, and F.embedding's backward also sorts with a host sync that a CUDA graph cannot
+    capture (pytorch/pytorch#82886); there the backward is one matmul, one-hot(tokens)^T @ grad, whose summation
+    order is fixed. The vocabulary is small (256 bytes), so the one-hot is cheap.
     """
 
     @staticmethod
@@ -217,9 +218,16 @@ class _TokenLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (tokens,) = ctx.saved_tensors
-        # Built by comparison, not F.one_hot, whose range check syncs with the host.
-        one_hot = (tokens[None, :] == torch.arange(ctx.vocab, device=tokens.device)[:, None]).to(grad.dtype)
-        return torch.matmul(one_hot, grad), None  # (V, N) @ (P, N, C) -> (P, V, C)
+        if grad.device.type == "cpu":
+            return grad.new_zeros(grad.shape[0], ctx.vocab, grad.shape[2]).index_add_(1, tokens, grad), None
+        return _one_hot_sum(tokens, grad, ctx.vocab), None
+
+
+def _one_hot_sum(tokens: torch.Tensor, grad: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Per member, the sum of grad's rows by token: one-hot(tokens)^T @ grad, (N,), (P, N, C) -> (P, vocab, C)."""
+    # Built by comparison, not F.one_hot, whose range check syncs with the host.
+    one_hot = (tokens[None, :] == torch.arange(vocab, device=tokens.device)[:, None]).to(grad.dtype)
+    return torch.matmul(one_hot, grad)  # (V, N) @ (P, N, C)
 
 
 def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -512,13 +520,7 @@ class SynapticGPT(nn.Module):
         """Per-member mean cross-entropy, shape (P,). idx/targets: (B, T) token ids shared by all members."""
         P, (B, T) = self.population, idx.shape
         V = self.mcfg.vocab_size
-        if idx.device.type == "cpu":
-            # Member p reads row p*V + token of the flattened (P*V, C) embedding table. index_select rather than
-            # F.embedding: the same lookup, and its index_add_ backward is deterministic on CPU.
-            rows = (idx.reshape(1, B * T) + V * torch.arange(P, device=idx.device)[:, None]).reshape(-1)
-            x = self.wte.reshape(P * V, -1).index_select(0, rows).view(P, B, T, -1)
-        else:
-            x = _TokenLookup.apply(self.wte, idx.reshape(-1)).view(P, B, T, -1)
+        x = _TokenLookup.apply(self.wte, idx.reshape(-1)).view(P, B, T, -1)
         x = F.rms_norm(x, (x.shape[-1],))
         cos, sin = self.cos[:T], self.sin[:T]
         noise = self.noise if self.training else None

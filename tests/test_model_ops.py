@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from nanochat.config import ModelConfig, SynapticConfig
 from nanochat.hostmem import keep_freed_memory
 from nanochat.population import Knobs
-from nanochat.synaptic import PresynapticAttention, SynapticLinear, _rotary, _TokenLookup, relu_squared
+from nanochat.synaptic import PresynapticAttention, SynapticLinear, _one_hot_sum, _rotary, _TokenLookup, relu_squared
 
 
 def test_synaptic_linear_folded_weight_matches_the_spec_formula():
@@ -48,7 +48,7 @@ def test_relu_squared_matches_autograd_and_gradcheck():
 
 
 def test_token_lookup_matches_index_select_values_and_gradients():
-    # CUDA's lookup (deterministic one-hot backward) against the plain gather that CPU uses, repeated tokens included.
+    # The lookup against a plain gather, values and gradients, repeated tokens included.
     torch.manual_seed(0)
     wte = torch.randn(3, 11, 5, dtype=torch.float64, requires_grad=True)
     tokens = torch.tensor([4, 0, 10, 4, 4, 7, 0])
@@ -60,6 +60,10 @@ def test_token_lookup_matches_index_select_values_and_gradients():
     (r,) = torch.autograd.grad((ref * weights).sum(), wte)
     torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(lambda w: _TokenLookup.apply(w, tokens), (wte,))
+    # CUDA's backward (a one-hot matmul, no atomics) sums the same rows as CPU's index_add_.
+    grad = torch.randn(3, len(tokens), 5, dtype=torch.float64)
+    want = torch.zeros_like(wte).index_add_(1, tokens, grad)
+    torch.testing.assert_close(_one_hot_sum(tokens, grad, 11), want, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("chunk", [16, 24, 64])
