@@ -3,6 +3,7 @@
 import pytest
 
 from nanochat.data import load_corpus
+from helpers import one_thread as single_thread
 from tiny import TRAINER_MODEL, TRAINER_SYNAPTIC, TRAINER_TRAIN
 
 
@@ -28,14 +29,9 @@ def tiny_synaptic():
 
 @pytest.fixture
 def one_thread():
-    """Tiny models gain nothing from a second thread, and two torch processes with two threads each starve one another
-    on a 2-core runner; the test runs with one torch thread, restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """The test runs with one torch thread (and one OpenMP thread in its subprocesses): see helpers.one_thread."""
+    with single_thread():
+        yield
 
 
 @pytest.fixture

@@ -4,14 +4,12 @@ Every training run here is a 1-layer, width-32 model on 32-token sequences for 5
 within tens of seconds on two CPU cores; the pilot document's example at its real size is marked slow.
 """
 
-import csv
 import json
 import math
 import os
 import signal
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from cmaes_inproc.evaluators import BatchedEvaluator
 from cmaes_inproc.params import x_to_unit
 from nanochat.config import ModelConfig, SynapticConfig, TrainConfig
 
+from helpers import one_thread, read_csv, run_dir
 from tiny import PILOT_FLAGS as TINY_FLAGS
 from tiny import PILOT_MODEL as TINY_MODEL
 from tiny import PILOT_SYNAPTIC as TINY_SYNAPTIC
@@ -32,20 +31,6 @@ from tiny import PILOT_TRAIN as TINY_TRAIN
 SEED_EXAMPLE = ["--batched", "--device", "cpu", "--generations", "2", "--population-size", "4",
                 "--target-flops", "1e10", "--search-seed", "0", "--eval-seed", "123"]
 PROGRESS_HEAD = ["gen", "cand", "score", "status", "summary_path", "evaluator"]
-
-
-@contextmanager
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core runner OpenMP spin-waiting makes them ~100x
-    slower. Children (nanochat.train subprocesses) inherit OMP_NUM_THREADS. Both are restored afterwards."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
@@ -64,15 +49,6 @@ def tiny_config_file(tmp_path_factory):
 def cli(artifacts: Path, run_id: str, *extra: str, config: Path) -> int:
     return main(["--artifacts-dir", str(artifacts), "--run-id", run_id, "--synaptic-config", str(config),
                  *TINY_FLAGS, *extra])
-
-
-def run_dir(artifacts: Path, run_id: str) -> Path:
-    return artifacts / "cmaes" / "phase1" / run_id
-
-
-def read_csv(path: Path) -> list[dict]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The Ray evaluator (issue 11): same results as --batched, lost actors and nodes re-run, handshake refusals.
 
-Ray runs locally, sized for CI (2 CPUs, no dashboard, usage stats off); the model is the tiny one of
-test_pilot_run.py. Faults come from test-only actor classes (subclasses of `ShardWorker` defined here and swapped in
+Ray runs locally, sized for CI (2 CPUs, no dashboard, usage stats off); the model is the pilot tests' tiny one
+(tests/tiny.py). Faults come from test-only actor classes (subclasses of `ShardWorker` defined here and swapped in
 with monkeypatch), so production code has no hook for them. Every Ray instance this module starts is shut down,
 and the module's last fixture checks that no Ray process it saw is left.
 """
@@ -18,7 +18,11 @@ import pytest
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ray = pytest.importorskip("ray")
 
-from test_pilot_run import TINY_FLAGS, TINY_MODEL, TINY_SYNAPTIC, TINY_TRAIN, one_thread, read_csv, run_dir  # noqa: E402
+from helpers import one_thread, read_csv, run_dir  # noqa: E402
+from tiny import PILOT_FLAGS as TINY_FLAGS  # noqa: E402
+from tiny import PILOT_MODEL as TINY_MODEL  # noqa: E402
+from tiny import PILOT_SYNAPTIC as TINY_SYNAPTIC  # noqa: E402
+from tiny import PILOT_TRAIN as TINY_TRAIN  # noqa: E402
 
 from cmaes_inproc import ray_evaluator, run_pilot  # noqa: E402
 from cmaes_inproc.__main__ import main  # noqa: E402

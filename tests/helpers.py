@@ -1,0 +1,31 @@
+"""What several test modules share besides fixtures (those are in conftest.py): one torch thread, run files."""
+
+import csv
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@contextmanager
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core runner OpenMP spin-waiting makes them ~100x
+    slower. Children (nanochat.train subprocesses) inherit OMP_NUM_THREADS. Both are restored afterwards."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+
+def run_dir(artifacts: Path, run_id: str) -> Path:
+    return artifacts / "cmaes" / "phase1" / run_id
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
