@@ -32,7 +32,7 @@ from common import BASELINE_MODEL, candidates, nan_loss_at  # noqa: E402
 
 from nanochat.config import Member, ModelConfig, SynapticConfig, TrainConfig  # noqa: E402
 from nanochat.data import load_corpus  # noqa: E402
-from nanochat.synaptic import ReleaseNoise, estimate_flops  # noqa: E402
+from nanochat.synaptic import estimate_flops  # noqa: E402
 from nanochat.trainer import train_population  # noqa: E402
 
 # Dense peaks of an H100 SXM: FP32 without tensor cores (fp32 rows: --matmul-precision highest), TF32 tensor cores
@@ -104,8 +104,6 @@ def cpu_vs_device(corpus, dev: torch.device, steps: int, model_cfg: ModelConfig)
     differ only by float rounding, which training amplifies slowly; the first losses must agree to ~1e-6 and the
     gradients of the first step to ~1e-4 (float32). A systematic gap points at an op that behaves differently.
     """
-    import copy
-
     from nanochat.data import BatchStream
     from nanochat.synaptic import SynapticGPT
 
@@ -114,9 +112,10 @@ def cpu_vs_device(corpus, dev: torch.device, steps: int, model_cfg: ModelConfig)
     curves = {d: train_population([Member(config, 123)], model_cfg, train, corpus, d).members[0].losses
               for d in ("cpu", str(dev))}
     rel = [abs(a - b) / abs(a) for a, b in zip(curves["cpu"], curves[str(dev)])]
+    # Built twice from the same seed: the same initial weights (drawn on the CPU, then copied), and knobs and noise
+    # generators on each model's own device.
     cpu_model = SynapticGPT(model_cfg, [config], [123], "cpu").train()
-    dev_model = copy.deepcopy(cpu_model).to(dev)
-    dev_model.noise = ReleaseNoise([123], [0.0], dev)
+    dev_model = SynapticGPT(model_cfg, [config], [123], dev).train()
     inputs, targets = BatchStream(corpus, 8, model_cfg.sequence_len, 0, torch.device("cpu")).next()
     cpu_model(inputs, targets).sum().backward()
     dev_model(inputs.to(dev), targets.to(dev)).sum().backward()
@@ -349,8 +348,8 @@ def summary(report: dict) -> str:
                      f"(tol {r['tolerance']:g}) passed={r['passed']} repeat bit-identical={r['bit_identical_repeat']}")
     if "graph_equivalence" in report:
         g = report["graph_equivalence"]
-        lines.append(f"graph vs eager: max rel {g['max_rel_diff_graph_vs_eager']:.2e} bit_identical={g['bit_identical']}"
-                     f" statuses same={g['same_statuses']}")
+        lines.append(f"graph vs eager: max rel {g['max_rel_diff_graph_vs_eager']:.2e} "
+                     f"bit_identical={g['bit_identical']} statuses same={g['same_statuses']}")
     if "cpu_vs_device" in report:
         c = report["cpu_vs_device"]
         lines.append(f"cpu vs device: first losses max rel {c['max_rel_loss_diff_first_3']:.2e}, step {c['steps']} rel "
@@ -360,8 +359,9 @@ def summary(report: dict) -> str:
         b = report["batched_vs_sequential"]
         lines.append(f"batched vs sequential P={b['population']}: {b['speedup_median']:.1f}x")
     for prof in report.get("profile", []):
-        lines.append(f"profile P={prof['population']}: kernels/step {prof.get('kernels_per_step_incl_construction', 0):.0f}"
-                     f"  kernel s/step {prof.get('kernel_s_per_step_incl_construction', 0):.4f}")
+        kernels = prof.get("kernels_per_step_incl_construction", 0)
+        kernel_s = prof.get("kernel_s_per_step_incl_construction", 0)
+        lines.append(f"profile P={prof['population']}: kernels/step {kernels:.0f}  kernel s/step {kernel_s:.4f}")
         lines += [f"   {o['share']:6.1%} {o['calls']:6d}  {o.get('kernel', o.get('op'))[:90]}"
                   for o in prof.get("top_kernels", prof.get("top_ops", []))[:10]]
     for pl in report.get("pilot", []):

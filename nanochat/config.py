@@ -76,7 +76,7 @@ class SynapticConfig:
 
     # --- the ten searched knobs -------------------------------------------------------------------------------
     tau_c: float = 0.85  # residual calcium kept per chunk (leaky: settles within ~1/(1-tau_c) chunks); edge carry-over
-    alpha_c: float = 0.55  # calcium influx per unit of softplus(drive): a spike's, and the level residual calcium settles at
+    alpha_c: float = 0.55  # calcium influx per softplus(drive): a spike's, and the level residual calcium settles at
     init_rrp: float = 6.0  # readily releasable pool at sequence start; also the pool's capacity for priming
     prime_rate: float = 0.075  # reserve -> RRP flux coefficient
     rec_rate: float = 0.06  # fraction of released vesicles recycled (through the endocytosis delay) to the reserve

@@ -58,7 +58,8 @@ def test_every_knob_is_alive_against_the_chaos_floor(corpus, tiny_model, tiny_sy
 
     assert len(stats.knobs) == 10
     table = liveness_table(stats)
-    not_alive = [knob for knob, ks in stats.knobs.items() if ks.verdict is not Liveness.ALIVE and knob not in KNOWN_WEAK]
+    not_alive = [knob for knob, ks in stats.knobs.items()
+                 if ks.verdict is not Liveness.ALIVE and knob not in KNOWN_WEAK]
     assert not not_alive, f"knobs not alive against the chaos floor: {not_alive}\n{table}"
     for knob in KNOWN_WEAK:
         assert stats.knobs[knob].verdict is Liveness.WEAK, f"{knob} is {stats.knobs[knob].verdict}, not weak\n{table}"
