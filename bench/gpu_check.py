@@ -41,9 +41,11 @@ from nanochat.trainer import train_population  # noqa: E402
 DEFAULT_PEAK_TFLOPS = {"fp32": 67.0, "tf32": 494.7, "bf16": 989.0}
 # Batch invariance on CUDA is checked at these relative tolerances on every loss of a 20-step run (CPU is exact):
 # cuBLAS may pick a different kernel for a different batch count, which reorders fp32 sums; TF32 and bf16 round more.
-INVARIANCE_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-3, "bf16": 1e-2}
+INVARIANCE_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-3, "bf16": 1e-2, "fp32+compile": 1e-4, "tf32+compile": 1e-3}
 # Each row label as TrainConfig fields: (precision, matmul_precision).
-SETTINGS = {"fp32": ("fp32", "highest"), "tf32": ("fp32", "high"), "bf16": ("bf16", "highest")}
+# precision label -> (TrainConfig.precision, matmul_precision, compile)
+SETTINGS = {"fp32": ("fp32", "highest", False), "tf32": ("fp32", "high", False), "bf16": ("bf16", "highest", False),
+            "fp32+compile": ("fp32", "highest", True), "tf32+compile": ("fp32", "high", True)}
 SMOKE_MODEL = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64)
 
 
@@ -55,8 +57,9 @@ def sync(dev: torch.device) -> None:
 def invariance(corpus, dev: torch.device, precision: str, steps: int) -> dict:
     """A mixed population of 8 (4 seeds, stochastic release on 7) against each member trained alone."""
     model = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64)
-    dtype, matmul = SETTINGS[precision]
-    train = TrainConfig(batch_size=4, max_steps=steps, warmup_steps=2, precision=dtype, matmul_precision=matmul)
+    dtype, matmul, compiled = SETTINGS[precision]
+    train = TrainConfig(batch_size=4, max_steps=steps, warmup_steps=2, precision=dtype, matmul_precision=matmul,
+                        compile=compiled)
     base = SynapticConfig(presyn_chunk=16)
     members = [Member(base.replace(alpha_c=0.1 + 0.1 * i, stochastic_train_frac=0.05 * i), 100 + i % 3)
                for i in range(8)]
@@ -130,8 +133,9 @@ def cpu_vs_device(corpus, dev: torch.device, steps: int, model_cfg: ModelConfig)
 
 def run(members, model, corpus, dev, steps: int, precision: str = "fp32", graph: bool = True):
     """Wall seconds (construction included), the per-step device times and how the steps ran, for one population."""
-    dtype, matmul = SETTINGS[precision]
-    train = TrainConfig(max_steps=steps, warmup_steps=1, precision=dtype, matmul_precision=matmul, cuda_graph=graph)
+    dtype, matmul, compiled = SETTINGS[precision]
+    train = TrainConfig(max_steps=steps, warmup_steps=1, precision=dtype, matmul_precision=matmul, cuda_graph=graph,
+                        compile=compiled)
     sync(dev)
     t0 = time.perf_counter()
     result = train_population(members, model, train, corpus, dev)
@@ -153,15 +157,15 @@ def throughput_row(p: int, model, corpus, dev, steps: int, precision: str, peak_
     steady = statistics.median(step_times[3:]) if len(step_times) > 3 else statistics.median(step_times)
     flops_per_member_step = estimate_flops(model, 8) * 8 * model.sequence_len
     row.update(status="ok", execution=execution, wall_s=wall, median_step_s=steady, member_steps_per_s=p / steady,
-               mfu=p * flops_per_member_step / steady / (peak_tflops[precision] * 1e12),
-               mfu_peak_tflops=peak_tflops[precision])
+               mfu=p * flops_per_member_step / steady / (peak_tflops[precision.split("+")[0]] * 1e12),
+               mfu_peak_tflops=peak_tflops[precision.split("+")[0]])
     if dev.type == "cuda":
         row["max_allocated_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
         row["max_allocated_mib_per_member"] = row["max_allocated_mib"] / p
     return row
 
 
-def profile_top_ops(p: int, model, corpus, dev, rows: int = 15) -> dict:
+def profile_top_ops(p: int, model, corpus, dev, rows: int = 15, precision: str = "fp32") -> dict:
     """Top operators of two training steps of a population of p (device time on CUDA, CPU time otherwise).
 
     On CUDA it also gives kernels per step and the kernels' device time per step: set against the unprofiled
@@ -170,16 +174,16 @@ def profile_top_ops(p: int, model, corpus, dev, rows: int = 15) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    run(candidates(p), model, corpus, dev, 1, graph=False)  # warm-up outside the profile
+    run(candidates(p), model, corpus, dev, 2, precision, graph=False)  # warm-up (and compiling) outside the profile
     steps = 2  # eager: a replayed graph would show kernels but not the operators that launched them
     sync(dev)
     t0 = time.perf_counter()
     with profile(activities=activities) as prof:
-        run(candidates(p), model, corpus, dev, steps, graph=False)
+        run(candidates(p), model, corpus, dev, steps, precision, graph=False)
     wall = time.perf_counter() - t0
     averages = prof.key_averages()
     aten_calls = sum(e.count for e in averages if e.key.startswith("aten::"))
-    out: dict = {"population": p, "profiled_steps": steps, "profiled_wall_s": wall,
+    out: dict = {"population": p, "precision": precision, "profiled_steps": steps, "profiled_wall_s": wall,
                  "aten_calls_per_step_incl_construction": aten_calls / steps}
     if dev.type == "cuda":
         # Each kernel is counted once: as a device event. An aten op's self device time is the kernels it launched
@@ -226,6 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--eager-populations", default="1,4,32,256",
                     help="populations also timed with --no-cuda-graph, in the same run, for the graph's gain")
     ap.add_argument("--ratio-population", type=int, default=32, help="P for the batched-vs-sequential ratio")
+    ap.add_argument("--no-ratio", action="store_true", help="skip the batched-vs-sequential ratio (P sequential runs)")
+    ap.add_argument("--compile-populations", default="32,128",
+                    help="populations also timed with TrainConfig(compile=True), fp32 and tf32, in the same run")
     ap.add_argument("--peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS["fp32"])
     ap.add_argument("--peak-tflops-tf32", type=float, default=DEFAULT_PEAK_TFLOPS["tf32"])
     ap.add_argument("--peak-tflops-bf16", type=float, default=DEFAULT_PEAK_TFLOPS["bf16"])
@@ -282,7 +289,9 @@ def main(argv: list[str] | None = None) -> dict:
     phase("graph_equivalence", lambda: emit("graph_equivalence", graph_equivalence(corpus, dev, 6 if args.smoke else 12)))
     phase("cpu_vs_device", lambda: emit("cpu_vs_device", cpu_vs_device(corpus, dev, 3 if args.smoke else 30, model)))
     invariance_rows: list = []
-    for prec in ("fp32", "tf32", "bf16"):
+    compile_pops = [int(x) for x in args.compile_populations.split(",") if x]  # "" for none
+    compile_pops = [2] if args.smoke and compile_pops else compile_pops
+    for prec in ("fp32", "tf32", "bf16") + (("fp32+compile",) if compile_pops else ()):
         phase(f"invariance_{prec}", lambda prec=prec: (invariance_rows.append(invariance(corpus, dev, prec, inv_steps)),
                                                        emit("invariance", invariance_rows)))
     phase("warm_up", lambda: run(candidates(1), model, corpus, dev, 2))  # CUDA context, cuBLAS handles, allocator
@@ -312,10 +321,20 @@ def main(argv: list[str] | None = None) -> dict:
             "speedup_median": statistics.median(sequential) / statistics.median(batched),
         })
 
-    phase("batched_vs_sequential", ratio)
+    if not args.no_ratio:
+        phase("batched_vs_sequential", ratio)
     for prec in ("bf16", "tf32"):
         phase(f"throughput_{prec}_P{ratio_p}", lambda prec=prec: throughput(ratio_p, prec))
-    phase(f"profile_P{ratio_p}", lambda: emit("profile", [profile_top_ops(ratio_p, model, corpus, dev)]))
+    profiles: list = []
+    phase(f"profile_P{ratio_p}", lambda: (profiles.append(profile_top_ops(ratio_p, model, corpus, dev)),
+                                          emit("profile", profiles)))
+    for p in compile_pops:
+        for prec in ("fp32+compile", "tf32+compile"):
+            phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(p, prec))
+    if compile_pops:
+        phase(f"profile_compile_P{ratio_p}", lambda: (
+            profiles.append(profile_top_ops(ratio_p, model, corpus, dev, precision="fp32+compile")),
+            emit("profile", profiles)))
     for p in sorted(({p for p in pops if p >= 128} | {max(pops)}) - {ratio_p}):  # and the issue's P = 128 targets
         for prec in ("tf32", "bf16"):
             phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(p, prec))
@@ -342,7 +361,7 @@ def summary(report: dict) -> str:
         tail = (f"{r['member_steps_per_s']:9.1f} member-steps/s  step {1e3 * r['median_step_s']:8.2f} ms  "
                 f"mfu {100 * r['mfu']:5.2f}%  {r.get('max_allocated_mib', 0):8.0f} MiB  {r['execution']}"
                 if r.get("status") == "ok" else r.get("status", "?"))
-        lines.append(f"P={r['population']:<4} {r['precision']:5} graph={int(r['cuda_graph'])}  {tail}")
+        lines.append(f"P={r['population']:<4} {r['precision']:12} graph={int(r['cuda_graph'])}  {tail}")
     for r in report.get("invariance", []):
         lines.append(f"invariance {r['precision']}: max rel {r['max_rel_diff_batched_vs_alone']:.2e} "
                      f"(tol {r['tolerance']:g}) passed={r['passed']} repeat bit-identical={r['bit_identical_repeat']}")
@@ -361,7 +380,7 @@ def summary(report: dict) -> str:
     for prof in report.get("profile", []):
         kernels = prof.get("kernels_per_step_incl_construction", 0)
         kernel_s = prof.get("kernel_s_per_step_incl_construction", 0)
-        lines.append(f"profile P={prof['population']}: kernels/step {kernels:.0f}  kernel s/step {kernel_s:.4f}")
+        lines.append(f"profile P={prof['population']} {prof.get('precision', 'fp32')}: kernels/step {kernels:.0f}  kernel s/step {kernel_s:.4f}")
         lines += [f"   {o['share']:6.1%} {o['calls']:6d}  {o.get('kernel', o.get('op'))[:90]}"
                   for o in prof.get("top_kernels", prof.get("top_ops", []))[:10]]
     for pl in report.get("pilot", []):

@@ -314,6 +314,7 @@ class TrainConfig:
     precision: str = "fp32"  # one of PRECISIONS
     cuda_graph: bool = True  # on CUDA, replay the training step as one CUDA graph after two eager steps
     matmul_precision: str = "highest"  # one of MATMUL_PRECISIONS; set for the run only, restored after
+    compile: bool = False  # torch.compile the attention's elementwise chains (synaptic.AttentionChains)
 
     def __post_init__(self) -> None:
         # Types first, so a string or bool from an API caller is a ConfigError naming the field, not a TypeError
@@ -351,8 +352,9 @@ class TrainConfig:
         check_seed("data_seed", self.data_seed)
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             raise ConfigError.about("time_limit_s", f"must be > 0, got {self.time_limit_s}")
-        if not isinstance(self.cuda_graph, bool):
-            raise ConfigError.about("cuda_graph", f"must be True or False, got {self.cuda_graph!r}")
+        for name in ("cuda_graph", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError.about(name, f"must be True or False, got {getattr(self, name)!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError.about("precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.matmul_precision not in MATMUL_PRECISIONS:

@@ -50,6 +50,14 @@ class ReleaseNoise:
         ]
         return torch.stack(per_group).index_select(0, self.group_of_member)
 
+    def draw_edges(self, edges: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One chunk's uniforms for edges of shape (P, B, H, Qc, K): which query rows are stochastic, (P, B, H, Qc),
+        and the Binomial's uniforms, (P, B, H, Qc, K, 8); None when no member draws."""
+        if not self.enabled:
+            return None
+        rows = self.draw(tuple(edges[1:-1]))
+        return rows, self.draw(tuple(edges[1:]) + (_MAX_BINOMIAL_N,))
+
 
 def _derive_seed(seed: int, stream: int) -> int:
     """Independent, reproducible generator seeds for the different random streams of one eval seed."""
@@ -102,7 +110,7 @@ class PresynapticState:
         n_keys: int,
         ema: torch.Tensor,  # (P,) running mean release magnitude of this layer, updated in place
         k: Knobs,
-        noise: ReleaseNoise | None,
+        uniforms: tuple[torch.Tensor, torch.Tensor] | None,  # ReleaseNoise.draw_edges: None for no stochastic rows
     ) -> None:
         """Each query releases onto its top-k keys; then the keys' pools, calcium and slow variables advance."""
 
@@ -114,10 +122,9 @@ class PresynapticState:
         c_e = bcast(k.tau_c, 5) * at_edges(self.c) + bcast(k.alpha_c, 5) * F.softplus(vals)  # residual + spike
         p_e = release_probability(c_e, at_edges(self.cl), at_edges(self.sn), k, 5)
         r_e = p_e * rrp_e
-        if noise is not None and noise.enabled:
+        if uniforms is not None:
             # Binomial(n, p_e) as the count of n uniforms below p_e, on a random fraction of query rows.
-            rows = noise.draw(tuple(idx.shape[1:-1]))  # (P, B, H, Qc)
-            u = noise.draw(tuple(idx.shape[1:]) + (_MAX_BINOMIAL_N,))  # (P, B, H, Qc, K, 8)
+            rows, u = uniforms  # (P, B, H, Qc), (P, B, H, Qc, K, 8)
             n = rrp_e.clamp(0, _MAX_BINOMIAL_N).round()
             slot = torch.arange(_MAX_BINOMIAL_N, device=vals.device)
             draws = ((u < p_e.unsqueeze(-1)) & (slot < n.unsqueeze(-1))).sum(-1).to(r_e.dtype)
@@ -191,10 +198,16 @@ def _dense_sum_at_keys(values: torch.Tensor, idx: torch.Tensor, n_keys: int) -> 
     return dense.scatter_(-1, idx.expand_as(values), values).sum(-2)
 
 
-def _top_edges(dots: torch.Tensor, allowed: torch.Tensor, topk: int):
+def _top_edges(dots: torch.Tensor, own: torch.Tensor, topk: int):
     """Each query's release edges: the set of its top-k allowed keys by raw q.k (unsorted: only the set matters,
-    and skipping the sort makes top-k 7% cheaper on CPU). Returns (vals, idx, valid) of shape (..., Qc, K)."""
-    vals, idx = dots.masked_fill(~allowed, float("-inf")).topk(min(topk, dots.shape[-1]), dim=-1, sorted=False)
+    and skipping the sort makes top-k 7% cheaper on CPU). Returns (vals, idx, valid) of shape (..., Qc, K).
+
+    `dots` (..., Qc, keys) is overwritten. A chunk's queries see every earlier key, so only its last Qc keys (the
+    chunk's own positions) need the causal mask `own` (Qc, Qc): masking that block in place instead of copying
+    the whole (..., Qc, keys) tensor saved a pass over it (~3% of a CPU step at P = 8).
+    """
+    dots[..., -dots.shape[-2]:].masked_fill_(~own, float("-inf"))
+    vals, idx = dots.topk(min(topk, dots.shape[-1]), dim=-1, sorted=False)
     valid = torch.isfinite(vals)
     return torch.where(valid, vals, torch.zeros_like(vals)), idx, valid
 
@@ -236,6 +249,64 @@ def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+def _logits_chain(d: torch.Tensor, scale: torch.Tensor, eps: torch.Tensor, lam: torch.Tensor,
+                  bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One chunk's softmax(d + lam log(sigmoid(d) scale + eps) + bias) and its slope d logits / d dots.
+
+    d (..., Qc, keys) are the raw q.k/sqrt(D), scale (..., 1, keys) the keys' release scale; the slope is
+    1 + lam scale s (1 - s) / (s scale + eps) with s = sigmoid(d). In-place where a value is not needed again.
+    """
+    s = torch.sigmoid(d)
+    u = s * scale
+    arg = u + eps
+    logits = torch.log(arg).mul_(lam).add_(d).add_(bias)
+    p = torch.softmax(logits, dim=-1)
+    return p, u.div_(arg).mul_(s.neg_().add_(1.0)).mul_(lam).add_(1.0)
+
+
+def _logits_chain_backward(p: torch.Tensor, dp: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    """d loss / d dots of one chunk from d loss / d p: the softmax's backward, times the slope."""
+    dlogits = p * dp
+    dlogits.addcmul_(p, dlogits.sum(-1, keepdim=True), value=-1.0)
+    return dlogits.mul_(slope)
+
+
+class AttentionChains:
+    """The attention's elementwise chains, as written (eager) or fused by torch.compile (`TrainConfig.compile`).
+
+    Run op by op, each chain is many passes over small tensors: the logits chain and its backward ~10 passes each
+    over a chunk's (..., Qc, keys) tensors, the release step ~90 ops per chunk. Inductor fuses each into a few loops
+    (C++/OpenMP on CPU, Triton on CUDA). The release step is compiled on CUDA only: on 2 CPU cores it compiled for
+    69 s and ran no faster. Fused code rounds a little differently (~1e-7 relative per step), and compiling costs
+    tens of seconds once per process and population size (shapes are dynamic; each chunk size shares one graph),
+    so it is an option, not the default.
+    """
+
+    def __init__(self, compiled: bool, device: torch.device):
+        self.compiled = compiled
+        self.forward, self.backward, self.release = _logits_chain, _logits_chain_backward, PresynapticState.release
+        if compiled:
+            self.forward = _compiled(_logits_chain)
+            self.backward = _compiled(_logits_chain_backward)
+            if device.type == "cuda":
+                self.release = _compiled(PresynapticState.release)
+
+
+def _compiled(fn):
+    """torch.compile with dynamic shapes and without "duck sizing": by default two dimensions that happen to be
+    equal when a function is first compiled (P = B = 8, or a first chunk's Qc = keys) are assumed equal forever, and
+    every population or chunk where they differ compiles again."""
+    from torch.fx.experimental import _config as fx_config  # torch's symbolic-shape settings
+
+    compiled = torch.compile(fn, dynamic=True)
+
+    def call(*args):
+        with fx_config.patch(use_duck_shape=False):
+            return compiled(*args)
+
+    return call
+
+
 class _ChunkedPresynapticAttention(torch.autograd.Function):
     """softmax(dots + lam log(sigmoid(dots) scale + eps) + bias) @ v, chunk by chunk, with a hand-written backward.
 
@@ -256,18 +327,15 @@ class _ChunkedPresynapticAttention(torch.autograd.Function):
             dots = q[..., start:stop, :] @ key[..., :stop, :].transpose(-1, -2)  # bf16 under autocast
             d = dots.to(run.state_dtype)
             scale = run.state.logit_scale(stop, run.ema, run.knobs)  # state left by chunks before this one
-            s = torch.sigmoid(d)
-            u = s * scale
-            arg = u + run.eps
-            logits = torch.log(arg).mul_(run.lam).add_(d).add_(run.bias[..., start:stop, :stop])
-            p = torch.softmax(logits, dim=-1)
+            p, slope = run.chains.forward(d, scale, run.eps, run.lam, run.bias[..., start:stop, :stop])
             outs.append(p @ v[..., :stop, :])
             probs.append(p)
-            slopes.append(u.div_(arg).mul_(s.neg_().add_(1.0)).mul_(run.lam).add_(1.0))
+            slopes.append(slope)
             if run.training or stop < T:  # the last chunk's release would only matter to ema, when training
-                vals, idx, valid = _top_edges(d, run.allowed[start:stop, :stop], run.knobs.structure.attn_topk)
-                run.state.release(vals, idx, valid, stop, run.ema, run.knobs, run.noise)
-        ctx.chunk, ctx.matmul_dtype = Q, dots.dtype
+                vals, idx, valid = _top_edges(d, run.allowed[start:stop, start:stop], run.knobs.structure.attn_topk)
+                uniforms = run.noise.draw_edges(tuple(idx.shape)) if run.noise is not None else None
+                run.chains.release(run.state, vals, idx, valid, stop, run.ema, run.knobs, uniforms)
+        ctx.chunk, ctx.matmul_dtype, ctx.chains = Q, dots.dtype, run.chains
         ctx.probs, ctx.slopes = probs, slopes
         ctx.save_for_backward(q, key, v)
         return torch.cat(outs, dim=-2)
@@ -283,13 +351,11 @@ class _ChunkedPresynapticAttention(torch.autograd.Function):
             p, slope = ctx.probs[i], ctx.slopes[i]
             g = gm[..., start:stop, :]
             dp = (g @ vm[..., :stop, :].transpose(-1, -2)).to(p.dtype)
-            dlogits = p * dp
-            dlogits.addcmul_(p, dlogits.sum(-1, keepdim=True), value=-1.0)  # softmax backward
-            ddots = dlogits.mul_(slope).to(mm)
+            ddots = ctx.chains.backward(p, dp, slope).to(mm)
             dq[..., start:stop, :] = ddots @ km[..., :stop, :]
             dk[..., :stop, :] += ddots.transpose(-1, -2) @ qm[..., start:stop, :]
             dv[..., :stop, :] += p.to(mm).transpose(-1, -2) @ g
-        ctx.probs = ctx.slopes = None
+        ctx.probs = ctx.slopes = ctx.chains = None
         return dq.to(q.dtype), dk.to(key.dtype), dv.to(v.dtype), None
 
 
@@ -297,9 +363,10 @@ class _AttentionRun:
     """What one layer's chunked attention reads besides q, k, v: the state, knobs, noise and fixed masks."""
 
     def __init__(self, state: PresynapticState, ema: torch.Tensor, knobs: Knobs, noise: ReleaseNoise | None,
-                 training: bool, T: int, device: torch.device, dtype: torch.dtype):
+                 training: bool, T: int, device: torch.device, dtype: torch.dtype, chains: AttentionChains):
         Q = knobs.structure.presyn_chunk
         self.state, self.ema, self.knobs, self.noise, self.training = state, ema, knobs, noise, training
+        self.chains = chains
         self.chunk, self.state_dtype = Q, dtype
         positions = torch.arange(T, device=device)
         self.allowed = positions[None, :] <= positions[:, None]  # (T queries, T keys), causal
@@ -314,10 +381,11 @@ class PresynapticAttention(nn.Module):
     """Causal self-attention whose logits carry a log(release) term and a distance barrier
     (MODEL.md: presynaptic attention)."""
 
-    def __init__(self, mcfg: ModelConfig, population: int):
+    def __init__(self, mcfg: ModelConfig, population: int, chains: AttentionChains | None = None):
         super().__init__()
         C, D = mcfg.n_embd, mcfg.head_dim
         self.n_head, self.n_kv_head, self.head_dim = mcfg.n_head, mcfg.n_kv_head, D
+        self.chains = chains if chains is not None else AttentionChains(False, torch.device("cpu"))  # as written
         self.c_q = PopulationLinear(population, C, mcfg.n_head * D)
         self.c_k = PopulationLinear(population, C, mcfg.n_kv_head * D)
         self.c_v = PopulationLinear(population, C, mcfg.n_kv_head * D)
@@ -343,7 +411,8 @@ class PresynapticAttention(nn.Module):
         state_dtype = torch.promote_types(x.dtype, torch.float32)  # float32 under bf16 autocast, float64 in tests
         state = PresynapticState((P, B, H, T), k, x.device, state_dtype)
         ema = self.ema.clone()  # advanced chunk by chunk; written back only when training
-        run = _AttentionRun(state, ema, k, noise if self.training else None, self.training, T, x.device, state_dtype)
+        run = _AttentionRun(state, ema, k, noise if self.training else None, self.training, T, x.device, state_dtype,
+                            self.chains)
         y = _ChunkedPresynapticAttention.apply((q * (1.0 / math.sqrt(D))).contiguous(), key.contiguous(),
                                               v.contiguous(), run)
         if self.training:
@@ -429,7 +498,7 @@ class _ReluSquared(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (r,) = ctx.saved_tensors
-        return grad * (r + r)
+        return torch.mul(grad, r).mul_(2.0)  # = grad * 2r bit for bit, one fresh (P, N, 4C) tensor instead of two
 
 
 def relu_squared(h: torch.Tensor) -> torch.Tensor:
@@ -452,9 +521,9 @@ class SynapticMLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, mcfg: ModelConfig, rank: int, population: int):
+    def __init__(self, mcfg: ModelConfig, rank: int, population: int, chains: AttentionChains):
         super().__init__()
-        self.attn = PresynapticAttention(mcfg, population)
+        self.attn = PresynapticAttention(mcfg, population, chains)
         self.mlp = SynapticMLP(mcfg, rank, population)
 
     def forward(self, x, cos, sin, k: Knobs, noise: ReleaseNoise | None):
@@ -470,7 +539,7 @@ class SynapticGPT(nn.Module):
     """
 
     def __init__(self, mcfg: ModelConfig, configs: list[SynapticConfig], seeds: list[int],
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", compile: bool = False):
         super().__init__()
         if len(configs) != len(seeds):
             raise ValueError("configs and seeds must have one entry per member")
@@ -480,7 +549,8 @@ class SynapticGPT(nn.Module):
         self.knobs = Knobs(configs, device)
         rank = self.knobs.structure.post_rank
         self.wte = nn.Parameter(torch.empty(P, mcfg.vocab_size, mcfg.n_embd))
-        self.blocks = nn.ModuleList([Block(mcfg, rank, P) for _ in range(mcfg.n_layer)])
+        chains = AttentionChains(compile, device)  # shared by the layers (compiled once, not per layer)
+        self.blocks = nn.ModuleList([Block(mcfg, rank, P, chains) for _ in range(mcfg.n_layer)])
         self.lm_head = nn.Parameter(torch.empty(P, mcfg.n_embd, mcfg.vocab_size))
         D = mcfg.head_dim
         inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))

@@ -234,7 +234,8 @@ def _train_population(members, model_cfg, train_cfg, corpus, device, progress, o
         keep_freed_memory()  # step activations are reused instead of page-faulted anew (see hostmem.py)
     budget = plan_budget(model_cfg, train_cfg, members[0].synaptic.post_rank)
     stream = BatchStream(corpus, train_cfg.batch_size, model_cfg.sequence_len, train_cfg.data_seed, dev)
-    model = SynapticGPT(model_cfg, [m.synaptic for m in members], [m.seed for m in members], dev)
+    model = SynapticGPT(model_cfg, [m.synaptic for m in members], [m.seed for m in members], dev,
+                        compile=train_cfg.compile)
     model.train()
     opt = PopulationOptimizer(model, train_cfg.learning_rate, train_cfg.matrix_lr, train_cfg.weight_decay)
 

@@ -18,11 +18,12 @@ def test_gpu_check_smoke_on_cpu_writes_a_complete_report(tmp_path):
     out = tmp_path / "gpu.json"
     report = load_gpu_check().main(["--device", "cpu", "--smoke", "--steps", "3", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
-    assert [r["precision"] for r in report["invariance"]] == ["fp32", "tf32", "bf16"]
+    assert [r["precision"] for r in report["invariance"]] == ["fp32", "tf32", "bf16", "fp32+compile"]
     assert all(r["passed"] and r["bit_identical_repeat"] and r["all_ok"] for r in report["invariance"])
     rows = report["throughput"]
     assert [(r["population"], r["precision"], r["cuda_graph"]) for r in rows] == [
-        (1, "fp32", True), (2, "fp32", True), (2, "fp32", False), (2, "bf16", True), (2, "tf32", True)]
+        (1, "fp32", True), (2, "fp32", True), (2, "fp32", False), (2, "bf16", True), (2, "tf32", True),
+        (2, "fp32+compile", True), (2, "tf32+compile", True)]
     assert all(r["execution"] == "eager" for r in rows)  # CUDA graphs exist on CUDA only
     eq = report["graph_equivalence"]
     assert eq["bit_identical"] and eq["same_statuses"] and eq["statuses"] == ["ok"] * 4 + ["nan"]
@@ -34,7 +35,7 @@ def test_gpu_check_smoke_on_cpu_writes_a_complete_report(tmp_path):
     ratio = report["batched_vs_sequential"]
     assert ratio["population"] == 2 and len(ratio["batched_s"]) == len(ratio["sequential_s"]) == 2
     assert ratio["speedup_median"] > 0
-    assert [p["population"] for p in report["profile"]] == [2]
+    assert [(p["population"], p["precision"]) for p in report["profile"]] == [(2, "fp32"), (2, "fp32+compile")]
     ops = report["profile"][0]["top_ops"]
     assert ops and any(op["op"] == "aten::bmm" for op in ops) and all(0 <= op["share"] <= 1 for op in ops)
     assert report["errors"] == {} and report["skipped"] == []
@@ -49,7 +50,8 @@ def test_gpu_check_records_a_failing_phase_and_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "invariance", broken)
     monkeypatch.setattr(gpu_check, "profile_top_ops", broken)
     out = tmp_path / "gpu.json"
-    report = gpu_check.main(["--device", "cpu", "--smoke", "--steps", "2", "--out", str(out)])
+    report = gpu_check.main(["--device", "cpu", "--smoke", "--steps", "2", "--compile-populations", "",
+                             "--out", str(out)])
     assert report["errors"]["invariance_fp32"] == "RuntimeError: planted failure"
     assert set(report["errors"]) == {"invariance_fp32", "invariance_tf32", "invariance_bf16", "profile_P2"}
     assert len(report["throughput"]) == 5 and report["batched_vs_sequential"]["speedup_median"] > 0

@@ -1,0 +1,64 @@
+"""`TrainConfig.compile`: the attention's elementwise chains fused by torch.compile compute what the eager chains do.
+
+Fused code may round differently (no bit-for-bit promise), so the checks are at float-rounding tolerance: compiled
+against eager on a mixed population with stochastic release and a member made NaN at step 3, and a member alone
+against the same member inside the compiled population (batch invariance). The first compile of a process takes
+~10-20 s on CI's two cores, which is why these checks share one test.
+"""
+
+import argparse
+import math
+
+import pytest
+import torch
+from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+from nanochat import synaptic
+from nanochat.cli_args import add_training_args, config_args, train_config_from_args
+from nanochat.config import ConfigError, ModelConfig, TrainConfig
+from nanochat.trainer import train_population
+
+from tiny import TRAINER_MODEL, TRAINER_SYNAPTIC, mixed_population
+
+TOLERANCE = 1e-5
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+def test_compiled_chains_match_eager_and_keep_members_independent(corpus, nan_loss_at):
+    members = mixed_population(TRAINER_SYNAPTIC)[3:6]  # stochastic release on two, distinct seeds and knobs
+    nan_loss_at(member=2, step=3)
+
+    def train(compile: bool, population):
+        cfg = TrainConfig(batch_size=4, max_steps=5, warmup_steps=2, compile=compile)
+        return train_population(population, TRAINER_MODEL, cfg, corpus, "cpu")
+
+    torch._dynamo.reset()  # no compiled code from an earlier test counts
+    eager, fused = train(False, members), train(True, members)
+    for chain in (synaptic._logits_chain, synaptic._logits_chain_backward):  # compiled code exists, so it ran
+        assert _debug_get_cache_entry_list(chain.__code__), chain.__name__
+    assert [m.status for m in fused.members] == [m.status for m in eager.members] == ["ok", "ok", "nan"]
+    assert fused.members[2].failure_step == eager.members[2].failure_step == 3
+    for f, e in zip(fused.members[:2], eager.members[:2]):
+        assert len(f.losses) == len(e.losses) == 5
+        assert max(_rel(a, b) for a, b in zip(f.losses, e.losses)) <= TOLERANCE
+
+    alone = train(True, members[1:2]).members[0]
+    assert alone.ok and all(math.isfinite(x) for x in alone.losses)
+    assert max(_rel(a, b) for a, b in zip(alone.losses, fused.members[1].losses)) <= TOLERANCE
+
+
+def test_compile_is_a_checked_flag_that_round_trips_to_the_subprocess():
+    with pytest.raises(ConfigError, match="compile"):
+        TrainConfig(compile="yes")
+    parser = argparse.ArgumentParser()
+    add_training_args(parser)
+    assert train_config_from_args(parser.parse_args([]), None).compile is False
+    on = train_config_from_args(parser.parse_args(["--compile"]), None)
+    assert on.compile is True
+    flags = config_args(ModelConfig(), on)
+    assert "--compile" in flags and "--no-cuda-graph" not in flags
+    assert train_config_from_args(parser.parse_args(flags[flags.index("--batch-size"):]), None) == on
+    assert "--compile" not in config_args(ModelConfig(), TrainConfig())
