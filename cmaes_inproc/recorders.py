@@ -149,7 +149,7 @@ class ReportWriter(Recorder):
                    if self.plots_enabled else {})
         atomic_write_text(layout.summary_md, report.render_cma_summary(
             run_id=run.run_id, spec=run.spec, verdict=verdict, best=result.best, records=result.records,
-            per_gen=result.best_per_generation, budget=run.budget, layout=layout, figures=figures,
+            per_gen=result.best_per_generation, budget=run.budget, corpus=run.corpus, layout=layout, figures=figures,
             seed_runs=run.history.seed_runs))
 
     def _sensitivity(self, result: PilotResult) -> None:
@@ -159,7 +159,8 @@ class ReportWriter(Recorder):
         figures = (plots.sensitivity_plots(layout, sweep.rows, sweep.stats.floor, len(sweep.seeds))
                    if self.plots_enabled else {})
         atomic_write_text(layout.summary_md, report.render_sensitivity_summary(
-            run_id=run.run_id, spec=run.spec, sweep=sweep, budget=run.budget, layout=layout, figures=figures))
+            run_id=run.run_id, spec=run.spec, sweep=sweep, budget=run.budget, corpus=run.corpus, layout=layout,
+            figures=figures))
 
 
 @dataclass(frozen=True)

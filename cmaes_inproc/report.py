@@ -54,6 +54,14 @@ def _budget_line(budget) -> str:
             f"{budget.flops_per_token_est:,} FLOPs/token)")
 
 
+def _data_lines(corpus) -> list[str]:
+    """Which text the scores come from: the embedded corpus is the running Python's standard library, so two
+    machines with different Pythons train on different text and their scores differ (~6% at the default budget)."""
+    if corpus is None:
+        return []
+    return [f"- data: {corpus.name} (sha256 {corpus.sha256[:12]}); compare scores only between runs on the same data"]
+
+
 def _heldout_lines(verdict: Verdict) -> list[str]:
     """The unbiased number beside the selection-biased one, and two sentences on why both are shown."""
     return [
@@ -85,7 +93,7 @@ def _seed_table(records, seed_runs) -> list[str]:
             "", "| gen | cand | score | std | per seed |", "|---:|---:|---:|---:|---|", *rows]
 
 
-def render_cma_summary(*, run_id, spec, verdict: Verdict, best, records, per_gen: Sequence[float], budget,
+def render_cma_summary(*, run_id, spec, verdict: Verdict, best, records, per_gen: Sequence[float], budget, corpus,
                        layout: RunLayout, figures: dict, seed_runs=None) -> str:
     n_eval = len(records)
     by_evaluator: dict[str, int] = {}
@@ -149,7 +157,7 @@ def render_cma_summary(*, run_id, spec, verdict: Verdict, best, records, per_gen
               f"- {spec.generations} generations x {spec.population_size} candidates, sigma {spec.sigma:g} "
               f"(fraction of each knob's range), search seed {spec.search_seed}, eval seed {spec.eval_seed}, "
               f"noise seeds {spec.noise_seeds}, score = {score_description(spec.score_tail, budget, spec)}",
-              _budget_line(budget),
+              _budget_line(budget), *_data_lines(corpus),
               f"- evaluators: {', '.join(f'{k} x{v}' for k, v in sorted(by_evaluator.items())) or 'none'}",
               "", "| generation | best score | best so far |", "|---:|---:|---:|"]
     for g, (value, running) in enumerate(zip(per_gen, best_so_far(list(per_gen)))):
@@ -185,7 +193,7 @@ def sensitivity_floor_line(sweep: SensitivityResult) -> str:
             f"±{format_pct(FLOOR_MULTIPLE * floor_se)}")
 
 
-def render_sensitivity_summary(*, run_id, spec, sweep: SensitivityResult, budget, layout: RunLayout,
+def render_sensitivity_summary(*, run_id, spec, sweep: SensitivityResult, budget, corpus, layout: RunLayout,
                                figures: dict) -> str:
     verdicts = {r.knob: r.verdict for r in sweep.rows}
     by_verdict = {v: [k for k, kv in verdicts.items() if kv is v] for v in Liveness}
@@ -207,7 +215,7 @@ def render_sensitivity_summary(*, run_id, spec, sweep: SensitivityResult, budget
         f"- {sensitivity_floor_line(sweep)}",
         "- baseline score per seed: " + ", ".join(f"{s}: {format_number(sweep.baseline_scores[s])}" for s in seeds)
         + f" (seed noise, the relative std across seeds: {format_pct(sweep.seed_noise)})",
-        _budget_line(budget),
+        _budget_line(budget), *_data_lines(corpus),
         "- knobs with no effect at all (bit-identical scores at both edges on every seed): "
         + (", ".join(inert) or "none"),
         "- failed evaluations (left out of their arm's statistics): "

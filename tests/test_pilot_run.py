@@ -99,6 +99,8 @@ def test_seed_example_writes_the_full_layout(seed_example):
     summary_md = (root / "summary.md").read_text()
     verdict = json.loads((root / "verdict.json").read_text())
     assert f"## Verdict: **{verdict['label']}**" in summary_md
+    data = run["corpus"]  # which text the scores come from (the embedded corpus differs between Pythons)
+    assert f"- data: {data['name']} (sha256 {data['sha256'][:12]})" in summary_md
     for needle in ("baseline score", "confirmed improvement", "seed noise", "failure rate", "Paired comparison",
                    "Pathological checks", "![Best score per generation](plots/best_per_generation.png)"):
         assert needle in summary_md, needle
@@ -346,6 +348,7 @@ def test_sensitivity_sweep_trains_every_arm_on_common_seeds_and_resumes(tmp_path
     summary = (root / "summary.md").read_text()
     assert "chaos floor" in summary and "at least 3 standard errors" in summary
     assert "failed evaluations (left out of their arm's statistics): none" in summary
+    assert "- data: stdlib:" in summary and "compare scores only between runs on the same data" in summary
     assert (root / "plots/sensitivity.png").is_file()
 
     kept = (root / "controls.csv").read_text().splitlines(keepends=True)[:-40]  # as if killed 40 evaluations early
