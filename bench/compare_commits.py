@@ -26,10 +26,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# Runs inside the measured checkout: argv = root, population, steps, threads.
+# Runs inside the measured checkout: argv = root, population, steps, threads, compile (0/1).
 WORKER = """
 import json, sys, time
 root, population, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+options = {"compile": True} if sys.argv[5] == "1" else {}  # a checkout from before TrainConfig.compile has no such field
 sys.path[:0] = [root, root + "/bench"]
 import torch
 torch.set_num_threads(threads)
@@ -40,7 +41,7 @@ from nanochat.trainer import train_population
 corpus = load_corpus()
 marks = [(time.perf_counter(), time.process_time())]
 record = lambda step, total: marks.append((time.perf_counter(), time.process_time()))
-result = train_population(candidates(population), BASELINE_MODEL, TrainConfig(max_steps=steps, warmup_steps=1), corpus,
+result = train_population(candidates(population), BASELINE_MODEL, TrainConfig(max_steps=steps, warmup_steps=1, **options), corpus,
                           progress=record)
 print(json.dumps({"step_times_s": [b[0] - a[0] for a, b in zip(marks, marks[1:])],
                   "step_cpu_s": [b[1] - a[1] for a, b in zip(marks, marks[1:])], "wall_s": marks[-1][0] - marks[0][0],
@@ -48,9 +49,10 @@ print(json.dumps({"step_times_s": [b[0] - a[0] for a, b in zip(marks, marks[1:])
 """
 
 
-def measure(root: Path, population: int, steps: int, threads: int) -> dict:
+def measure(root: Path, population: int, steps: int, threads: int, compile: bool = False) -> dict:
     env = {**os.environ, "PYTHONPATH": str(root)}
-    out = subprocess.run([sys.executable, "-c", WORKER, str(root), str(population), str(steps), str(threads)],
+    out = subprocess.run([sys.executable, "-c", WORKER, str(root), str(population), str(steps), str(threads),
+                          str(int(compile))],
                          cwd=root, env=env, check=True, capture_output=True, text=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     row["median_step_s"] = statistics.median(row["step_times_s"][1:])
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=6, help="steps per process; the first is not timed")
     ap.add_argument("--repeats", type=int, default=5, help="processes per checkout")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads in each process")
+    ap.add_argument("--after-compile", action="store_true",
+                    help="train checkout B with TrainConfig(compile=True) (its first, compiling step is not timed)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     roots = {"before": Path(args.before).resolve(), "after": Path(args.after).resolve()}
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     for r in range(args.repeats):
         for arm in (("before", "after") if r % 2 == 0 else ("after", "before")):
-            row = measure(roots[arm], args.population, args.steps, args.threads)
+            row = measure(roots[arm], args.population, args.steps, args.threads, arm == "after" and args.after_compile)
             rows[arm].append(row)
             print(json.dumps({"round": r, "arm": arm, "member_steps_per_s": round(row["member_steps_per_s"], 3),
                               "median_step_s": round(row["median_step_s"], 3),
@@ -100,6 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     la, lb = rows["before"][0]["losses"], rows["after"][0]["losses"]
     report = {
         "machine": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "threads": args.threads},
+        "after_compile": args.after_compile,
         "torch": rows["after"][0]["torch"], "population": args.population, "steps": args.steps,
         "repeats": args.repeats, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "roots": {k: str(v) for k, v in roots.items()}, "before": a, "after": b,
