@@ -203,8 +203,9 @@ def _top_edges(dots: torch.Tensor, own: torch.Tensor, topk: int):
     and skipping the sort makes top-k 7% cheaper on CPU). Returns (vals, idx, valid) of shape (..., Qc, K).
 
     `dots` (..., Qc, keys) is overwritten. A chunk's queries see every earlier key, so only its last Qc keys (the
-    chunk's own positions) need the causal mask `own` (Qc, Qc): masking that block in place instead of copying
-    the whole (..., Qc, keys) tensor saved a pass over it (~3% of a CPU step at P = 8).
+    chunk's own positions) need the causal mask `own` (Qc, Qc): that block is masked in place instead of masking a
+    copy of the whole (..., Qc, keys) tensor. (`dots` is free to overwrite: the logits chain has already read it and
+    the backward keeps only the softmax and the slope.)
     """
     dots[..., -dots.shape[-2]:].masked_fill_(~own, float("-inf"))
     vals, idx = dots.topk(min(topk, dots.shape[-1]), dim=-1, sorted=False)
@@ -277,9 +278,9 @@ class AttentionChains:
     Run op by op, each chain is many passes over small tensors: the logits chain and its backward ~10 passes each
     over a chunk's (..., Qc, keys) tensors, the release step ~90 ops per chunk. Inductor fuses each into a few loops
     (C++/OpenMP on CPU, Triton on CUDA). The release step is compiled on CUDA only: on 2 CPU cores it compiled for
-    69 s and ran no faster. Fused code rounds a little differently (~1e-7 relative per step), and compiling costs
-    tens of seconds once per process and population size (shapes are dynamic; each chunk size shares one graph),
-    so it is an option, not the default.
+    69 s and ran no faster. Fused code may round differently from the eager ops (tests allow 1e-5 over 5 steps), and
+    compiling costs 10-50 s per process on 2 CPU cores (shapes are dynamic: every chunk and population size shares a
+    graph, except P = 1 and a last chunk that spans all keys), so it is an option, not the default.
     """
 
     def __init__(self, compiled: bool, device: torch.device):
