@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from nanochat.config import ModelConfig, SynapticConfig
 from nanochat.population import Knobs, bcast, member_sum
-from nanochat.synaptic import (PresynapticAttention, ReleaseNoise, _dense_sum_at_keys, _rotary, _sum_at_keys,
-                               release_probability)
+from nanochat.synaptic import (AttentionChains, PresynapticAttention, ReleaseNoise, _dense_sum_at_keys, _rotary,
+                               _sum_at_keys, release_probability)
 
 
 def reference_release(state: dict, dots, allowed, ema, k: Knobs, noise) -> None:
@@ -140,6 +140,27 @@ def test_chunked_attention_matches_the_reference_in_float64(chunk, training):
         assert not torch.equal(attn.ema, ema_before)
     else:
         assert torch.equal(attn.ema, ema_before), "ema only moves while training"
+
+
+def test_compiled_chains_match_the_reference_in_float64():
+    """The torch.compile'd logits chain and its backward (TrainConfig.compile): values, gradients and ema against
+    the reference, in training with stochastic release, at a chunk size that does not divide T."""
+    attn, knobs, cos, sin, x, seeds = make_layer(24)
+    attn.chains = AttentionChains(True, x.device)
+    attn.train()
+    fracs = knobs.host["stochastic_train_frac"]
+    params = [x] + [lin.weight for lin in (attn.c_q, attn.c_k, attn.c_v, attn.c_proj)]
+    ema_before = attn.ema.clone()
+
+    out = attn(x, cos, sin, knobs, ReleaseNoise(seeds, fracs, x.device))
+    got = torch.autograd.grad((out * out.detach().sin()).sum(), params)
+    ref, ref_ema = reference_attention(attn, ema_before, x, cos, sin, knobs, ReleaseNoise(seeds, fracs, x.device), True)
+    want = torch.autograd.grad((ref * ref.detach().sin()).sum(), params)
+
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(attn.ema, ref_ema, rtol=1e-12, atol=0)
 
 
 def test_release_terms_change_the_output():
