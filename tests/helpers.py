@@ -1,5 +1,7 @@
-"""What several test modules share besides fixtures (those are in conftest.py): one torch thread, run files."""
+"""What several test modules share besides fixtures (those are in conftest.py): one torch thread, run files, the
+training flags' parser."""
 
+import argparse
 import csv
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,15 @@ def one_thread():
             yield
         finally:
             torch.set_num_threads(before)
+
+
+def parse_training_flags(argv: list[str]):
+    """A TrainConfig from training flags, as both CLIs build it (nanochat/cli_args.py)."""
+    from nanochat.cli_args import add_training_args, train_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_training_args(parser)
+    return train_config_from_args(parser.parse_args(argv), None)
 
 
 def run_dir(artifacts: Path, run_id: str) -> Path:

@@ -114,12 +114,8 @@ def make_layer(chunk: int, T: int = 64):
     return attn, Knobs(configs, torch.device("cpu")), angles.cos(), angles.sin(), x, [5, 9, 5]
 
 
-@pytest.mark.parametrize("chunk", [8, 16, 24, 64])
-@pytest.mark.parametrize("training", [True, False])
-def test_chunked_attention_matches_the_reference_in_float64(chunk, training):
-    """Values, input and weight gradients, and the running mean, at chunk sizes that do and do not divide T; in
-    training with stochastic release on two members (both sides draw the same uniforms in the same order)."""
-    attn, knobs, cos, sin, x, seeds = make_layer(chunk)
+def check_against_reference(attn, knobs, cos, sin, x, seeds, training: bool) -> None:
+    """The layer's output, its input and weight gradients and its running mean against the float64 reference."""
     attn.train(training)
     fracs = knobs.host["stochastic_train_frac"]
     params = [x] + [lin.weight for lin in (attn.c_q, attn.c_k, attn.c_v, attn.c_proj)]
@@ -142,25 +138,20 @@ def test_chunked_attention_matches_the_reference_in_float64(chunk, training):
         assert torch.equal(attn.ema, ema_before), "ema only moves while training"
 
 
+@pytest.mark.parametrize("chunk", [8, 16, 24, 64])
+@pytest.mark.parametrize("training", [True, False])
+def test_chunked_attention_matches_the_reference_in_float64(chunk, training):
+    """Values, input and weight gradients, and the running mean, at chunk sizes that do and do not divide T; in
+    training with stochastic release on two members (both sides draw the same uniforms in the same order)."""
+    check_against_reference(*make_layer(chunk), training)
+
+
 def test_compiled_chains_match_the_reference_in_float64():
-    """The torch.compile'd logits chain and its backward (TrainConfig.compile): values, gradients and ema against
-    the reference, in training with stochastic release, at a chunk size that does not divide T."""
-    attn, knobs, cos, sin, x, seeds = make_layer(24)
-    attn.chains = AttentionChains(True, x.device)
-    attn.train()
-    fracs = knobs.host["stochastic_train_frac"]
-    params = [x] + [lin.weight for lin in (attn.c_q, attn.c_k, attn.c_v, attn.c_proj)]
-    ema_before = attn.ema.clone()
-
-    out = attn(x, cos, sin, knobs, ReleaseNoise(seeds, fracs, x.device))
-    got = torch.autograd.grad((out * out.detach().sin()).sum(), params)
-    ref, ref_ema = reference_attention(attn, ema_before, x, cos, sin, knobs, ReleaseNoise(seeds, fracs, x.device), True)
-    want = torch.autograd.grad((ref * ref.detach().sin()).sum(), params)
-
-    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11)
-    torch.testing.assert_close(attn.ema, ref_ema, rtol=1e-12, atol=0)
+    """The torch.compile'd logits chain and its backward (TrainConfig.compile), in training with stochastic release,
+    at a chunk size that does not divide T."""
+    attn, *rest = make_layer(24)
+    attn.chains = AttentionChains(True, torch.device("cpu"))
+    check_against_reference(attn, *rest, training=True)
 
 
 def test_release_terms_change_the_output():

@@ -6,7 +6,6 @@ against the same member inside the compiled population (batch invariance). The f
 ~10-20 s on CI's two cores, which is why these checks share one test.
 """
 
-import argparse
 import math
 
 import pytest
@@ -14,10 +13,11 @@ import torch
 from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
 from nanochat import synaptic
-from nanochat.cli_args import add_training_args, config_args, train_config_from_args
+from nanochat.cli_args import config_args
 from nanochat.config import ConfigError, ModelConfig, TrainConfig
 from nanochat.trainer import train_population
 
+from helpers import parse_training_flags
 from tiny import TRAINER_MODEL, TRAINER_SYNAPTIC, mixed_population
 
 TOLERANCE = 1e-5
@@ -53,12 +53,10 @@ def test_compiled_chains_match_eager_and_keep_members_independent(corpus, nan_lo
 def test_compile_is_a_checked_flag_that_round_trips_to_the_subprocess():
     with pytest.raises(ConfigError, match="compile"):
         TrainConfig(compile="yes")
-    parser = argparse.ArgumentParser()
-    add_training_args(parser)
-    assert train_config_from_args(parser.parse_args([]), None).compile is False
-    on = train_config_from_args(parser.parse_args(["--compile"]), None)
+    assert parse_training_flags([]).compile is False
+    on = parse_training_flags(["--compile"])
     assert on.compile is True
-    flags = config_args(ModelConfig(), on)
+    flags = config_args(ModelConfig(), on)  # what a subprocess evaluation is given
     assert "--compile" in flags and "--no-cuda-graph" not in flags
-    assert train_config_from_args(parser.parse_args(flags[flags.index("--batch-size"):]), None) == on
+    assert parse_training_flags(flags[flags.index("--batch-size"):]) == on
     assert "--compile" not in config_args(ModelConfig(), TrainConfig())

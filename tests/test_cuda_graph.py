@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from nanochat.cli_args import add_training_args, train_config_from_args
 from nanochat.config import ConfigError, Member, ModelConfig, SynapticConfig, TrainConfig
 from nanochat.trainer import train_population
 
+from helpers import parse_training_flags
 from tiny import TRAINER_MODEL as TINY
 from tiny import TRAINER_SYNAPTIC, mixed_population as mixed_eight
 
@@ -37,12 +37,8 @@ def test_cuda_graph_flag_is_ignored_on_cpu(corpus, nan_loss_at):
 def test_cuda_graph_config_and_cli_flag():
     with pytest.raises(ConfigError, match="cuda_graph"):
         TrainConfig(cuda_graph="yes")
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_training_args(parser)
-    assert train_config_from_args(parser.parse_args([]), None).cuda_graph is True
-    assert train_config_from_args(parser.parse_args(["--no-cuda-graph"]), None).cuda_graph is False
+    assert parse_training_flags([]).cuda_graph is True
+    assert parse_training_flags(["--no-cuda-graph"]).cuda_graph is False
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
