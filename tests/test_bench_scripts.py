@@ -1,4 +1,4 @@
-"""The prepared GPU check runs end to end (on CPU, tiny model), so a lent GPU's minutes are not lost to a crash."""
+"""The prepared GPU scripts run end to end (on CPU, tiny model), so a lent GPU's minutes are not lost to a crash."""
 
 import importlib.util
 import json
@@ -7,8 +7,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def load_gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", BENCH / "gpu_check.py")
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -16,7 +16,7 @@ def load_gpu_check():
 
 def test_gpu_check_smoke_on_cpu_writes_a_complete_report(tmp_path):
     out = tmp_path / "gpu.json"
-    report = load_gpu_check().main(["--device", "cpu", "--smoke", "--steps", "3", "--out", str(out)])
+    report = load_bench("gpu_check").main(["--device", "cpu", "--smoke", "--steps", "3", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert [r["precision"] for r in report["invariance"]] == ["fp32", "tf32", "bf16", "fp32+compile"]
     assert all(r["passed"] and r["bit_identical_repeat"] and r["all_ok"] for r in report["invariance"])
@@ -42,7 +42,7 @@ def test_gpu_check_smoke_on_cpu_writes_a_complete_report(tmp_path):
 
 
 def test_gpu_check_records_a_failing_phase_and_goes_on(tmp_path, monkeypatch):
-    gpu_check = load_gpu_check()
+    gpu_check = load_bench("gpu_check")
 
     def broken(*args, **kwargs):
         raise RuntimeError("planted failure")
@@ -59,6 +59,15 @@ def test_gpu_check_records_a_failing_phase_and_goes_on(tmp_path, monkeypatch):
 
 
 def test_gpu_check_skips_phases_past_its_budget(tmp_path):
-    report = load_gpu_check().main(["--device", "cpu", "--smoke", "--steps", "2", "--budget-s", "0"])
+    report = load_bench("gpu_check").main(["--device", "cpu", "--smoke", "--steps", "2", "--budget-s", "0"])
     assert {"graph_equivalence", "invariance_fp32", "batched_vs_sequential"} <= set(report["skipped"])
     assert "throughput" not in report and report["errors"] == {}
+
+
+def test_attention_probe_smoke_on_cpu():
+    report = load_bench("attention_probe").main(["--device", "cpu", "--smoke", "--repeats", "1"])
+    assert report["population"] == 2 and report["two_stage_same_set"] is True
+    for part in ("eager", "compiled"):
+        assert report[f"layer_{part}_fwd_s"] > 0 and report[f"layer_{part}_bwd_s"] > 0
+    assert set(report["topk_s"]) == {"topk", "two_stage", "two_stage_sorted_by_key", "sort_rows", "rounds_of_max"}
+    assert "flex_fwd_bwd_s" not in report  # CUDA only
