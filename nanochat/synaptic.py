@@ -48,6 +48,8 @@ class ReleaseNoise:
             torch.rand(shape, generator=g, device=self.device) if active else torch.zeros(shape, device=self.device)
             for g, active in zip(self.generators, self.group_active)
         ]
+        if len(per_group) == 1:  # one seed (a pilot's search populations): a broadcast view, not P copies
+            return per_group[0].unsqueeze(0).expand(len(self.group_of_member), *shape)
         return torch.stack(per_group).index_select(0, self.group_of_member)
 
     def draw_edges(self, edges: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -127,7 +129,9 @@ class PresynapticState:
             rows, u = uniforms  # (P, B, H, Qc), (P, B, H, Qc, K, 8)
             n = rrp_e.clamp(0, _MAX_BINOMIAL_N).round()
             slot = torch.arange(_MAX_BINOMIAL_N, device=vals.device)
-            draws = ((u < p_e.unsqueeze(-1)) & (slot < n.unsqueeze(-1))).sum(-1).to(r_e.dtype)
+            hits = u < p_e.unsqueeze(-1)
+            hits &= slot < n.unsqueeze(-1)
+            draws = hits.sum(-1, dtype=r_e.dtype)  # counts <= 8: exact in any float type
             stochastic_row = (rows < bcast(k.stochastic_train_frac, 4)).unsqueeze(-1)
             r_e = torch.where(stochastic_row, draws, r_e)
         r_e = r_e * valid
