@@ -23,19 +23,20 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
+import sys
 import time
 
 import torch
 
-from nanochat.config import ModelConfig, SynapticConfig
-from nanochat.population import Knobs
-from nanochat.synaptic import AttentionChains, PresynapticAttention, PresynapticState, ReleaseNoise, _top_edges
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import BASELINE_MODEL, sync  # noqa: E402
 
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+from nanochat.config import ModelConfig, SynapticConfig  # noqa: E402
+from nanochat.population import Knobs  # noqa: E402
+from nanochat.synaptic import (AttentionChains, PresynapticAttention, PresynapticState, ReleaseNoise,  # noqa: E402
+                               _top_edges)
 
 
 def median_s(fn, dev: torch.device, repeats: int) -> float:
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     dev = torch.device(args.device)
     population = 2 if args.smoke else args.population
     model = (ModelConfig(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, sequence_len=64) if args.smoke
-             else ModelConfig())
+             else BASELINE_MODEL)
     report = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
               "population": population, "threads": torch.get_num_threads(), "model": model.to_dict(),
               **probe(dev, population, args.repeats, model)}

@@ -42,9 +42,10 @@ def candidates(n: int, seed: int = 123) -> list[Member]:
     return out
 
 
-def sync() -> None:
-    if DEVICE.startswith("cuda"):
-        torch.cuda.synchronize()
+def sync(device: torch.device | str = DEVICE) -> None:
+    """Wait for the device's queued work (a no-op on CPU), so that a timer measures it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def time_batched(members: list[Member], corpus, steps: int = STEPS) -> float:

@@ -28,7 +28,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import BASELINE_MODEL, candidates, nan_loss_at  # noqa: E402
+from common import BASELINE_MODEL, candidates, nan_loss_at, sync  # noqa: E402
 
 from nanochat.config import Member, ModelConfig, SynapticConfig, TrainConfig  # noqa: E402
 from nanochat.data import load_corpus  # noqa: E402
@@ -47,11 +47,6 @@ INVARIANCE_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-3, "bf16": 1e-2, "fp32+compile"
 SETTINGS = {"fp32": ("fp32", "highest", False), "tf32": ("fp32", "high", False), "bf16": ("bf16", "highest", False),
             "fp32+compile": ("fp32", "highest", True), "tf32+compile": ("fp32", "high", True)}
 SMOKE_MODEL = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64)
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def invariance(corpus, dev: torch.device, precision: str, steps: int) -> dict:
