@@ -1,5 +1,5 @@
 """What several test modules share besides fixtures (those are in conftest.py): one torch thread, run files, the
-training flags' parser."""
+training flags' parser, the rotary embedding as MODEL.md writes it."""
 
 import argparse
 import csv
@@ -40,3 +40,10 @@ def run_dir(artifacts: Path, run_id: str) -> Path:
 def read_csv(path: Path) -> list[dict]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding on half-rows, the plain form: [x1 cos - x2 sin, x1 sin + x2 cos]."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)

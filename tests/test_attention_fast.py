@@ -13,9 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import rotary
 from nanochat.config import ModelConfig, SynapticConfig
 from nanochat.population import Knobs, bcast, member_sum
-from nanochat.synaptic import (AttentionChains, PresynapticAttention, ReleaseNoise, _dense_sum_at_keys, _rotary,
+from nanochat.synaptic import (AttentionChains, PresynapticAttention, ReleaseNoise, _dense_sum_at_keys,
                                _sum_at_keys, release_probability)
 
 
@@ -69,8 +70,8 @@ def reference_attention(attn: PresynapticAttention, ema, x, cos, sin, k: Knobs, 
     H, D, Q = attn.n_head, attn.head_dim, k.structure.presyn_chunk
     flat = x.reshape(P, B * T, C)
     heads = lambda t: t.view(P, B, T, H, D).transpose(2, 3)  # noqa: E731
-    q = _rotary(F.rms_norm(heads(attn.c_q(flat)), (D,)), cos, sin) / math.sqrt(D)
-    key = _rotary(F.rms_norm(heads(attn.c_k(flat)), (D,)), cos, sin)
+    q = rotary(F.rms_norm(heads(attn.c_q(flat)), (D,)), cos, sin) / math.sqrt(D)
+    key = rotary(F.rms_norm(heads(attn.c_k(flat)), (D,)), cos, sin)
     v = heads(attn.c_v(flat))
     full = lambda name: bcast(getattr(k, name), 4).double().expand(P, B, H, T).clone()  # noqa: E731
     state = {"c": torch.zeros(P, B, H, T, dtype=torch.float64), "rrp": full("init_rrp"), "res": full("init_reserve"),

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from nanochat.config import ModelConfig, SynapticConfig
 from nanochat.hostmem import keep_freed_memory
 from nanochat.population import Knobs
-from nanochat.synaptic import PresynapticAttention, SynapticLinear, _one_hot_sum, _rotary, _TokenLookup, relu_squared
+from helpers import rotary
+from nanochat.synaptic import (PresynapticAttention, SynapticLinear, _binomial_draws, _one_hot_sum, _stochastic_release,
+                               _TokenLookup, norm_rotary, relu_squared)
 
 
 def test_synaptic_linear_folded_weight_matches_the_spec_formula():
@@ -66,6 +68,60 @@ def test_token_lookup_matches_index_select_values_and_gradients():
     torch.testing.assert_close(_one_hot_sum(tokens, grad, 11), want, rtol=1e-12, atol=1e-12)
 
 
+def _norm_rotary_reference(raw, heads, cos, sin, scale):
+    """qk-norm, rotary, scale as written before norm_rotary: F.rms_norm, half-row rotary, autograd throughout."""
+    P, N, HD = raw.shape
+    T, D = cos.shape[0], HD // heads
+    return (rotary(F.rms_norm(raw.view(P, N // T, T, heads, D).transpose(2, 3), (D,)), cos, sin) * scale).contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("D,scale", [(32, 1 / 32**0.5), (24, 1.0)])
+def test_norm_rotary_matches_autograd_of_the_plain_form(dtype, D, scale):
+    """Values and gradients of the fused qk-norm + rotary: equal to the plain form's in float64, and bit for bit in
+    float32 (its backward is written to reproduce autograd's rounding, so training results do not move)."""
+    torch.manual_seed(3)
+    P, B, T, H = 3, 2, 16, 4
+    angles = torch.outer(torch.arange(T, dtype=dtype), 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=dtype) / D)))
+    cos, sin = angles.cos(), angles.sin()
+    raw = (torch.randn(P, B * T, H * D, dtype=dtype) * 3).requires_grad_()
+    weights = torch.randn(P, B, H, T, D, dtype=dtype)
+    got = norm_rotary(raw, H, cos, sin, scale)
+    (got_grad,) = torch.autograd.grad((got * weights).sum(), raw)
+    want = _norm_rotary_reference(raw, H, cos, sin, scale)
+    (want_grad,) = torch.autograd.grad((want * weights).sum(), raw)
+    assert got.is_contiguous() and got.shape == (P, B, H, T, D)
+    if dtype == torch.float32:
+        assert torch.equal(got, want) and torch.equal(got_grad, want_grad)
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-12, atol=1e-12)
+        assert torch.autograd.gradcheck(lambda r: norm_rotary(r, H, cos, sin, scale), (raw[:1, :T].detach().requires_grad_(),))
+
+
+def test_stochastic_release_counts_only_the_selected_rows_with_the_same_bits():
+    """The CPU form (count the stochastic rows only) and the GPU form (count every row, keep the stochastic ones)
+    give the same release, and each count is a Binomial(n, p) draw: n uniforms below p."""
+    torch.manual_seed(4)
+    P, B, H, Q, K = 3, 2, 2, 5, 4
+    rrp = torch.rand(P, B, H, Q, K) * 10 - 1  # n = round(clamp(rrp, 0, 8)), including 0 and 8
+    p = torch.rand(P, B, H, Q, K)
+    r_e = p * rrp
+    uniforms = (torch.rand(P, B, H, Q), torch.rand(P, B, H, Q, K, 8))
+    frac = torch.tensor([0.0, 0.5, 1.0]).view(P, 1, 1, 1)  # no row, about half the rows, every row
+    selected = _stochastic_release(r_e, rrp, p, uniforms, frac, select_rows=True)
+    dense = _stochastic_release(r_e, rrp, p, uniforms, frac, select_rows=False)
+    assert torch.equal(selected, dense)
+    assert torch.equal(selected[0], r_e[0])  # fraction 0: the expected release, untouched
+    n = rrp.clamp(0, 8).round()
+    counts = ((uniforms[1] < p.unsqueeze(-1)) & (torch.arange(8) < n.unsqueeze(-1))).sum(-1).float()
+    assert torch.equal(selected[2], counts[2]) and torch.equal(_binomial_draws(rrp, p, uniforms[1]), counts)
+    stochastic = uniforms[0][1] < 0.5
+    assert 0 < stochastic.sum() < stochastic.numel()
+    assert torch.equal(selected[1][stochastic], counts[1][stochastic])
+    assert torch.equal(selected[1][~stochastic], r_e[1][~stochastic])
+
+
 @pytest.mark.parametrize("chunk", [16, 24, 64])
 def test_chunked_attention_without_release_terms_is_causal_softmax_attention(chunk):
     """With lambda_loge = 0 and barrier_strength = 0 the presynaptic terms vanish, so the chunked loop (including
@@ -89,8 +145,8 @@ def test_chunked_attention_without_release_terms_is_causal_softmax_attention(chu
 
     flat = x.reshape(P, B * T, C)
     heads = lambda t: t.view(P, B, T, H, D).transpose(2, 3)  # noqa: E731
-    q = _rotary(F.rms_norm(heads(attn.c_q(flat)), (D,)), cos, sin)
-    k = _rotary(F.rms_norm(heads(attn.c_k(flat)), (D,)), cos, sin)
+    q = rotary(F.rms_norm(heads(attn.c_q(flat)), (D,)), cos, sin)
+    k = rotary(F.rms_norm(heads(attn.c_k(flat)), (D,)), cos, sin)
     y = F.scaled_dot_product_attention(q, k, heads(attn.c_v(flat)), is_causal=True)
     ref = attn.c_proj(y.transpose(2, 3).reshape(P, B * T, C)).view(P, B, T, C)
     (want,) = torch.autograd.grad((ref * ref.detach().sin()).sum(), x)
