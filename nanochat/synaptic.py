@@ -368,7 +368,6 @@ class AttentionChains:
     """
 
     def __init__(self, compiled: bool, device: torch.device):
-        self.compiled = compiled
         self.forward, self.backward, self.release = _logits_chain, _logits_chain_backward, PresynapticState.release
         if compiled:
             self.forward = _compiled(_logits_chain)
