@@ -35,8 +35,8 @@ from common import BASELINE_MODEL, sync  # noqa: E402
 
 from nanochat.config import ModelConfig, SynapticConfig  # noqa: E402
 from nanochat.population import Knobs  # noqa: E402
-from nanochat.synaptic import (AttentionChains, PresynapticAttention, PresynapticState, ReleaseNoise,  # noqa: E402
-                               _top_edges)
+from nanochat.edges import top_edges  # noqa: E402
+from nanochat.synaptic import AttentionChains, PresynapticAttention, PresynapticState, ReleaseNoise  # noqa: E402
 
 
 def median_s(fn, dev: torch.device, repeats: int) -> float:
@@ -120,7 +120,7 @@ def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig) -> dict:
                 stop = min(start + Q, T)
                 state.logit_scale(stop, ema, knobs)
                 dots = q[..., start:stop, :] @ k[..., :stop, :].transpose(-1, -2)
-                vals, idx, valid = _top_edges(dots, allowed[start:stop, start:stop], K)
+                vals, idx, valid = top_edges(dots, allowed[start:stop, start:stop], K)
                 release(state, vals, idx, valid, stop, ema, knobs, noise.draw_edges(tuple(idx.shape)))
 
         out["state_loop_eager_s"] = median_s(lambda: state_loop(PresynapticState.release), dev, repeats)

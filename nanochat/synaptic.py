@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig, SynapticConfig
+from .edges import top_edges
 from .population import Knobs, PopulationLinear, bcast, member_mean, member_sum
 
 _MAX_BINOMIAL_N = 8  # stochastic release draws Binomial(round(clamp(rrp, 0, 8)), p)
@@ -222,21 +223,6 @@ def _dense_sum_at_keys(values: torch.Tensor, idx: torch.Tensor, n_keys: int) -> 
     return dense.scatter_(-1, idx.expand_as(values), values).sum(-2)
 
 
-def _top_edges(dots: torch.Tensor, own: torch.Tensor, topk: int):
-    """Each query's release edges: the set of its top-k allowed keys by raw q.k (unsorted: only the set matters,
-    and skipping the sort makes top-k 7% cheaper on CPU). Returns (vals, idx, valid) of shape (..., Qc, K).
-
-    `dots` (..., Qc, keys) is overwritten. A chunk's queries see every earlier key, so only its last Qc keys (the
-    chunk's own positions) need the causal mask `own` (Qc, Qc): that block is masked in place instead of masking a
-    copy of the whole (..., Qc, keys) tensor. (`dots` is free to overwrite: the logits chain has already read it and
-    the backward keeps only the softmax and the slope.)
-    """
-    dots[..., -dots.shape[-2]:].masked_fill_(~own, float("-inf"))
-    vals, idx = dots.topk(min(topk, dots.shape[-1]), dim=-1, sorted=False)
-    valid = torch.isfinite(vals)
-    return torch.where(valid, vals, torch.zeros_like(vals)), idx, valid
-
-
 class _TokenLookup(torch.autograd.Function):
     """x[p, n] = wte[p, tokens[n]] for every member, with a backward that repeats bit for bit on every device.
 
@@ -416,7 +402,7 @@ class _ChunkedPresynapticAttention(torch.autograd.Function):
             probs.append(p)
             slopes.append(slope)
             if run.training or stop < T:  # the last chunk's release would only matter to ema, when training
-                vals, idx, valid = _top_edges(d, run.allowed[start:stop, start:stop], run.knobs.structure.attn_topk)
+                vals, idx, valid = top_edges(d, run.allowed[start:stop, start:stop], run.knobs.structure.attn_topk)
                 uniforms = run.noise.draw_edges(tuple(idx.shape)) if run.noise is not None else None
                 run.chains.release(run.state, vals, idx, valid, stop, run.ema, run.knobs, uniforms)
         ctx.chunk, ctx.matmul_dtype, ctx.chains = Q, dots.dtype, run.chains

@@ -3,8 +3,9 @@ equations of nanochat/MODEL.md ("presynaptic attention") say, in float64: values
 
 The reference below is the equations written plainly with autograd, chunk by chunk: a key/value prefix per chunk,
 the release edges scattered with scatter_add, every intermediate left to autograd. It is the implementation the
-fast path replaced (commit c5c57d3), with its state in float64. Release noise is drawn per (query, edge slot) in the
-order of top-k's unsorted output, so the reference takes the same unsorted top-k to draw the same numbers per edge.
+fast path replaced (commit c5c57d3), with its state in float64. Release noise is drawn per (query, edge slot), so the
+reference lists each query's edges in the documented order (nanochat/edges.py: the k largest visible dots, the earlier
+key first among equals, listed by key position), here by a stable sort.
 """
 
 import math
@@ -23,7 +24,10 @@ from nanochat.synaptic import (AttentionChains, PresynapticAttention, ReleaseNoi
 def reference_release(state: dict, dots, allowed, ema, k: Knobs, noise) -> None:
     """One chunk's release onto each query's top-k keys, then the keys' state update (MODEL.md equations)."""
     n_keys = dots.shape[-1]
-    vals, idx = dots.masked_fill(~allowed, float("-inf")).topk(min(k.structure.attn_topk, n_keys), dim=-1, sorted=False)
+    masked = dots.masked_fill(~allowed, float("-inf"))
+    chosen = masked.sort(dim=-1, descending=True, stable=True).indices[..., :min(k.structure.attn_topk, n_keys)]
+    idx = chosen.sort(dim=-1).values
+    vals = masked.gather(-1, idx)
     valid = torch.isfinite(vals)
     vals = torch.where(valid, vals, torch.zeros_like(vals))
     at = lambda t: torch.gather(t[..., :n_keys].unsqueeze(-2).expand(*idx.shape[:-1], n_keys), -1, idx)  # noqa: E731

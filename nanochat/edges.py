@@ -1,0 +1,61 @@
+"""Each query's release edges: its top-k allowed keys by raw q.k, listed by key position (MODEL.md, release step).
+
+    vals, idx, valid = top_edges(dots, own, k)     # dots (..., Qc, keys) of one chunk -> three (..., Qc, k)
+
+The chosen keys are the k largest dots the query may see (NaN counts as largest, -0 equals +0, and of equal values
+the earlier key wins), listed in ascending key position; a query that sees fewer than k keys takes them all and
+fills the remaining slots s with position s, marked not valid. `vals` is 0 and `valid` False where a dot is not
+finite. The order matters: stochastic release draws its uniforms per slot.
+
+On the CPU this is the C kernel of topk.c (`native.py` builds it): torch.topk costs ~8 ns per (row, key) whatever k,
+and was ~14% of a training step. Where the kernel cannot run (no C compiler, float64 in tests, k > 64),
+`_torch_top_edges` computes the same edges with a stable sort, slower. On CUDA the edges are torch.topk's, in the
+order it returns them (unsorted): the same keys up to ties at the k-th value, in an order of torch's choosing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .native import top_edges_library
+
+_MAX_NATIVE_K = 64  # topk.c's MAX_K
+
+
+def top_edges(dots: torch.Tensor, own: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(vals, idx, valid) of the chunk's queries. `own` (Qc, Qc) is the causal mask of the chunk's own keys (the
+    last Qc of `dots`' keys). `dots` may be overwritten (the torch paths mask it in place)."""
+    k = min(topk, dots.shape[-1])
+    if dots.device.type == "cuda":
+        dots[..., -dots.shape[-2]:].masked_fill_(~own, float("-inf"))
+        vals, idx = dots.topk(k, dim=-1, sorted=False)  # unsorted: 7% cheaper, and only the set is specified here
+        valid = torch.isfinite(vals)
+        return torch.where(valid, vals, torch.zeros_like(vals)), idx, valid
+    lib = top_edges_library() if dots.dtype == torch.float32 and k <= _MAX_NATIVE_K else None
+    if lib is None:
+        return _torch_top_edges(dots, own, k)
+    return _native_top_edges(lib, dots.contiguous(), k)
+
+
+def _native_top_edges(lib, dots: torch.Tensor, k: int):
+    *lead, q, n = dots.shape
+    rows = dots.numel() // n
+    vals = torch.empty(*lead, q, k, dtype=dots.dtype)
+    idx = torch.empty(*lead, q, k, dtype=torch.int64)
+    valid = torch.empty(*lead, q, k, dtype=torch.bool)
+    threads = max(1, min(torch.get_num_threads(), rows // 512))  # a few hundred rows per thread at least
+    if lib.top_edges(dots.data_ptr(), rows, n, k, q, vals.data_ptr(), idx.data_ptr(), valid.data_ptr(), threads):
+        raise RuntimeError("topk.c: top_edges failed (bad arguments or out of memory)")
+    return vals, idx, valid
+
+
+def _torch_top_edges(dots: torch.Tensor, own: torch.Tensor, k: int):
+    """The same edges as topk.c, with torch ops: masked keys become -inf and sort after every visible key (the
+    sort is stable, so an earlier visible -inf wins), NaN sorts first (torch.sort's rule), then the chosen
+    positions are put in ascending order."""
+    dots[..., -dots.shape[-2]:].masked_fill_(~own, float("-inf"))
+    chosen = torch.sort(dots, dim=-1, descending=True, stable=True).indices[..., :k]
+    idx = chosen.sort(dim=-1).values
+    vals = torch.gather(dots, -1, idx)
+    valid = torch.isfinite(vals)
+    return torch.where(valid, vals, torch.zeros_like(vals)), idx, valid

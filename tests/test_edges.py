@@ -1,0 +1,158 @@
+"""The release edges (nanochat/edges.py): the C kernel and the torch fallback both give exactly the documented
+edges, checked against a plain Python oracle; the build is cached and atomic; training is the same on either path."""
+
+import ctypes
+import math
+import shutil
+
+import pytest
+import torch
+
+from nanochat import native
+from nanochat.edges import _native_top_edges, _torch_top_edges, top_edges
+from nanochat.trainer import train_population
+from tiny import mixed_population
+
+needs_compiler = pytest.mark.skipif(native.find_compiler() is None, reason="no C compiler on this machine")
+
+
+def oracle(dots: torch.Tensor, k: int):
+    """The rule of edges.py, one row at a time: query j of the chunk's Qc sees keys [0, n - Qc + 1 + j); of those,
+    the k largest (NaN largest, -0 == +0, the earlier key first among equals), listed by position; missing slots s
+    get position s; vals 0 and valid False where the dot is not finite."""
+    q, n = dots.shape[-2:]
+    rows = dots.reshape(-1, n).tolist()
+    vals, idx, valid = [], [], []
+    for r, row in enumerate(rows):
+        m = n - (q - 1 - r % q)
+        rank = lambda j: (0 if math.isnan(row[j]) else 1, -row[j] if not math.isnan(row[j]) else 0.0, j)  # noqa: E731
+        chosen = sorted(sorted(range(m), key=rank)[:k]) + list(range(m, k))
+        for j in chosen:
+            finite = j < m and math.isfinite(row[j])
+            vals.append(row[j] if finite else 0.0)
+            idx.append(j)
+            valid.append(finite)
+    shape = (*dots.shape[:-1], k)
+    return (torch.tensor(vals, dtype=dots.dtype).view(shape), torch.tensor(idx).view(shape),
+            torch.tensor(valid).view(shape))
+
+
+def own_mask(q: int) -> torch.Tensor:
+    return torch.ones(q, q, dtype=torch.bool).tril()
+
+
+def awkward(shape, seed: int) -> torch.Tensor:
+    """Scores with the cases that decide an order: ties (values on a coarse grid), +-0, +-inf, NaN of both signs,
+    rows all equal (every key a candidate) and rows all -inf."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * 2).round() / 2
+    flat = x.view(-1, shape[-1])
+    r = torch.randint(0, flat.shape[0], (6, 4), generator=g)
+    flat[r[0], r[1] % shape[-1]] = -0.0
+    flat[r[1], r[2] % shape[-1]] = float("inf")
+    flat[r[2], r[3] % shape[-1]] = float("-inf")
+    flat[r[3], r[0] % shape[-1]] = float("nan")
+    flat[r[4], r[5] % shape[-1]] = -float("nan")
+    flat[r[5, 0]] = 1.5
+    flat[r[5, 1]] = float("-inf")
+    return x
+
+
+CASES = [  # (rows before the chunk dims, Qc, keys, k)
+    ((3, 2), 8, 8, 8), ((2, 3), 5, 17, 8), ((2, 2), 16, 33, 8), ((2,), 32, 64, 8), ((2,), 32, 256, 8),
+    ((2,), 7, 100, 3), ((3,), 4, 40, 1), ((2,), 16, 48, 9), ((2,), 32, 96, 64), ((1,), 2, 4, 8),
+]
+
+
+@needs_compiler
+@pytest.mark.parametrize("lead, q, n, k", CASES)
+@pytest.mark.parametrize("kind", ["normal", "awkward"])
+def test_native_and_torch_edges_follow_the_rule(lead, q, n, k, kind):
+    shape = (*lead, q, n)
+    dots = torch.randn(shape, generator=torch.Generator().manual_seed(n * 31 + k)) if kind == "normal" else awkward(shape, n + k)
+    kk = min(k, n)
+    want = oracle(dots, kk)
+    lib = native.top_edges_library()
+    assert lib is not None
+    for name, got in (("native", _native_top_edges(lib, dots.clone(), kk)),
+                      ("torch", _torch_top_edges(dots.clone(), own_mask(q), kk))):
+        for part, a, b in zip(("vals", "idx", "valid"), got, want):
+            assert torch.equal(a, b), f"{name} {part} differs from the rule"
+
+
+@needs_compiler
+def test_the_kernel_reads_the_scores_and_does_not_depend_on_threads():
+    dots = awkward((4, 4, 32, 160), 7)
+    before = dots.clone()
+    lib = native.top_edges_library()
+    outs = []
+    for threads in (1, 2, 7):
+        vals, idx, valid = (torch.empty(4, 4, 32, 8), torch.empty(4, 4, 32, 8, dtype=torch.int64),
+                            torch.empty(4, 4, 32, 8, dtype=torch.bool))
+        assert lib.top_edges(dots.data_ptr(), 4 * 4 * 32, 160, 8, 32, vals.data_ptr(), idx.data_ptr(),
+                             valid.data_ptr(), threads) == 0
+        outs.append((vals, idx, valid))
+    assert torch.equal(dots.view(torch.int32), before.view(torch.int32))  # read only, bit for bit
+    for other in outs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(outs[0], other))
+    assert lib.top_edges(dots.data_ptr(), 1, 160, 65, 32, vals.data_ptr(), idx.data_ptr(), valid.data_ptr(), 1) == -1
+
+
+def test_float64_and_large_k_take_the_torch_path(monkeypatch):
+    calls = []
+    monkeypatch.setattr("nanochat.edges.top_edges_library", lambda: calls.append(1))
+    dots = torch.randn(2, 8, 40, dtype=torch.float64)
+    got = top_edges(dots.clone(), own_mask(8), 8)
+    assert calls == [] and all(torch.equal(a, b) for a, b in zip(got, oracle(dots, 8)))
+
+
+@needs_compiler
+def test_build_is_cached_atomic_and_keyed_by_the_source(tmp_path):
+    src = tmp_path / "topk.c"
+    shutil.copy(native.SOURCE, src)
+    out = tmp_path / "cache"
+    first = native.build(src, out)
+    stamp = first.stat().st_mtime_ns
+    assert native.build(src, out) == first and first.stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert [p.name for p in out.iterdir()] == [first.name]  # no temporary file left behind
+    src.write_text(src.read_text() + "\n/* edited */\n")
+    second = native.build(src, out)
+    assert second != first and second.is_file()
+    lib = ctypes.CDLL(str(second))
+    assert hasattr(lib, "top_edges")
+
+
+def test_a_failed_build_raises_one_line_and_leaves_nothing(tmp_path):
+    src = tmp_path / "broken.c"
+    src.write_text("int f( {\n")
+    out = tmp_path / "cache"
+    if native.find_compiler() is not None:
+        with pytest.raises(native.BuildError, match="failed on broken.c") as err:
+            native.build(src, out)
+        assert "\n" not in str(err.value)
+        assert not any(out.iterdir())
+
+def test_no_compiler_is_a_build_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(native, "find_compiler", lambda: None)
+    with pytest.raises(native.BuildError, match="no C compiler"):
+        native.build(native.SOURCE, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_without_a_compiler_the_library_is_none_with_a_warning(monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise native.BuildError("no C compiler found")
+
+    monkeypatch.setattr(native, "build", no_compiler)
+    with pytest.warns(RuntimeWarning, match="C top-k kernel is not available"):
+        assert native.top_edges_library.__wrapped__() is None
+
+
+@needs_compiler
+def test_training_is_the_same_with_either_implementation(monkeypatch, corpus, tiny_model, tiny_train, tiny_synaptic):
+    members = [m for i, m in enumerate(mixed_population(tiny_synaptic)) if i in (0, 1, 4)]  # two stochastic
+    assert any(m.synaptic.stochastic_train_frac > 0 for m in members)
+    with_kernel = train_population(members, tiny_model, tiny_train, corpus)
+    monkeypatch.setattr("nanochat.edges.top_edges_library", lambda: None)
+    with_torch = train_population(members, tiny_model, tiny_train, corpus)
+    assert [m.losses for m in with_kernel.members] == [m.losses for m in with_torch.members]
