@@ -9,7 +9,7 @@ finite. The order matters: stochastic release draws its uniforms per slot.
 
 On the CPU this is the C kernel of topk.c (`native.py` builds it): torch.topk costs ~8 ns per (row, key) whatever k,
 and was ~14% of a training step. Where the kernel cannot run (no C compiler, float64 in tests, k > 64),
-`_torch_top_edges` computes the same edges with a stable sort, slower. On CUDA the edges are torch.topk's, in the
+`_torch_top_edges` computes the same edges from torch.topk, slower. On CUDA the edges are torch.topk's, in the
 order it returns them (unsorted): the same keys up to ties at the k-th value, in an order of torch's choosing.
 """
 
@@ -50,12 +50,18 @@ def _native_top_edges(lib, dots: torch.Tensor, k: int):
 
 
 def _torch_top_edges(dots: torch.Tensor, own: torch.Tensor, k: int):
-    """The same edges as topk.c, with torch ops: masked keys become -inf and sort after every visible key (the
-    sort is stable, so an earlier visible -inf wins), NaN sorts first (torch.sort's rule), then the chosen
-    positions are put in ascending order."""
+    """The same edges as topk.c, with torch ops. torch.topk picks the k largest (NaN first) but breaks ties at the
+    k-th value, and orders NaNs, as it likes; the rows where that could matter (a visible key equal to the k-th
+    value left out, a NaN anywhere, fewer than k finite keys) are chosen again by a stable sort, in which masked keys
+    (-inf) sort after every visible key and an earlier key wins a tie. Then the positions are put in order."""
     dots[..., -dots.shape[-2]:].masked_fill_(~own, float("-inf"))
-    chosen = torch.sort(dots, dim=-1, descending=True, stable=True).indices[..., :k]
-    idx = chosen.sort(dim=-1).values
+    idx = dots.topk(k, dim=-1, sorted=False).indices
+    kth = torch.gather(dots, -1, idx).amin(dim=-1, keepdim=True)
+    redo = ((dots >= kth).sum(-1) > k) | dots.isnan().any(-1) | kth.squeeze(-1).isnan()
+    if redo.any():
+        rows = redo.nonzero(as_tuple=True)
+        idx[rows] = torch.sort(dots[rows], dim=-1, descending=True, stable=True).indices[..., :k]
+    idx = idx.sort(dim=-1).values
     vals = torch.gather(dots, -1, idx)
     valid = torch.isfinite(vals)
     return torch.where(valid, vals, torch.zeros_like(vals)), idx, valid
