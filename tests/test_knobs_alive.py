@@ -1,4 +1,4 @@
-"""Every searched knob but the known-weak one is alive: at an edge of its range it moves the score more than chaos.
+"""Every searched knob is alive: at an edge of its range it moves the score more than chaos.
 
 Training is chaotic (nudging a knob by 1e-6 of its range moves the final score a little), so a knob that changes the
 score on one seed proves nothing. This is the pilot's sensitivity sweep (`python -m cmaes_inproc --sensitivity`) on
