@@ -104,6 +104,9 @@ def test_float64_and_large_k_take_the_torch_path(monkeypatch):
     dots = torch.randn(2, 8, 40, dtype=torch.float64)
     got = top_edges(dots.clone(), own_mask(8), 8)
     assert calls == [] and all(torch.equal(a, b) for a, b in zip(got, oracle(dots, 8)))
+    wide = torch.randn(1, 4, 80)  # float32, but k = 65 is past the kernel's limit of 64
+    got = top_edges(wide.clone(), own_mask(4), 65)
+    assert calls == [] and all(torch.equal(a, b) for a, b in zip(got, oracle(wide, 65)))
 
 
 @needs_compiler
