@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .native import top_edges_library
+from .native import library
 
 _MAX_NATIVE_K = 64  # topk.c's MAX_K
 
@@ -31,7 +31,7 @@ def top_edges(dots: torch.Tensor, own: torch.Tensor, topk: int) -> tuple[torch.T
         vals, idx = dots.topk(k, dim=-1, sorted=False)  # unsorted: 7% cheaper, and only the set is specified here
         valid = torch.isfinite(vals)
         return torch.where(valid, vals, torch.zeros_like(vals)), idx, valid
-    lib = top_edges_library() if dots.dtype == torch.float32 and k <= _MAX_NATIVE_K else None
+    lib = library("topk") if dots.dtype == torch.float32 and k <= _MAX_NATIVE_K else None
     if lib is None:
         return _torch_top_edges(dots, own, k)
     return _native_top_edges(lib, dots.contiguous(), k)

@@ -1,12 +1,19 @@
-"""Compile nanochat's one C file (topk.c) into a shared library once per machine, and load it with ctypes.
+"""Compile nanochat's C kernels into shared libraries once per machine, and load them with ctypes.
 
-    lib = top_edges_library()      # None, with one warning, where no C compiler works; callers then use torch
+    lib = library("topk")      # topk.c, loaded; None (with one warning) where no C compiler works: callers use torch
 
-The library is cached under $XDG_CACHE_HOME/cmaes-inproc (~/.cache/cmaes-inproc), named by a hash of the source
-and the flags, so an edited source is rebuilt and every process after the first (subprocess evaluations, Ray
-actors) only loads it. A build writes a temporary file and renames it into place, so processes building at the same
-time cannot leave half a library. The compiler is $CC, else cc, gcc or clang from PATH; building takes well under
-a second. No Python or torch headers are involved: the kernel reads and writes raw buffers passed by address.
+The kernels are topk.c (each query's release edges), release.c (the release step's arithmetic) and abs_sums.c (the
+Hebbian statistic's row sums); each has a torch path that gives the same bits where it cannot be built. A library
+is cached under $XDG_CACHE_HOME/cmaes-inproc (~/.cache/cmaes-inproc), named by a hash of the source and the flags,
+so an edited source is rebuilt and every process after the first (subprocess evaluations, Ray actors) only loads
+it. A build writes a temporary file and renames it into place, so processes building at the same time cannot leave
+half a library. The compiler is $CC, else cc, gcc or clang from PATH; building takes well under a second. No Python
+or torch headers are involved: the kernels read and write raw buffers passed by address.
+
+The flags keep torch's arithmetic: -ffp-contract=off keeps every multiply and add a separate IEEE operation (no
+fused multiply-add), and no -ffast-math option that reorders or approximates is used. -fno-trapping-math only
+declares that floating-point exception flags are not read, which lets the compiler vectorise selects; no value
+changes.
 """
 
 from __future__ import annotations
@@ -23,8 +30,20 @@ import tempfile
 import warnings
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("topk.c")
-FLAGS = ("-O3", "-shared", "-fPIC", "-pthread")
+_HERE = Path(__file__).parent
+_I64, _PTR, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+# Each kernel: its functions' argument types (every function returns an int status, 0 for success).
+SIGNATURES: dict[str, dict[str, list]] = {
+    "topk": {"top_edges": [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _INT]},
+    "release": {
+        "sensor_args": [_PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _INT],
+        "edge_release": [_PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64,
+                         _I64, _I64, _PTR, _PTR, _PTR, _INT],
+        "key_update": [_PTR] * 8 + [_I64, _I64, _PTR, _PTR, _I64, _I64, _I64, _PTR, _INT],
+    },
+    "abs_sums": {"abs_row_sums": [_PTR, _I64, _I64, _PTR]},
+}
+FLAGS = ("-O3", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
 
 
 class BuildError(RuntimeError):
@@ -69,16 +88,21 @@ def build(source: Path, out_dir: Path, compiler: str | None = None) -> Path:
     return target
 
 
+def source(name: str) -> Path:
+    return _HERE / f"{name}.c"
+
+
 @functools.cache
-def top_edges_library() -> ctypes.CDLL | None:
-    """topk.c's `top_edges`, built and loaded once per process; None (and one RuntimeWarning) when it cannot be."""
+def library(name: str) -> ctypes.CDLL | None:
+    """The kernel `name` (a key of SIGNATURES), built and loaded once per process; None, with one RuntimeWarning,
+    when it cannot be (the caller then computes the same numbers with torch)."""
     try:
-        lib = ctypes.CDLL(str(build(SOURCE, cache_dir())))
+        lib = ctypes.CDLL(str(build(source(name), cache_dir())))
     except (BuildError, OSError) as exc:
-        warnings.warn(f"nanochat: the C top-k kernel is not available ({exc}); the CPU release edges are computed "
-                      "with torch instead (the same edges, slower)", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"nanochat: the C kernel {name}.c is not available ({exc}); its CPU work is done with torch "
+                      "instead (the same numbers, slower)", RuntimeWarning, stacklevel=2)
         return None
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.top_edges.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, ptr, ctypes.c_int]
-    lib.top_edges.restype = ctypes.c_int
+    for fn, argtypes in SIGNATURES[name].items():
+        getattr(lib, fn).argtypes = argtypes
+        getattr(lib, fn).restype = ctypes.c_int
     return lib

@@ -18,6 +18,9 @@ from torch import nn
 
 from .config import ModelConfig, SynapticConfig
 from .edges import top_edges
+from .abs_sums import abs_row_sums
+from .native import library
+from .release_kernel import native_release, usable
 from .population import Knobs, PopulationLinear, bcast, member_mean, member_sum
 
 _MAX_BINOMIAL_N = 8  # stochastic release draws Binomial(round(clamp(rrp, 0, 8)), p)
@@ -348,18 +351,29 @@ class AttentionChains:
     Run op by op, each chain is many passes over small tensors: the logits chain and its backward ~10 passes each
     over a chunk's (..., Qc, keys) tensors, the release step ~90 ops per chunk. Inductor fuses each into a few loops
     (C++/OpenMP on CPU, Triton on CUDA). The release step is compiled on CUDA only: on 2 CPU cores it compiled for
-    69 s and ran no faster. Fused code may round differently from the eager ops (tests allow 1e-5 over 5 steps), and
+    69 s and ran no faster; there, by default, it runs through release.c (`_release`), which gives the eager ops'
+    bits in three passes. Fused code may round differently from the eager ops (tests allow 1e-5 over 5 steps), and
     compiling costs 10-50 s per process on 2 CPU cores (shapes are dynamic: every chunk and population size shares a
     graph, except P = 1 and a last chunk that spans all keys), so it is an option, not the default.
     """
 
     def __init__(self, compiled: bool, device: torch.device):
-        self.forward, self.backward, self.release = _logits_chain, _logits_chain_backward, PresynapticState.release
+        self.forward, self.backward, self.release = _logits_chain, _logits_chain_backward, _release
         if compiled:
             self.forward = _compiled(_logits_chain)
             self.backward = _compiled(_logits_chain_backward)
             if device.type == "cuda":
                 self.release = _compiled(PresynapticState.release)
+
+
+def _release(state: PresynapticState, vals: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, n_keys: int,
+             ema: torch.Tensor, k: Knobs, uniforms: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """`state.release(...)`; on the CPU in float32 through release.c where it builds (release_kernel.py): the same
+    bits in three passes instead of ~90 ops."""
+    lib = library("release") if usable(state, vals) else None
+    if lib is None:
+        return state.release(vals, idx, valid, n_keys, ema, k, uniforms)
+    native_release(lib, state, vals, idx, valid, n_keys, ema, k, uniforms)
 
 
 def _compiled(fn):
@@ -522,7 +536,7 @@ class SynapticLinear(nn.Module):
             with torch.no_grad():
                 # mean over tokens of y = x W + b is (mean over tokens of x) W + b: no (N x out) pass needed.
                 post = torch.baddbmm(b, x.mean(dim=1, keepdim=True), w)
-                pre = torch.linalg.vector_norm(x, ord=1, dim=-1).sum(-1) / math.prod(x.shape[1:])  # mean |x|
+                pre = abs_row_sums(x).sum(-1) / math.prod(x.shape[1:])  # mean |x|
                 self._stats = (pre, post)
         return torch.baddbmm(b_eff, x, w_eff)
 

@@ -1,17 +1,14 @@
 """The release edges (nanochat/edges.py): the C kernel and the torch fallback both give exactly the documented
-edges, checked against a plain Python oracle; the build is cached and atomic; training is the same on either path."""
+edges, checked against a plain Python oracle. (Building the kernels, and training with and without them:
+test_native.py.)"""
 
-import ctypes
 import math
-import shutil
 
 import pytest
 import torch
 
 from nanochat import native
 from nanochat.edges import _native_top_edges, _torch_top_edges, top_edges
-from nanochat.trainer import train_population
-from tiny import mixed_population
 
 needs_compiler = pytest.mark.skipif(native.find_compiler() is None, reason="no C compiler on this machine")
 
@@ -72,7 +69,7 @@ def test_native_and_torch_edges_follow_the_rule(lead, q, n, k, kind):
     dots = torch.randn(shape, generator=torch.Generator().manual_seed(n * 31 + k)) if kind == "normal" else awkward(shape, n + k)
     kk = min(k, n)
     want = oracle(dots, kk)
-    lib = native.top_edges_library()
+    lib = native.library("topk")
     assert lib is not None
     for name, got in (("native", _native_top_edges(lib, dots.clone(), kk)),
                       ("torch", _torch_top_edges(dots.clone(), own_mask(q), kk))):
@@ -84,7 +81,7 @@ def test_native_and_torch_edges_follow_the_rule(lead, q, n, k, kind):
 def test_the_kernel_reads_the_scores_and_does_not_depend_on_threads():
     dots = awkward((4, 4, 32, 160), 7)
     before = dots.clone()
-    lib = native.top_edges_library()
+    lib = native.library("topk")
     outs = []
     for threads in (1, 2, 7):
         vals, idx, valid = (torch.empty(4, 4, 32, 8), torch.empty(4, 4, 32, 8, dtype=torch.int64),
@@ -100,62 +97,10 @@ def test_the_kernel_reads_the_scores_and_does_not_depend_on_threads():
 
 def test_float64_and_large_k_take_the_torch_path(monkeypatch):
     calls = []
-    monkeypatch.setattr("nanochat.edges.top_edges_library", lambda: calls.append(1))
+    monkeypatch.setattr("nanochat.edges.library", lambda name: calls.append(name))
     dots = torch.randn(2, 8, 40, dtype=torch.float64)
     got = top_edges(dots.clone(), own_mask(8), 8)
     assert calls == [] and all(torch.equal(a, b) for a, b in zip(got, oracle(dots, 8)))
     wide = torch.randn(1, 4, 80)  # float32, but k = 65 is past the kernel's limit of 64
     got = top_edges(wide.clone(), own_mask(4), 65)
     assert calls == [] and all(torch.equal(a, b) for a, b in zip(got, oracle(wide, 65)))
-
-
-@needs_compiler
-def test_build_is_cached_atomic_and_keyed_by_the_source(tmp_path):
-    src = tmp_path / "topk.c"
-    shutil.copy(native.SOURCE, src)
-    out = tmp_path / "cache"
-    first = native.build(src, out)
-    stamp = first.stat().st_mtime_ns
-    assert native.build(src, out) == first and first.stat().st_mtime_ns == stamp  # reused, not rebuilt
-    assert [p.name for p in out.iterdir()] == [first.name]  # no temporary file left behind
-    src.write_text(src.read_text() + "\n/* edited */\n")
-    second = native.build(src, out)
-    assert second != first and second.is_file()
-    lib = ctypes.CDLL(str(second))
-    assert hasattr(lib, "top_edges")
-
-
-def test_a_failed_build_raises_one_line_and_leaves_nothing(tmp_path):
-    src = tmp_path / "broken.c"
-    src.write_text("int f( {\n")
-    out = tmp_path / "cache"
-    if native.find_compiler() is not None:
-        with pytest.raises(native.BuildError, match="failed on broken.c") as err:
-            native.build(src, out)
-        assert "\n" not in str(err.value)
-        assert not any(out.iterdir())
-
-def test_no_compiler_is_a_build_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(native, "find_compiler", lambda: None)
-    with pytest.raises(native.BuildError, match="no C compiler"):
-        native.build(native.SOURCE, tmp_path / "cache")
-    assert not (tmp_path / "cache").exists()
-
-
-def test_without_a_compiler_the_library_is_none_with_a_warning(monkeypatch):
-    def no_compiler(*args, **kwargs):
-        raise native.BuildError("no C compiler found")
-
-    monkeypatch.setattr(native, "build", no_compiler)
-    with pytest.warns(RuntimeWarning, match="C top-k kernel is not available"):
-        assert native.top_edges_library.__wrapped__() is None
-
-
-@needs_compiler
-def test_training_is_the_same_with_either_implementation(monkeypatch, corpus, tiny_model, tiny_train, tiny_synaptic):
-    members = [m for i, m in enumerate(mixed_population(tiny_synaptic)) if i in (0, 1, 4)]  # two stochastic
-    assert any(m.synaptic.stochastic_train_frac > 0 for m in members)
-    with_kernel = train_population(members, tiny_model, tiny_train, corpus)
-    monkeypatch.setattr("nanochat.edges.top_edges_library", lambda: None)
-    with_torch = train_population(members, tiny_model, tiny_train, corpus)
-    assert [m.losses for m in with_kernel.members] == [m.losses for m in with_torch.members]
