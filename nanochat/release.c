@@ -22,6 +22,7 @@
  * the order of the enum below; a row's member is row / rows_per_member.
  */
 #include <pthread.h>
+#include <math.h> /* fabsf: clears the sign bit, inlined */
 #include <stdint.h>
 #include <string.h>
 
@@ -45,15 +46,6 @@ static inline float clamp(float x, float lo, float hi) {
 static inline float minimum(float a, float b) {
     const float m = b < a ? b : a; /* a when either is NaN */
     return b != b ? b : m;
-}
-
-/* torch.abs: the sign bit cleared. */
-static inline float abs_value(float x) {
-    uint32_t bits;
-    memcpy(&bits, &x, sizeof bits);
-    bits &= 0x7fffffffu;
-    memcpy(&x, &bits, sizeof x);
-    return x;
 }
 
 /* torch.round (half to even) of x in [0, MAX_BINOMIAL_N] or NaN; x - floor(x) is exact there. */
@@ -159,7 +151,7 @@ static void edge_release_rows(const Job *j) {
                 released[key] += x;
                 drive[key] += vals[e];
                 count[key] += v;
-                prod[e] = abs_value(x * g_amp[i]);
+                prod[e] = fabsf(x * g_amp[i]);
             }
         }
     }
