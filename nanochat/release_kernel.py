@@ -39,7 +39,8 @@ def native_release(lib, state, vals: torch.Tensor, idx: torch.Tensor, valid: tor
         torch.sigmoid(arg, out=arg)
     row_u = u = None
     if uniforms is not None:
-        row_u, u = (x if x[0].is_contiguous() else x.contiguous() for x in uniforms)
+        row_u, u = (x if x.dtype == torch.float32 and x[0].is_contiguous() else x.float().contiguous()
+                    for x in uniforms)
     sums, prod = torch.empty(3, P, B, H, n_keys), torch.empty_like(vals)
     _check(lib.edge_release(state.sn.data_ptr(), state.rrp.data_ptr(), state.amp.data_ptr(), T, idx.data_ptr(),
                             vals.data_ptr(), valid.view(torch.uint8).data_ptr(), sig.data_ptr(),

@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .abs_sums import abs_row_sums
 from .config import ModelConfig, SynapticConfig
 from .edges import top_edges
-from .abs_sums import abs_row_sums
 from .native import library
-from .release_kernel import native_release, usable
 from .population import Knobs, PopulationLinear, bcast, member_mean, member_sum
+from .release_kernel import native_release, usable
 
 _MAX_BINOMIAL_N = 8  # stochastic release draws Binomial(round(clamp(rrp, 0, 8)), p)
 
@@ -351,8 +351,8 @@ class AttentionChains:
     Run op by op, each chain is many passes over small tensors: the logits chain and its backward ~10 passes each
     over a chunk's (..., Qc, keys) tensors, the release step ~90 ops per chunk. Inductor fuses each into a few loops
     (C++/OpenMP on CPU, Triton on CUDA). The release step is compiled on CUDA only: on 2 CPU cores it compiled for
-    69 s and ran no faster; there, by default, it runs through release.c (`_release`), which gives the eager ops'
-    bits in three passes. Fused code may round differently from the eager ops (tests allow 1e-5 over 5 steps), and
+    69 s and ran no faster; on the CPU it runs, by default, through release.c (`_release`), which gives the eager
+    ops' bits in three passes. Fused code may round differently from the eager ops (tests allow 1e-5 over 5 steps), and
     compiling costs 10-50 s per process on 2 CPU cores (shapes are dynamic: every chunk and population size shares a
     graph, except P = 1 and a last chunk that spans all keys), so it is an option, not the default.
     """
