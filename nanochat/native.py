@@ -36,10 +36,10 @@ _I64, _PTR, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 SIGNATURES: dict[str, dict[str, list]] = {
     "topk": {"top_edges": [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _INT]},
     "release": {
-        "sensor_args": [_PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _INT],
+        "sensor_args": [_PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR],
         "edge_release": [_PTR, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _I64, _I64, _I64, _I64,
-                         _I64, _I64, _PTR, _PTR, _PTR, _INT],
-        "key_update": [_PTR] * 8 + [_I64, _I64, _PTR, _PTR, _I64, _I64, _I64, _PTR, _INT],
+                         _I64, _I64, _PTR, _PTR, _PTR],
+        "key_update": [_PTR] * 8 + [_I64, _I64, _PTR, _PTR, _I64, _I64, _I64, _PTR],
     },
     "abs_sums": {"abs_row_sums": [_PTR, _I64, _I64, _PTR]},
 }

@@ -19,9 +19,9 @@
  *
  * Layout: rows = P x B x H (member-major), each with T key positions of state (c, rrp, ...: (rows, T) float32) and
  * E = Qc x K edges (idx int64 < n_keys, vals float32, valid uint8). Per-member knobs are one (P, N_KNOBS) table in
- * the order of the enum below; a row's member is row / rows_per_member.
+ * the order of the enum below; a row's member is row / rows_per_member. One thread: splitting the rows over two
+ * made the step slower at P = 8 and at P = 16 on 2 cores, where torch's OpenMP workers spin between ops.
  */
-#include <pthread.h>
 #include <math.h> /* fabsf: clears the sign bit, inlined */
 #include <stdint.h>
 #include <string.h>
@@ -33,7 +33,6 @@ enum {
 };
 
 #define MAX_BINOMIAL_N 8
-#define MAX_THREADS 16
 
 /* ATen's clamp / clamp_min / minimum on floats: NaN passes through, and a value equal to a bound is kept (so -0
  * stays -0). Written as selects the compiler turns into min/max/blend instructions: a branch on the data here
@@ -58,10 +57,8 @@ static inline float round_half_even(float x) {
 }
 
 typedef struct {
-    int pass;
-    int64_t row_begin, row_end;
     /* shapes */
-    int64_t T, E, Qc, K, n_keys, rows_per_member, endo_delay, n_edges;
+    int64_t rows, T, E, Qc, K, n_keys, rows_per_member, endo_delay, n_edges;
     const float *knobs;
     /* state, (rows, T) */
     float *c, *rrp, *res, *sn, *cl, *amp, *en, *queue;
@@ -78,7 +75,7 @@ typedef struct {
 
 static void sensor_args_rows(const Job *j) {
     const int64_t E = j->E, N = j->n_edges;
-    for (int64_t r = j->row_begin; r < j->row_end; r++) {
+    for (int64_t r = 0; r < j->rows; r++) {
         const float *kn = j->knobs + (r / j->rows_per_member) * N_KNOBS;
         const float tau = kn[K_TAU_C], alpha = kn[K_ALPHA_C], syt1 = kn[K_SYT1], syt7 = kn[K_SYT7];
         const float cpx = kn[K_CPX_THRESH], bias = kn[K_COMPLEXIN_BIAS];
@@ -103,9 +100,9 @@ static void sensor_args_rows(const Job *j) {
  * edge (no branch on the data), then the Binomial draws of the stochastic query rows, then the per-key sums in edge
  * order. */
 static void edge_release_rows(const Job *j) {
-    const int64_t N = j->n_edges, E = j->E, Qc = j->Qc, K = j->K, nk = j->n_keys, rows = j->n_edges / j->E;
+    const int64_t N = j->n_edges, E = j->E, Qc = j->Qc, K = j->K, nk = j->n_keys, rows = j->rows;
     float g_sn[EDGE_BLOCK], g_rrp[EDGE_BLOCK], g_amp[EDGE_BLOCK], prob[EDGE_BLOCK], rel[EDGE_BLOCK];
-    for (int64_t r = j->row_begin; r < j->row_end; r++) {
+    for (int64_t r = 0; r < j->rows; r++) {
         const int64_t member = r / j->rows_per_member, in_member = r % j->rows_per_member;
         const float *kn = j->knobs + member * N_KNOBS;
         const float doc2 = kn[K_DOC2], frac = kn[K_STOCHASTIC_FRAC];
@@ -190,9 +187,9 @@ static inline void key_block(const KeyKnobs *kk, int64_t n, int queued, const fl
 }
 
 static void key_update_rows(const Job *j) {
-    const int64_t nk = j->n_keys, D = j->endo_delay, R = j->n_edges / j->E, T = j->T;
+    const int64_t nk = j->n_keys, D = j->endo_delay, R = j->rows, T = j->T;
     float head[KEY_BLOCK], rel[KEY_BLOCK];
-    for (int64_t r = j->row_begin; r < j->row_end; r++) {
+    for (int64_t r = 0; r < j->rows; r++) {
         const float *kn = j->knobs + (r / j->rows_per_member) * N_KNOBS;
         const KeyKnobs kk = {kn[K_TAU_C], (1.0f - kn[K_TAU_C]) * kn[K_ALPHA_C], kn[K_REC_RATE], kn[K_INIT_RRP],
                              kn[K_PRIME_RATE], kn[K_UNPRIME], kn[K_NSF_RECOVER], kn[K_INIT_CLAMP], kn[K_AMP_LOAD],
@@ -218,46 +215,16 @@ static void key_update_rows(const Job *j) {
     }
 }
 
-static void *run_job(void *arg) {
-    const Job *j = (const Job *)arg;
-    if (j->pass == 0) sensor_args_rows(j);
-    else if (j->pass == 1) edge_release_rows(j);
-    else key_update_rows(j);
-    return NULL;
-}
-
-/* Split rows over threads (the calling thread takes the first share); rows are independent. */
-static int run(Job *base, int64_t rows, int threads) {
-    if (threads < 1) threads = 1;
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
-    if (threads > rows) threads = (int)(rows > 0 ? rows : 1);
-    Job jobs[MAX_THREADS];
-    pthread_t handles[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
-    for (int t = 0; t < threads; t++) {
-        jobs[t] = *base;
-        jobs[t].row_begin = rows * t / threads;
-        jobs[t].row_end = rows * (t + 1) / threads;
-    }
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&handles[t], NULL, run_job, &jobs[t]) == 0;
-    run_job(&jobs[0]);
-    for (int t = 1; t < threads; t++) {
-        if (started[t]) pthread_join(handles[t], NULL);
-        else run_job(&jobs[t]); /* no thread: do its share here */
-    }
-    return 0;
-}
-
 /* args (4, rows, E): the arguments of release_probability's four sigmoids at each edge. */
 int sensor_args(const float *c, const float *cl, int64_t T, const int64_t *idx, const float *sp_vals, int64_t rows,
-                int64_t E, int64_t rows_per_member, const float *knobs, float *args, int threads) {
+                int64_t E, int64_t rows_per_member, const float *knobs, float *args) {
     if (rows < 0 || E < 1 || T < 1 || rows_per_member < 1) return -1;
     Job j;
     memset(&j, 0, sizeof j);
-    j.pass = 0;
-    j.c = (float *)c, j.cl = (float *)cl, j.T = T, j.idx = idx, j.sp_vals = sp_vals, j.E = E;
+    j.c = (float *)c, j.cl = (float *)cl, j.T = T, j.idx = idx, j.sp_vals = sp_vals, j.E = E, j.rows = rows;
     j.n_edges = rows * E, j.rows_per_member = rows_per_member, j.knobs = knobs, j.args = args;
-    return run(&j, rows, threads);
+    sensor_args_rows(&j);
+    return 0;
 }
 
 /* sums (3, rows, n_keys): released, drive and valid count per key; prod (rows, E): |release x amp| per edge.
@@ -266,32 +233,32 @@ int sensor_args(const float *c, const float *cl, int64_t T, const int64_t *idx, 
  * u_stride elements apart (0 when every member reads the same draws). */
 int edge_release(const float *sn, const float *rrp, const float *amp, int64_t T, const int64_t *idx,
                  const float *vals, const uint8_t *valid, const float *sig, const float *row_u, int64_t row_u_stride,
-                 const float *u, int64_t u_stride, int64_t rows, int64_t Qc, int64_t K, int64_t n_keys, int64_t rows_per_member, const float *knobs,
-                 float *sums, float *prod, int threads) {
+                 const float *u, int64_t u_stride, int64_t rows, int64_t Qc, int64_t K, int64_t n_keys,
+                 int64_t rows_per_member, const float *knobs, float *sums, float *prod) {
     if (rows < 0 || Qc < 1 || K < 1 || n_keys < 1 || n_keys > T || rows_per_member < 1) return -1;
     if ((row_u == NULL) != (u == NULL)) return -1;
     Job j;
     memset(&j, 0, sizeof j);
-    j.pass = 1;
     j.sn = (float *)sn, j.rrp = (float *)rrp, j.amp = (float *)amp, j.T = T, j.idx = idx, j.vals = vals;
-    j.valid = valid, j.sig = sig, j.row_u = row_u, j.u = u, j.row_u_stride = row_u_stride, j.u_stride = u_stride, j.Qc = Qc, j.K = K, j.E = Qc * K;
-    j.n_edges = rows * Qc * K, j.n_keys = n_keys, j.rows_per_member = rows_per_member, j.knobs = knobs;
-    j.sums = sums, j.prod = prod;
-    return run(&j, rows, threads);
+    j.valid = valid, j.sig = sig, j.row_u = row_u, j.u = u, j.row_u_stride = row_u_stride, j.u_stride = u_stride;
+    j.rows = rows, j.Qc = Qc, j.K = K, j.E = Qc * K, j.n_edges = rows * Qc * K, j.n_keys = n_keys;
+    j.rows_per_member = rows_per_member, j.knobs = knobs, j.sums = sums, j.prod = prod;
+    edge_release_rows(&j);
+    return 0;
 }
 
 /* Every key's state advanced in place from sums (edge_release) and sp_drive = softplus(drive) (rows, n_keys);
  * queue (rows, T, endo_delay) when endo_delay > 0. */
 int key_update(float *c, float *rrp, float *res, float *sn, float *cl, float *amp, float *en, float *queue,
                int64_t T, int64_t endo_delay, const float *sums, const float *sp_drive, int64_t rows, int64_t n_keys,
-               int64_t rows_per_member, const float *knobs, int threads) {
+               int64_t rows_per_member, const float *knobs) {
     if (rows < 0 || n_keys < 1 || n_keys > T || rows_per_member < 1 || endo_delay < 0) return -1;
     if (endo_delay > 0 && queue == NULL) return -1;
     Job j;
     memset(&j, 0, sizeof j);
-    j.pass = 2;
     j.c = c, j.rrp = rrp, j.res = res, j.sn = sn, j.cl = cl, j.amp = amp, j.en = en, j.queue = queue, j.T = T;
-    j.endo_delay = endo_delay, j.sums = (float *)sums, j.sp_drive = sp_drive, j.n_keys = n_keys;
-    j.rows_per_member = rows_per_member, j.knobs = knobs, j.E = 1, j.n_edges = rows;
-    return run(&j, rows, threads);
+    j.endo_delay = endo_delay, j.sums = (float *)sums, j.sp_drive = sp_drive, j.n_keys = n_keys, j.rows = rows;
+    j.rows_per_member = rows_per_member, j.knobs = knobs;
+    key_update_rows(&j);
+    return 0;
 }

@@ -21,8 +21,6 @@ KNOB_COLUMNS = ("tau_c", "alpha_c", "syt1_slope", "syt7_slope", "doc2_gain", "cp
                 "stochastic_train_frac", "rec_rate", "init_rrp", "prime_rate", "unprime_per_release", "nsf_recover",
                 "init_clamp", "amp_load", "amp_leak", "init_amp", "energy_fill", "energy_use")
 
-_ROWS_PER_THREAD = 256  # (member, batch row, head) rows: at P = 8 (256 rows) a second thread was slower, not faster
-
 
 def native_release(lib, state, vals: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, n_keys: int,
                    ema: torch.Tensor, k, uniforms: tuple[torch.Tensor, torch.Tensor] | None) -> None:
@@ -31,10 +29,9 @@ def native_release(lib, state, vals: torch.Tensor, idx: torch.Tensor, valid: tor
     rows, T = P * B * H, state.c.shape[-1]
     table = torch.stack([getattr(k, name) for name in KNOB_COLUMNS], dim=1).contiguous()  # (P, knobs)
     vals, idx, valid = vals.contiguous(), idx.contiguous(), valid.contiguous()
-    threads = max(1, min(torch.get_num_threads(), rows // _ROWS_PER_THREAD))
     _check(lib.sensor_args(state.c.data_ptr(), state.cl.data_ptr(), T, idx.data_ptr(),
                            (sp_vals := F.softplus(vals)).data_ptr(), rows, Qc * K, B * H, table.data_ptr(),
-                           (sig := torch.empty(4, *vals.shape)).data_ptr(), threads))
+                           (sig := torch.empty(4, *vals.shape)).data_ptr()))
     for arg in sig:  # in place, each on a tensor of the torch step's shape
         torch.sigmoid(arg, out=arg)
     row_u = u = None
@@ -45,13 +42,13 @@ def native_release(lib, state, vals: torch.Tensor, idx: torch.Tensor, valid: tor
     _check(lib.edge_release(state.sn.data_ptr(), state.rrp.data_ptr(), state.amp.data_ptr(), T, idx.data_ptr(),
                             vals.data_ptr(), valid.view(torch.uint8).data_ptr(), sig.data_ptr(),
                             _address(row_u), _stride(row_u), _address(u), _stride(u), rows, Qc, K, n_keys, B * H,
-                            table.data_ptr(), sums.data_ptr(), prod.data_ptr(), threads))
+                            table.data_ptr(), sums.data_ptr(), prod.data_ptr()))
     sp_drive = F.softplus(sums[1])
     queue = state.queue if k.structure.endo_delay > 0 else None
     _check(lib.key_update(state.c.data_ptr(), state.rrp.data_ptr(), state.res.data_ptr(), state.sn.data_ptr(),
                           state.cl.data_ptr(), state.amp.data_ptr(), state.en.data_ptr(), _address(queue), T,
                           k.structure.endo_delay, sums.data_ptr(), sp_drive.data_ptr(), rows, n_keys, B * H,
-                          table.data_ptr(), threads))
+                          table.data_ptr()))
     magnitude = member_sum(prod) / member_sum(valid.to(vals.dtype)).clamp_min(1.0)
     ema.mul_(0.99).add_(0.01 * magnitude)
 
