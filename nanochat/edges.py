@@ -26,7 +26,7 @@ def top_edges(dots: torch.Tensor, own: torch.Tensor, topk: int) -> tuple[torch.T
     """(vals, idx, valid) of the chunk's queries. `own` (Qc, Qc) is the causal mask of the chunk's own keys (the
     last Qc of `dots`' keys). `dots` may be overwritten (the torch paths mask it in place)."""
     k = min(topk, dots.shape[-1])
-    if dots.device.type == "cuda":
+    if dots.device.type != "cpu":  # topk.c reads host memory; every other device (CUDA) takes torch's top-k
         dots[..., -dots.shape[-2]:].masked_fill_(~own, float("-inf"))
         vals, idx = dots.topk(k, dim=-1, sorted=False)  # unsorted: 7% cheaper, and only the set is specified here
         valid = torch.isfinite(vals)

@@ -71,3 +71,18 @@ def test_attention_probe_smoke_on_cpu():
         assert report[f"layer_{part}_fwd_s"] > 0 and report[f"layer_{part}_bwd_s"] > 0
     assert set(report["topk_s"]) == {"topk", "two_stage", "two_stage_sorted_by_key", "sort_rows", "rounds_of_max"}
     assert "flex_fwd_bwd_s" not in report  # CUDA only
+
+
+def test_count_kernels_takes_the_gpu_path_and_does_not_grow_with_the_population():
+    from tiny import TRAINER_MODEL  # 2 layers, sequences of 64: two presynaptic chunks of 32 per layer
+
+    count = load_bench("count_kernels").count
+    two, five = count(2, TRAINER_MODEL, batch_size=2), count(5, TRAINER_MODEL, batch_size=2)
+    assert two["kernels_per_step"] == five["kernels_per_step"] > 500  # no Python loop over members
+    assert sum(two["parts"].values()) == two["kernels_per_step"]
+    assert {"aten::topk", "aten::scatter_"} <= set(two["ops"])  # CUDA's top-k and dense per-key sums
+    assert "aten::scatter_add_" not in two["ops"] and "aten::empty" not in two["ops"]
+    regions = two["compiled_regions"]
+    assert regions["calls"] == 3 * TRAINER_MODEL.n_layer * 2  # release, chain and its backward, per layer and chunk
+    assert regions["ops_inside"] + regions["ops_outside"] == two["kernels_per_step"]
+    assert two["parts"]["release step"] > two["parts"]["top-k edges"] > 0

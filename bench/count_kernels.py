@@ -1,0 +1,170 @@
+"""Count the kernels one training step launches on the GPU code path, without a GPU, by part of the model.
+
+    python bench/count_kernels.py --population 32 [--out counts.json]
+
+The model is built on PyTorch's `meta` device: tensors with shapes and no data, so a step costs only Python and any
+population size is free. Every device check in nanochat is "CPU or not", so a meta step takes the CUDA branches
+(torch top-k, dense per-key sums, every query row's Binomial draws), and the CUDA path never reads a value on the
+host (it is replayed as a CUDA graph), so it runs without data. One step is counted after a warm-up step, under a
+dispatch mode that sees every aten operator below autograd:
+
+* an operator that launches work counts as one kernel; views, allocations and `_unsafe_view` launch nothing and
+  are left out. A few operators launch more than one kernel on CUDA (large reductions, top-k's passes), and the
+  trainer's loss bookkeeping (about a dozen small ops) is not in this step. Checked against a real profile: for the
+  build that was profiled on an H200 (bb3df3e) this count gives 7,889 per step at P = 32, and the H200 measured
+  8,098 kernels per step, a figure that includes the model's construction spread over the two profiled steps (153
+  host-to-device copies alone);
+* each operator is charged to the innermost part of the model on its Python stack (`PARTS`);
+* `compiled_regions` are the functions that `TrainConfig.compile` hands to torch.compile on CUDA. Compiled, each
+  call becomes a few fused kernels; the operators outside them are what a compiled step still launches one by one.
+
+The count does not grow with the population (one model serves P = 1 and P = N, with no Python loop over members),
+which the tests check; P = 1 launches one clone fewer in autograd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import inspect
+import json
+import os
+import sys
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import BASELINE_MODEL, candidates  # noqa: E402
+
+from nanochat import edges, synaptic  # noqa: E402
+from nanochat.config import ModelConfig  # noqa: E402
+from nanochat.optim import PopulationOptimizer  # noqa: E402
+from nanochat.synaptic import SynapticGPT  # noqa: E402
+
+def _code(fn):
+    """The code object a frame of fn runs (under torch.no_grad's and autograd.Function's wrappers)."""
+    return inspect.unwrap(fn).__code__
+
+
+# Innermost function on the stack -> the part of the step it belongs to.
+PARTS = {
+    synaptic.PresynapticState.release: "release step",
+    synaptic.PresynapticState.logit_scale: "logit scale (release probability of every key)",
+    edges.top_edges: "top-k edges",
+    synaptic.ReleaseNoise.draw_edges: "release noise",
+    synaptic._logits_chain: "logits chain, forward",
+    synaptic._logits_chain_backward: "logits chain, backward",
+    synaptic._ChunkedPresynapticAttention.forward: "attention q.k and p.v, forward",
+    synaptic._ChunkedPresynapticAttention.backward: "attention q.k and p.v, backward",
+    synaptic.SynapticLinear.hebbian_update: "Hebbian update",
+    PopulationOptimizer.step: "optimizer",
+    synaptic.SynapticGPT.forward: "rest of the forward (projections, norms, MLP, loss)",
+}
+BACKWARD_REST = "rest of the backward (autograd)"
+# What TrainConfig.compile fuses on CUDA (AttentionChains).
+COMPILED_REGIONS = (synaptic._logits_chain, synaptic._logits_chain_backward, synaptic.PresynapticState.release)
+_PART_OF_CODE = {_code(f): label for f, label in PARTS.items()}
+_REGION_CODES = {_code(f) for f in COMPILED_REGIONS}
+NO_KERNEL = {"aten::_unsafe_view", "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty",
+             "aten::new_empty_strided", "aten::detach", "aten::lift_fresh", "aten::alias", "aten::promote_types"}
+
+
+class _MetaNoise(synaptic.ReleaseNoise):
+    """Release noise on the meta device: a meta tensor has no generator, so the (host) generators are made on the
+    CPU; drawing on meta only shapes the result."""
+
+    def __init__(self, seeds: list[int], fracs: list[float], device: torch.device):
+        super().__init__(seeds, fracs, torch.device("cpu"))
+        self.device = device
+        self.group_of_member = self.group_of_member.to(device)
+
+
+class _Counter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: collections.Counter = collections.Counter()
+        self.parts: collections.Counter = collections.Counter()
+        self.inside_regions = 0
+        self.region_calls: dict[int, object] = {}  # holding each call's frame keeps its id unique
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = f"aten::{func.name().removeprefix('aten::').split('.')[0]}"
+        if not func.is_view and name not in NO_KERNEL:
+            self.ops[name] += 1
+            part, region = _where(sys._getframe(1))
+            self.parts[part] += 1
+            if region is not None:
+                self.inside_regions += 1
+                self.region_calls[id(region)] = region
+        return func(*args, **(kwargs or {}))
+
+
+def _where(frame) -> tuple[str, object]:
+    """The part an operator belongs to, and the frame of the compiled function's call it runs in (None outside)."""
+    part = region = None
+    while frame is not None:
+        if part is None:
+            part = _PART_OF_CODE.get(frame.f_code)
+        if region is None and frame.f_code in _REGION_CODES:
+            region = frame
+        frame = frame.f_back
+    return part or BACKWARD_REST, region
+
+
+def count(population: int, model: ModelConfig = BASELINE_MODEL, batch_size: int = 8) -> dict:
+    """Operators (kernels) of one training step of a population on the GPU code path, counted on the meta device."""
+    meta = torch.device("meta")
+    members = candidates(population)
+    real_noise = synaptic.ReleaseNoise
+    synaptic.ReleaseNoise = _MetaNoise
+    try:
+        net = SynapticGPT(model, [m.synaptic for m in members], [m.seed for m in members], meta).train()
+    finally:
+        synaptic.ReleaseNoise = real_noise
+    opt = PopulationOptimizer(net, 3e-3, 0.02)
+    tokens = torch.zeros(batch_size, model.sequence_len, dtype=torch.long, device=meta)
+    active = torch.ones(population, dtype=torch.bool, device=meta)
+
+    def step() -> None:
+        loss = net(tokens, tokens)
+        torch.where(active, loss, torch.zeros_like(loss)).sum().backward()
+        net.hebbian_update(active)
+        opt.set_schedule(1.0)
+        opt.step(active)
+        opt.zero_grad()
+
+    step()  # warm-up: the optimizer's state is created on the first step
+    with _Counter() as counter:
+        step()
+    total = sum(counter.ops.values())
+    return {
+        "population": population,
+        "kernels_per_step": total,
+        "parts": dict(counter.parts.most_common()),
+        "ops": dict(counter.ops.most_common()),
+        "compiled_regions": {"calls": len(counter.region_calls), "ops_inside": counter.inside_regions,
+                             "ops_outside": total - counter.inside_regions},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--population", type=int, default=32)
+    ap.add_argument("--out", default=None, help="also write the counts as JSON")
+    args = ap.parse_args(argv)
+    report = count(args.population)
+    print(f"P = {report['population']}: {report['kernels_per_step']} kernels per training step (GPU code path)")
+    for part, n in report["parts"].items():
+        print(f"  {n:6d}  {n / report['kernels_per_step']:6.1%}  {part}")
+    regions = report["compiled_regions"]
+    print(f"with TrainConfig.compile: {regions['ops_inside']} of them in {regions['calls']} calls of compiled "
+          f"functions (a few fused kernels each), {regions['ops_outside']} still launched one by one")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+    return report
+
+
+if __name__ == "__main__":
+    main()
