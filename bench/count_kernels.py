@@ -11,9 +11,10 @@ dispatch mode that sees every aten operator below autograd:
 * an operator that launches work counts as one kernel; views, allocations and `_unsafe_view` launch nothing and
   are left out. A few operators launch more than one kernel on CUDA (large reductions, top-k's passes), and the
   trainer's loss bookkeeping (about a dozen small ops) is not in this step. Checked against a real profile: for the
-  build that was profiled on an H200 (bb3df3e) this count gives 7,889 per step at P = 32, and the H200 measured
+  build that was profiled on an H200 (bb3df3e) this count gives 7,898 per step at P = 32, and the H200 measured
   8,098 kernels per step, a figure that includes the model's construction spread over the two profiled steps (153
   host-to-device copies alone);
+* a `_foreach_` operator counts as one launch, or one per tensor where its lists broadcast (CUDA's slow path);
 * each operator is charged to the innermost part of the model on its Python stack (`PARTS`);
 * `compiled_regions` are the functions that `TrainConfig.compile` hands to torch.compile on CUDA. Compiled, each
   call becomes a few fused kernels; the operators outside them are what a compiled step still launches one by one.
@@ -91,13 +92,25 @@ class _Counter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = f"aten::{func.name().removeprefix('aten::').split('.')[0]}"
         if not func.is_view and name not in NO_KERNEL:
-            self.ops[name] += 1
+            n = _kernels(name, args)
+            self.ops[name] += n
             part, region = _where(sys._getframe(1))
-            self.parts[part] += 1
+            self.parts[part] += n
             if region is not None:
-                self.inside_regions += 1
+                self.inside_regions += n
                 self.region_calls[id(region)] = region
         return func(*args, **(kwargs or {}))
+
+
+def _kernels(name: str, args: tuple) -> int:
+    """One, except for a `_foreach_` operator whose tensor lists differ in shape (a broadcast), which CUDA runs as
+    one kernel per tensor; with matching lists it is one multi-tensor launch (very long lists take a few)."""
+    if not name.startswith("aten::_foreach_"):
+        return 1
+    lists = [a for a in args if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor)]
+    first = lists[0]
+    same = all(len(other) == len(first) and all(t.shape == f.shape for t, f in zip(other, first)) for other in lists)
+    return 1 if same else len(first)
 
 
 def _where(frame) -> tuple[str, object]:
