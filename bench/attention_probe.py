@@ -7,8 +7,8 @@ Timed on one layer of the baseline model (width 128, 4 heads, sequence 256, batc
 
 * the layer as built, forward and backward, with the eager and the torch.compile'd chains (`TrainConfig.compile`),
   alternating the two;
-* its presynaptic state loop alone (per chunk: logit scale, top-k edges, release; no grad), with the release step
-  eager and, on CUDA, compiled;
+* its presynaptic state loop alone (per chunk: top-k edges, release, the next chunk's logit scale; no grad), with
+  the state step eager and, on CUDA, compiled;
 * on CUDA, `flex_attention` for all queries with the logits chain as a `score_mod` reading a per-chunk table of key
   scales: the FlexAttention route for the logits half (CPU has no FlexAttention backward);
 * top-k of a last chunk's (P, B, H, Q, T) dots: torch.topk, a two-stage top-k (the max of 8 strided key groups,
@@ -35,7 +35,6 @@ from common import BASELINE_MODEL, sync  # noqa: E402
 
 from nanochat.config import ModelConfig, SynapticConfig  # noqa: E402
 from nanochat.population import Knobs  # noqa: E402
-from nanochat.edges import top_edges  # noqa: E402
 from nanochat.synaptic import AttentionChains, PresynapticAttention, PresynapticState, ReleaseNoise  # noqa: E402
 
 
@@ -113,24 +112,25 @@ def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig) -> dict:
         k = torch.randn(P, B, H, T, D, generator=gen).to(dev)
         allowed = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
 
-        def state_loop(release) -> None:
+        def state_loop(state_step) -> None:
             state = PresynapticState((P, B, H, T), knobs, dev, torch.float32)
             ema = torch.ones(P, device=dev)
+            state.logit_scale(min(Q, T), ema, knobs)
             for start in range(0, T, Q):
                 stop = min(start + Q, T)
-                state.logit_scale(stop, ema, knobs)
                 dots = q[..., start:stop, :] @ k[..., :stop, :].transpose(-1, -2)
-                vals, idx, valid = top_edges(dots, allowed[start:stop, start:stop], K)
-                release(state, vals, idx, valid, stop, ema, knobs, noise.draw_edges(tuple(idx.shape)))
+                uniforms = noise.draw_edges((*dots.shape[:-1], min(K, stop)))
+                state_step(state, dots, allowed[start:stop, start:stop], stop, min(stop + Q, T) if stop < T else 0,
+                           ema, knobs, uniforms)
 
-        out["state_loop_eager_s"] = median_s(lambda: state_loop(PresynapticState.release), dev, repeats)
+        out["state_loop_eager_s"] = median_s(lambda: state_loop(chains["eager"].state_step), dev, repeats)
         if dev.type == "cuda":
-            compiled = chains["compiled"].release
+            compiled = chains["compiled"].state_step
             t0 = time.perf_counter()
             state_loop(compiled)
             sync(dev)
             out["state_loop_compiled_first_call_s"] = time.perf_counter() - t0
-            out["state_loop_compiled_release_s"] = median_s(lambda: state_loop(compiled), dev, repeats)
+            out["state_loop_compiled_s"] = median_s(lambda: state_loop(compiled), dev, repeats)
 
     # 3. FlexAttention for the logits half (CUDA only: CPU has no FlexAttention backward)
     if dev.type == "cuda":

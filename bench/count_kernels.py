@@ -64,7 +64,7 @@ PARTS = {
 }
 BACKWARD_REST = "rest of the backward (autograd)"
 # What TrainConfig.compile fuses on CUDA (AttentionChains).
-COMPILED_REGIONS = (synaptic._logits_chain, synaptic._logits_chain_backward, synaptic.PresynapticState.release)
+COMPILED_REGIONS = (synaptic._logits_chain, synaptic._logits_chain_backward, synaptic._state_step)
 _PART_OF_CODE = {_code(f): label for f, label in PARTS.items()}
 _REGION_CODES = {_code(f) for f in COMPILED_REGIONS}
 NO_KERNEL = {"aten::_unsafe_view", "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty",

@@ -349,21 +349,33 @@ class AttentionChains:
     """The attention's elementwise chains, as written (eager) or fused by torch.compile (`TrainConfig.compile`).
 
     Run op by op, each chain is many passes over small tensors: the logits chain and its backward ~10 passes each
-    over a chunk's (..., Qc, keys) tensors, the release step ~90 ops per chunk. Inductor fuses each into a few loops
-    (C++/OpenMP on CPU, Triton on CUDA). The release step is compiled on CUDA only: on 2 CPU cores it compiled for
-    69 s and ran no faster; on the CPU it runs, by default, through release.c (`_release`), which gives the eager
-    ops' bits in three passes. Fused code may round differently from the eager ops (tests allow 1e-5 over 5 steps), and
-    compiling costs 10-50 s per process on 2 CPU cores (shapes are dynamic: every chunk and population size shares a
-    graph, except P = 1 and a last chunk that spans all keys), so it is an option, not the default.
+    over a chunk's (..., Qc, keys) tensors; a chunk's state step (its release edges, the release, and the next
+    chunk's logit scale) ~130 ops, three fifths of the kernels a CUDA step launches (bench/count_kernels.py).
+    Inductor fuses each into a few loops (C++/OpenMP on CPU, Triton on CUDA). The state step is compiled on CUDA
+    only: on 2 CPU cores the release step alone compiled for 69 s and ran no faster, and on the CPU the top-k and
+    the release run, by default, through topk.c and release.c (`_release`), which give the eager ops' bits. Fused
+    code may round differently from the eager ops (tests allow 1e-5 over 5 steps), and compiling costs 10-50 s per
+    process on 2 CPU cores (shapes are dynamic: every chunk and population size shares a graph, except P = 1 and a
+    last chunk that spans all keys), so it is an option, not the default.
     """
 
     def __init__(self, compiled: bool, device: torch.device):
-        self.forward, self.backward, self.release = _logits_chain, _logits_chain_backward, _release
+        self.forward, self.backward, self.state_step = _logits_chain, _logits_chain_backward, _state_step
         if compiled:
             self.forward = _compiled(_logits_chain)
             self.backward = _compiled(_logits_chain_backward)
             if device.type == "cuda":
-                self.release = _compiled(PresynapticState.release)
+                self.state_step = _compiled(_state_step)
+
+
+def _state_step(state: PresynapticState, d: torch.Tensor, own: torch.Tensor, n_keys: int, next_keys: int,
+                ema: torch.Tensor, k: Knobs, uniforms: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor | None:
+    """A chunk's state update after its logits: its queries' release edges (the top-k of the raw dots d, which it
+    may overwrite), their release, then the logit scale of the next chunk's first `next_keys` keys (None for 0).
+    One function, so that a compiled step fuses the three."""
+    vals, idx, valid = top_edges(d, own, k.structure.attn_topk)
+    _release(state, vals, idx, valid, n_keys, ema, k, uniforms)
+    return state.logit_scale(next_keys, ema, k) if next_keys else None
 
 
 def _release(state: PresynapticState, vals: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, n_keys: int,
@@ -406,19 +418,20 @@ class _ChunkedPresynapticAttention(torch.autograd.Function):
     def forward(ctx, q: torch.Tensor, key: torch.Tensor, v: torch.Tensor, run: "_AttentionRun") -> torch.Tensor:
         T, Q = q.shape[-2], run.chunk
         outs, probs, slopes = [], [], []
+        scale = run.state.logit_scale(min(Q, T), run.ema, run.knobs)  # the first chunk reads the fresh state
         for start in range(0, T, Q):
             stop = min(start + Q, T)  # queries [start, stop) see keys [0, stop)
             dots = q[..., start:stop, :] @ key[..., :stop, :].transpose(-1, -2)  # bf16 under autocast
             d = dots.to(run.state_dtype)
-            scale = run.state.logit_scale(stop, run.ema, run.knobs)  # state left by chunks before this one
             p, slope = run.chains.forward(d, scale, run.eps, run.lam, run.bias[..., start:stop, :stop])
             outs.append(p @ v[..., :stop, :])
             probs.append(p)
             slopes.append(slope)
             if run.training or stop < T:  # the last chunk's release would only matter to ema, when training
-                vals, idx, valid = top_edges(d, run.allowed[start:stop, start:stop], run.knobs.structure.attn_topk)
-                uniforms = run.noise.draw_edges(tuple(idx.shape)) if run.noise is not None else None
-                run.chains.release(run.state, vals, idx, valid, stop, run.ema, run.knobs, uniforms)
+                edges = (*d.shape[:-1], min(run.knobs.structure.attn_topk, stop))
+                uniforms = run.noise.draw_edges(edges) if run.noise is not None else None
+                scale = run.chains.state_step(run.state, d, run.allowed[start:stop, start:stop], stop,
+                                              min(stop + Q, T) if stop < T else 0, run.ema, run.knobs, uniforms)
         ctx.chunk, ctx.matmul_dtype, ctx.chains = Q, dots.dtype, run.chains
         ctx.probs, ctx.slopes = probs, slopes
         ctx.save_for_backward(q, key, v)
