@@ -70,8 +70,9 @@ def add_training_args(group: argparse._ActionsContainer) -> None:
     group.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                        help="on CUDA, launch every step's kernels from Python instead of replaying a CUDA graph")
     group.add_argument("--compile", action="store_true",
-                       help="torch.compile the attention's elementwise chains: faster steps on CUDA after a one-off "
-                            "compile of tens of seconds per process (results differ from the default by rounding)")
+                       help="torch.compile the step's many small kernels (attention chains, on CUDA the presynaptic "
+                            "state step, Hebbian update, optimizer step): a one-off compile of tens of seconds per "
+                            "process; results differ from the default by rounding")
 
 
 def model_config_from_args(args: argparse.Namespace) -> ModelConfig:

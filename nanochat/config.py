@@ -314,7 +314,7 @@ class TrainConfig:
     precision: str = "fp32"  # one of PRECISIONS
     cuda_graph: bool = True  # on CUDA, replay the training step as one CUDA graph after two eager steps
     matmul_precision: str = "highest"  # one of MATMUL_PRECISIONS; set for the run only, restored after
-    compile: bool = False  # torch.compile the attention's elementwise chains (synaptic.AttentionChains)
+    compile: bool = False  # torch.compile the small-kernel parts of a step (nanochat/fused.py says which)
 
     def __post_init__(self) -> None:
         # Types first, so a string or bool from an API caller is a ConfigError naming the field, not a TypeError

@@ -19,6 +19,7 @@ from torch import nn
 from .abs_sums import abs_row_sums
 from .config import ModelConfig, SynapticConfig
 from .edges import top_edges
+from .fused import compiled
 from .native import library
 from .population import Knobs, PopulationLinear, bcast, member_mean, member_sum
 from .release_kernel import native_release, usable
@@ -359,13 +360,13 @@ class AttentionChains:
     last chunk that spans all keys), so it is an option, not the default.
     """
 
-    def __init__(self, compiled: bool, device: torch.device):
+    def __init__(self, fuse: bool, device: torch.device):
         self.forward, self.backward, self.state_step = _logits_chain, _logits_chain_backward, _state_step
-        if compiled:
-            self.forward = _compiled(_logits_chain)
-            self.backward = _compiled(_logits_chain_backward)
+        if fuse:
+            self.forward = compiled(_logits_chain)
+            self.backward = compiled(_logits_chain_backward)
             if device.type == "cuda":
-                self.state_step = _compiled(_state_step)
+                self.state_step = compiled(_state_step)
 
 
 def _state_step(state: PresynapticState, d: torch.Tensor, own: torch.Tensor, n_keys: int, next_keys: int,
@@ -386,21 +387,6 @@ def _release(state: PresynapticState, vals: torch.Tensor, idx: torch.Tensor, val
     if lib is None:
         return state.release(vals, idx, valid, n_keys, ema, k, uniforms)
     native_release(lib, state, vals, idx, valid, n_keys, ema, k, uniforms)
-
-
-def _compiled(fn):
-    """torch.compile with dynamic shapes and without "duck sizing": by default two dimensions that happen to be
-    equal when a function is first compiled (P = B = 8, or a first chunk's Qc = keys) are assumed equal forever, and
-    every population or chunk where they differ compiles again."""
-    from torch.fx.experimental import _config as fx_config  # torch's symbolic-shape settings
-
-    compiled = torch.compile(fn, dynamic=True)
-
-    def call(*args):
-        with fx_config.patch(use_duck_shape=False):
-            return compiled(*args)
-
-    return call
 
 
 class _ChunkedPresynapticAttention(torch.autograd.Function):

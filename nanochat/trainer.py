@@ -22,6 +22,7 @@ import torch
 
 from .config import ConfigError, Member, ModelConfig, TrainConfig, check_same_structure
 from .data import BatchStream, Corpus
+from .fused import compiled
 from .hostmem import keep_freed_memory
 from .optim import PopulationOptimizer
 from .status import Status
@@ -238,6 +239,11 @@ def _train_population(members, model_cfg, train_cfg, corpus, device, progress, o
                         compile=train_cfg.compile)
     model.train()
     opt = PopulationOptimizer(model, train_cfg.learning_rate, train_cfg.matrix_lr, train_cfg.weight_decay)
+    # After the backward pass: the Hebbian update, then the optimizer step, fused with the model's chains under
+    # TrainConfig.compile (hundreds of small kernels each, op by op).
+    hebbian_update, optimizer_step = model.hebbian_update, opt.step
+    if train_cfg.compile:
+        hebbian_update, optimizer_step = compiled(hebbian_update), compiled(optimizer_step)
 
     P, steps = len(members), budget.max_steps
     bf16 = train_cfg.precision == "bf16"  # autocast: matmuls in bf16; softmax, norms, loss, state in fp32
@@ -268,8 +274,8 @@ def _train_population(members, model_cfg, train_cfg, corpus, device, progress, o
         active.copy_(active & ~newly_failed)
         # Failed members contribute nothing: where() keeps their (possibly NaN) loss out of the backward pass.
         torch.where(active, loss, torch.zeros_like(loss)).sum().backward()
-        model.hebbian_update(active)
-        opt.step(active)
+        hebbian_update(active)
+        optimizer_step(active)
         opt.zero_grad()
 
     graph = _StepGraph(model, steps, enabled=dev.type == "cuda" and train_cfg.cuda_graph)

@@ -1,4 +1,5 @@
-"""`TrainConfig.compile`: the attention's elementwise chains fused by torch.compile compute what the eager chains do.
+"""`TrainConfig.compile`: the parts of a step fused by torch.compile (the attention's chains, the Hebbian update and
+the optimizer step; on CUDA also the presynaptic state step) compute what the eager step does.
 
 Fused code may round differently (no bit-for-bit promise), so the checks are at float-rounding tolerance: compiled
 against eager on a mixed population with stochastic release and a member made NaN at step 3, and a member alone
@@ -12,7 +13,8 @@ import pytest
 import torch
 from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
-from nanochat import synaptic
+from nanochat import fused as fused_module
+from nanochat import synaptic, trainer
 from nanochat.cli_args import config_args
 from nanochat.config import ConfigError, ModelConfig, TrainConfig
 from nanochat.trainer import train_population
@@ -27,9 +29,20 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / abs(b)
 
 
-def test_compiled_chains_match_eager_and_keep_members_independent(corpus, nan_loss_at):
+def test_compiled_step_matches_eager_and_keeps_members_independent(corpus, nan_loss_at, monkeypatch):
     members = mixed_population(TRAINER_SYNAPTIC)[3:6]  # stochastic release on two, distinct seeds and knobs
     nan_loss_at(member=2, step=3)
+    calls: dict[str, int] = {}
+
+    def counted(fn):  # what the trainer hands to torch.compile, and how often the compiled version then runs
+        fused = fused_module.compiled(fn)
+
+        def call(*args):
+            calls[fn.__name__] = calls.get(fn.__name__, 0) + 1
+            return fused(*args)
+        return call
+
+    monkeypatch.setattr(trainer, "compiled", counted)
 
     def train(compile: bool, population):
         cfg = TrainConfig(batch_size=4, max_steps=5, warmup_steps=2, compile=compile)
@@ -39,6 +52,7 @@ def test_compiled_chains_match_eager_and_keep_members_independent(corpus, nan_lo
     eager, fused = train(False, members), train(True, members)
     for chain in (synaptic._logits_chain, synaptic._logits_chain_backward):  # compiled code exists, so it ran
         assert _debug_get_cache_entry_list(chain.__code__), chain.__name__
+    assert calls == {"hebbian_update": 5, "step": 5}  # the Hebbian update and optimizer step, compiled, every step
     assert [m.status for m in fused.members] == [m.status for m in eager.members] == ["ok", "ok", "nan"]
     assert fused.members[2].failure_step == eager.members[2].failure_step == 3
     for f, e in zip(fused.members[:2], eager.members[:2]):
