@@ -16,7 +16,7 @@ dispatch mode that sees every aten operator below autograd:
   host-to-device copies alone);
 * a `_foreach_` operator counts as one launch, or one per tensor where its lists broadcast (CUDA's slow path);
 * each operator is charged to the innermost part of the model on its Python stack (`PARTS`);
-* `compiled_regions` are the functions that `TrainConfig.compile` hands to torch.compile on CUDA. Compiled, each
+* `compiled_regions` are the functions that `TrainConfig.compile` hands to torch.compile on CUDA (`fused.py`). Compiled, each
   call becomes a few fused kernels; the operators outside them are what a compiled step still launches one by one.
 
 The count does not grow with the population (one model serves P = 1 and P = N, with no Python loop over members),
@@ -63,8 +63,9 @@ PARTS = {
     synaptic.SynapticGPT.forward: "rest of the forward (projections, norms, MLP, loss)",
 }
 BACKWARD_REST = "rest of the backward (autograd)"
-# What TrainConfig.compile fuses on CUDA (AttentionChains).
-COMPILED_REGIONS = (synaptic._logits_chain, synaptic._logits_chain_backward, synaptic._state_step)
+# What TrainConfig.compile fuses on CUDA (nanochat/fused.py).
+COMPILED_REGIONS = (synaptic._logits_chain, synaptic._logits_chain_backward, synaptic._state_step,
+                    synaptic.SynapticGPT.hebbian_update, PopulationOptimizer.step)
 _PART_OF_CODE = {_code(f): label for f, label in PARTS.items()}
 _REGION_CODES = {_code(f) for f in COMPILED_REGIONS}
 NO_KERNEL = {"aten::_unsafe_view", "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty",
@@ -166,6 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--population", type=int, default=32)
     ap.add_argument("--out", default=None, help="also write the counts as JSON")
     args = ap.parse_args(argv)
+    if args.population < 1:
+        ap.error(f"--population must be at least 1, got {args.population}")
     report = count(args.population)
     print(f"P = {report['population']}: {report['kernels_per_step']} kernels per training step (GPU code path)")
     for part, n in report["parts"].items():

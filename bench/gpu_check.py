@@ -2,7 +2,7 @@
 
 Rows are labelled fp32 (IEEE float32 matmuls, the reference), tf32 (float32 with --matmul-precision high) and bf16
 (autocast). Invariance rows also say whether two repeats of the same run gave bit-identical losses; the profile
-counts kernels per step.
+counts kernels per step, beside bench/count_kernels.py's count of the same step without a GPU.
 
     python bench/gpu_check.py --out gpu.json --budget-s 300      # a few minutes on an H100
     python bench/gpu_check.py --device cpu --smoke --out x.json  # seconds: the same code path on a tiny model
@@ -28,6 +28,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import count_kernels  # noqa: E402
 from common import BASELINE_MODEL, candidates, nan_loss_at, sync  # noqa: E402
 
 from nanochat.config import Member, ModelConfig, SynapticConfig, TrainConfig  # noqa: E402
@@ -323,6 +324,8 @@ def main(argv: list[str] | None = None) -> dict:
     profiles: list = []
     phase(f"profile_P{ratio_p}", lambda: (profiles.append(profile_top_ops(ratio_p, model, corpus, dev)),
                                           emit("profile", profiles)))
+    # The same step's kernels counted on the meta device (bench/count_kernels.py), to set beside the profile's.
+    phase("kernel_count", lambda: emit("kernel_count", count_kernels.count(ratio_p, model)))
     for p in compile_pops:
         for prec in ("fp32+compile", "tf32+compile"):
             phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(p, prec))

@@ -38,6 +38,8 @@ def test_gpu_check_smoke_on_cpu_writes_a_complete_report(tmp_path):
     assert [(p["population"], p["precision"]) for p in report["profile"]] == [(2, "fp32"), (2, "fp32+compile")]
     ops = report["profile"][0]["top_ops"]
     assert ops and any(op["op"] == "aten::bmm" for op in ops) and all(0 <= op["share"] <= 1 for op in ops)
+    counted = report["kernel_count"]  # the same population and model, counted on the meta device
+    assert counted["population"] == 2 and counted["kernels_per_step"] == sum(counted["parts"].values()) > 0
     assert report["errors"] == {} and report["skipped"] == []
 
 
@@ -83,6 +85,7 @@ def test_count_kernels_takes_the_gpu_path_and_does_not_grow_with_the_population(
     assert {"aten::topk", "aten::scatter_"} <= set(two["ops"])  # CUDA's top-k and dense per-key sums
     assert "aten::scatter_add_" not in two["ops"] and "aten::empty" not in two["ops"]
     regions = two["compiled_regions"]
-    assert regions["calls"] == 3 * TRAINER_MODEL.n_layer * 2  # release, chain and its backward, per layer and chunk
+    # the state step, the chain and its backward per layer and chunk; the Hebbian update; the optimizer step
+    assert regions["calls"] == 3 * TRAINER_MODEL.n_layer * 2 + 2
     assert regions["ops_inside"] + regions["ops_outside"] == two["kernels_per_step"]
     assert two["parts"]["release step"] > two["parts"]["top-k edges"] > 0
