@@ -351,7 +351,7 @@ class AttentionChains:
 
     Run op by op, each chain is many passes over small tensors: the logits chain and its backward ~10 passes each
     over a chunk's (..., Qc, keys) tensors; a chunk's state step (its release edges, the release, and the next
-    chunk's logit scale) ~130 ops, three fifths of the kernels a CUDA step launches (bench/count_kernels.py).
+    chunk's logit scale) ~150 ops, two thirds of the kernels an eager CUDA step launches (bench/count_kernels.py).
     Inductor fuses each into a few loops (C++/OpenMP on CPU, Triton on CUDA). The state step is compiled on CUDA
     only: on 2 CPU cores the release step alone compiled for 69 s and ran no faster, and on the CPU the top-k and
     the release run, by default, through topk.c and release.c (`_release`), which give the eager ops' bits. Fused
