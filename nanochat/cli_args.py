@@ -73,6 +73,9 @@ def add_training_args(group: argparse._ActionsContainer) -> None:
                        help="torch.compile the step's many small kernels (attention chains, on CUDA the presynaptic "
                             "state step, Hebbian update, optimizer step): a one-off compile of tens of seconds per "
                             "process; results differ from the default by rounding")
+    group.add_argument("--fused-attention", action="store_true",
+                       help="on CUDA, the presynaptic attention's logits, softmax and p @ v as fused Triton kernels "
+                            "(no queries x keys tensor in memory); results differ from the default by rounding")
 
 
 def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
@@ -86,7 +89,8 @@ def train_config_from_args(args: argparse.Namespace, time_limit_s: float | None)
                        warmup_steps=args.warmup_steps, warmdown_frac=args.warmdown_frac,
                        log_interval=args.log_interval, diverge_factor=args.diverge_factor,
                        data_seed=args.data_seed, time_limit_s=time_limit_s, precision=args.precision,
-                       cuda_graph=args.cuda_graph, matmul_precision=args.matmul_precision, compile=args.compile)
+                       cuda_graph=args.cuda_graph, matmul_precision=args.matmul_precision, compile=args.compile,
+                       fused_attention=args.fused_attention)
 
 
 def config_args(model_cfg: ModelConfig, train_cfg: TrainConfig) -> list[str]:

@@ -315,6 +315,7 @@ class TrainConfig:
     cuda_graph: bool = True  # on CUDA, replay the training step as one CUDA graph after two eager steps
     matmul_precision: str = "highest"  # one of MATMUL_PRECISIONS; set for the run only, restored after
     compile: bool = False  # torch.compile the small-kernel parts of a step (nanochat/fused.py says which)
+    fused_attention: bool = False  # CUDA: the attention's logits, softmax and p @ v as Triton kernels (fused_attention.py)
 
     def __post_init__(self) -> None:
         # Types first, so a string or bool from an API caller is a ConfigError naming the field, not a TypeError
@@ -352,7 +353,7 @@ class TrainConfig:
         check_seed("data_seed", self.data_seed)
         if self.time_limit_s is not None and not self.time_limit_s > 0:
             raise ConfigError.about("time_limit_s", f"must be > 0, got {self.time_limit_s}")
-        for name in ("cuda_graph", "compile"):
+        for name in ("cuda_graph", "compile", "fused_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError.about(name, f"must be True or False, got {getattr(self, name)!r}")
         if self.precision not in PRECISIONS:

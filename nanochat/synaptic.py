@@ -11,13 +11,14 @@ Shapes: P members, B batch rows, T positions, C = n_embd, H heads of size D, Q =
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .abs_sums import abs_row_sums
-from .config import ModelConfig, SynapticConfig
+from .config import ConfigError, ModelConfig, SynapticConfig
 from .edges import top_edges
 from .fused import compiled
 from .native import library
@@ -360,13 +361,27 @@ class AttentionChains:
     last chunk that spans all keys), so it is an option, not the default.
     """
 
-    def __init__(self, fuse: bool, device: torch.device):
+    def __init__(self, fuse: bool, device: torch.device, fused_attention: bool = False):
         self.forward, self.backward, self.state_step = _logits_chain, _logits_chain_backward, _state_step
+        self.kernel = fused_attention_kernel(device) if fused_attention else None
         if fuse:
             self.forward = compiled(_logits_chain)
             self.backward = compiled(_logits_chain_backward)
             if device.type == "cuda":
                 self.state_step = compiled(_state_step)
+
+
+def fused_attention_kernel(device: torch.device):
+    """`fused_attention.presynaptic_attention` (`TrainConfig.fused_attention`), or a ConfigError saying why it
+    cannot run here: it needs Triton, and a CUDA device or Triton's CPU interpreter (TRITON_INTERPRET=1)."""
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ConfigError.about("fused_attention", f"needs a CUDA device, got {device.type!r} (its Triton kernels "
+                                                   "run on a CPU only in Triton's slow interpreter, TRITON_INTERPRET=1)")
+    try:
+        from .fused_attention import presynaptic_attention
+    except ImportError as e:
+        raise ConfigError.about("fused_attention", f"needs Triton, which does not import here ({e})") from None
+    return presynaptic_attention
 
 
 def _state_step(state: PresynapticState, d: torch.Tensor, own: torch.Tensor, n_keys: int, next_keys: int,
@@ -413,11 +428,7 @@ class _ChunkedPresynapticAttention(torch.autograd.Function):
             outs.append(p @ v[..., :stop, :])
             probs.append(p)
             slopes.append(slope)
-            if run.training or stop < T:  # the last chunk's release would only matter to ema, when training
-                edges = (*d.shape[:-1], min(run.knobs.structure.attn_topk, stop))
-                uniforms = run.noise.draw_edges(edges) if run.noise is not None else None
-                scale = run.chains.state_step(run.state, d, run.allowed[start:stop, start:stop], stop,
-                                              min(stop + Q, T) if stop < T else 0, run.ema, run.knobs, uniforms)
+            scale = run.advance(d, start, stop, T)
         ctx.chunk, ctx.matmul_dtype, ctx.chains = Q, dots.dtype, run.chains
         ctx.probs, ctx.slopes = probs, slopes
         ctx.save_for_backward(q, key, v)
@@ -459,6 +470,31 @@ class _AttentionRun:
         self.lam = bcast(knobs.lambda_loge, 5).to(dtype)
         self.eps = bcast(knobs.release_eps, 5).to(dtype)
 
+    def advance(self, d: torch.Tensor, start: int, stop: int, T: int) -> torch.Tensor | None:
+        """The state step after the chunk of queries [start, stop), from its raw dots d (which it may overwrite):
+        the next chunk's logit scale, or None after the last chunk (whose release, when training, still moves ema)."""
+        if not (self.training or stop < T):  # the last chunk's release would only matter to ema, when training
+            return None
+        edges = (*d.shape[:-1], min(self.knobs.structure.attn_topk, stop))
+        uniforms = self.noise.draw_edges(edges) if self.noise is not None else None
+        return self.chains.state_step(self.state, d, self.allowed[start:stop, start:stop], stop,
+                                      min(stop + self.chunk, T) if stop < T else 0, self.ema, self.knobs, uniforms)
+
+    @torch.no_grad()
+    def scale_table(self, q: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """Every chunk's logit scale, (P, B, H, n_chunks, T) float32 (zero past a chunk's keys): the chunked
+        forward's state loop without its logits, for the fused kernel (`AttentionChains.kernel`)."""
+        T, Q = q.shape[-2], self.chunk
+        table = q.new_zeros(*q.shape[:-2], -(-T // Q), T, dtype=torch.float32)
+        scale = self.state.logit_scale(min(Q, T), self.ema, self.knobs)
+        for i, start in enumerate(range(0, T, Q)):
+            stop = min(start + Q, T)
+            table[..., i, :stop] = scale[..., 0, :]
+            if self.training or stop < T:
+                d = (q[..., start:stop, :] @ key[..., :stop, :].transpose(-1, -2)).to(self.state_dtype)
+                scale = self.advance(d, start, stop, T)
+        return table
+
 
 class PresynapticAttention(nn.Module):
     """Causal self-attention whose logits carry a log(release) term and a distance barrier
@@ -494,7 +530,11 @@ class PresynapticAttention(nn.Module):
         ema = self.ema.clone()  # advanced chunk by chunk; written back only when training
         run = _AttentionRun(state, ema, k, noise if self.training else None, self.training, T, x.device, state_dtype,
                             self.chains)
-        y = _ChunkedPresynapticAttention.apply(q.contiguous(), key.contiguous(), v.contiguous(), run)
+        if self.chains.kernel is None:
+            y = _ChunkedPresynapticAttention.apply(q.contiguous(), key.contiguous(), v.contiguous(), run)
+        else:  # the same function, the state loop first and then one fused kernel over all queries
+            y = self.chains.kernel(q, key, v, run.scale_table(q, key), k.lambda_loge, k.release_eps,
+                                   k.barrier_strength, run.chunk)
         if self.training:
             self.ema.copy_(ema)
         return self.c_proj(y.transpose(2, 3).reshape(P, B * T, C)).view(P, B, T, C)
@@ -619,7 +659,7 @@ class SynapticGPT(nn.Module):
     """
 
     def __init__(self, mcfg: ModelConfig, configs: list[SynapticConfig], seeds: list[int],
-                 device: torch.device | str = "cpu", compile: bool = False):
+                 device: torch.device | str = "cpu", compile: bool = False, fused_attention: bool = False):
         super().__init__()
         if len(configs) != len(seeds):
             raise ValueError("configs and seeds must have one entry per member")
@@ -629,7 +669,7 @@ class SynapticGPT(nn.Module):
         self.knobs = Knobs(configs, device)
         rank = self.knobs.structure.post_rank
         self.wte = nn.Parameter(torch.empty(P, mcfg.vocab_size, mcfg.n_embd))
-        chains = AttentionChains(compile, device)  # shared by the layers (compiled once, not per layer)
+        chains = AttentionChains(compile, device, fused_attention)  # shared by the layers (compiled once)
         self.blocks = nn.ModuleList([Block(mcfg, rank, P, chains) for _ in range(mcfg.n_layer)])
         self.lm_head = nn.Parameter(torch.empty(P, mcfg.n_embd, mcfg.vocab_size))
         D = mcfg.head_dim

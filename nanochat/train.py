@@ -94,6 +94,10 @@ def _main(argv: list[str] | None, interrupts: Interrupts) -> int:
             from .trainer import resolve_device, train_population
 
         device = resolve_device(args.device)
+        if train_cfg.fused_attention:
+            from .synaptic import fused_attention_kernel
+
+            fused_attention_kernel(device)  # Triton, and a device it runs on
         run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         out_dir = args.out_dir or args.artifacts_dir / args.artifacts_kind / args.artifacts_topic / run_id
         out_field = "out_dir" if args.out_dir else "artifacts_dir"

@@ -236,7 +236,7 @@ def _train_population(members, model_cfg, train_cfg, corpus, device, progress, o
     budget = plan_budget(model_cfg, train_cfg, members[0].synaptic.post_rank)
     stream = BatchStream(corpus, train_cfg.batch_size, model_cfg.sequence_len, train_cfg.data_seed, dev)
     model = SynapticGPT(model_cfg, [m.synaptic for m in members], [m.seed for m in members], dev,
-                        compile=train_cfg.compile)
+                        compile=train_cfg.compile, fused_attention=train_cfg.fused_attention)
     model.train()
     opt = PopulationOptimizer(model, train_cfg.learning_rate, train_cfg.matrix_lr, train_cfg.weight_decay)
     # After the backward pass: the Hebbian update, then the optimizer step, fused with the model's chains under

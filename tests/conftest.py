@@ -1,6 +1,14 @@
-"""Shared fixtures: a model and budget small enough for CI's two cores, and the embedded corpus (loaded once)."""
+"""Shared fixtures: a model and budget small enough for CI's two cores, and the embedded corpus (loaded once).
 
-import pytest
+Triton's kernels (nanochat/fused_attention.py) run in its CPU interpreter in these tests. Triton reads
+TRITON_INTERPRET when it is first imported (torch.compile imports it too), so it is set here, before any test runs.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 from nanochat.data import load_corpus
 from helpers import one_thread as single_thread

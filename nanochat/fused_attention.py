@@ -1,0 +1,204 @@
+"""The presynaptic attention's logits, softmax and p @ v as fused Triton kernels (forward and backward), for CUDA.
+
+    y = presynaptic_attention(q, key, v, scales, lam, eps, barrier, chunk)   # (P, B, H, T, D), differentiable
+
+For query i, key j <= i and raw score s = q_i . k_j (q already carries 1/sqrt(D)), with c(i) = i // chunk:
+
+    z_ij = s + lam log(sigmoid(s) scales[c(i), j] + eps) - barrier |i - j| / chunk,    y_i = sum_j softmax_j(z_i) v_j
+
+the function `_ChunkedPresynapticAttention` (synaptic.py) computes chunk by chunk, once the state loop has written
+every chunk's logit scale into `scales`. The chunked form writes and rereads each chunk's (queries x keys) logits
+about 23 times (forward and backward, op by op or a few times fused); here no such tensor exists. A program owns a
+block of queries and walks the causal keys block by block, keeping each row's running max and sum (the
+flash-attention recurrence); the backward recomputes the scores from q, k and the row's log-sum-exp, one program
+per key block for dk and dv and one per query block for dq. Every sum runs in a fixed order (no atomics), so a run
+repeats bit for bit, and nothing mixes rows of different members.
+
+Per-member knobs (lam, eps, barrier: (P,) float32) are read per row; `scales` is (P, B, H, n_chunks, T) float32.
+Matmuls follow the run's precision: float32 inputs use TF32 when `torch.backends.cuda.matmul.allow_tf32` is set
+(`--matmul-precision high`), IEEE float32 otherwise; bfloat16 inputs multiply in bfloat16 with float32 sums.
+
+Triton compiles these for the GPU. Its interpreter (`TRITON_INTERPRET=1`, set before triton is imported) runs them
+on CPU tensors, slowly; the tests check them that way against float64 references.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_M = 64  # queries per program
+BLOCK_N = 32  # keys per inner step
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@triton.jit
+def _scores(q, k, offs_m, offs_n, T, sc_row, lam, eps, barrier, chunk, PREC: tl.constexpr):
+    """One block's raw scores s, logits z (-inf outside the causal triangle) and the scale and sigmoid behind them."""
+    s = tl.dot(q, tl.trans(k), input_precision=PREC)
+    keep = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < T) & (offs_m[:, None] < T)
+    sc = tl.load(sc_row[:, None] + offs_n[None, :], mask=keep, other=0.0)
+    sig = tl.sigmoid(s)
+    distance = (offs_m[:, None] - offs_n[None, :]).to(tl.float32) / chunk
+    z = (lam * tl.log(sig * sc + eps) + s) + (-barrier) * distance
+    return s, tl.where(keep, z, float("-inf")), sc, sig, keep
+
+
+@triton.jit
+def _rows(X, base, offs, D, offs_d, T):
+    """A block of rows (len(offs), BD) of one (T, D) matrix, zero past T and past D."""
+    return tl.load(X + base + offs[:, None] * D + offs_d[None, :], mask=(offs < T)[:, None] & (offs_d < D)[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _forward_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, LSE, T, D, rows_per_member, n_chunks, chunk,
+                    PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    m0 = tl.program_id(0) * BM
+    r = tl.program_id(1)  # one (member, batch row, head)
+    member = r // rows_per_member
+    lam, eps, barrier = tl.load(LAM + member), tl.load(EPS + member), tl.load(BAR + member)
+    offs_m, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BD)
+    base = r.to(tl.int64) * T * D
+    q = _rows(Q, base, offs_m, D, offs_d, T)
+    sc_row = SC + r.to(tl.int64) * n_chunks * T + (offs_m // chunk) * T
+    m_i = tl.full((BM,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BM,), tl.float32)
+    acc = tl.zeros((BM, BD), tl.float32)
+    for n0 in range(0, tl.minimum(m0 + BM, T), BN):  # causal: keys up to the block's last query
+        offs_n = n0 + tl.arange(0, BN)
+        k, v = _rows(K, base, offs_n, D, offs_d, T), _rows(V, base, offs_n, D, offs_d, T)
+        _, z, _, _, _ = _scores(q, k, offs_m, offs_n, T, sc_row, lam, eps, barrier, chunk, PREC)
+        m_new = tl.maximum(m_i, tl.max(z, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows past T see no key
+        p = tl.exp(z - m_safe[:, None])
+        alpha = tl.exp(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    rows = offs_m < T
+    l_i = tl.where(rows, l_i, 1.0)  # rows past T are not stored
+    tl.store(OUT + base + offs_m[:, None] * D + offs_d[None, :], (acc / l_i[:, None]).to(OUT.dtype.element_ty),
+             mask=rows[:, None] & (offs_d < D)[None, :])
+    tl.store(LSE + r.to(tl.int64) * T + offs_m, m_i + tl.log(l_i), mask=rows)
+
+
+@triton.jit
+def _dscores(p, do, v, delta, sig, sc, lam, eps, PREC: tl.constexpr):
+    """d loss / d s from the probabilities: the softmax's backward p (dp - delta), times d z / d s =
+    1 + lam sc sig (1 - sig) / (sig sc + eps)."""
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+    u = sig * sc
+    slope = (u / (u + eps)) * (1.0 - sig) * lam + 1.0
+    return p * (dp - delta[:, None]) * slope
+
+
+@triton.jit
+def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T, D, rows_per_member, n_chunks,
+                          chunk, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    n0 = tl.program_id(0) * BN
+    r = tl.program_id(1)
+    member = r // rows_per_member
+    lam, eps, barrier = tl.load(LAM + member), tl.load(EPS + member), tl.load(BAR + member)
+    offs_n, offs_d = n0 + tl.arange(0, BN), tl.arange(0, BD)
+    base = r.to(tl.int64) * T * D
+    k, v = _rows(K, base, offs_n, D, offs_d, T), _rows(V, base, offs_n, D, offs_d, T)
+    dk = tl.zeros((BN, BD), tl.float32)
+    dv = tl.zeros((BN, BD), tl.float32)
+    for m0 in range((n0 // BM) * BM, T, BM):  # the query blocks that see these keys, in order
+        offs_m = m0 + tl.arange(0, BM)
+        q, do = _rows(Q, base, offs_m, D, offs_d, T), _rows(DO, base, offs_m, D, offs_d, T)
+        lse = tl.load(LSE + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
+        delta = tl.load(DELTA + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
+        sc_row = SC + r.to(tl.int64) * n_chunks * T + (offs_m // chunk) * T
+        s, z, sc, sig, keep = _scores(q, k, offs_m, offs_n, T, sc_row, lam, eps, barrier, chunk, PREC)
+        p = tl.where(keep, tl.exp(z - lse[:, None]), 0.0)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+        ds = _dscores(p, do, v, delta, sig, sc, lam, eps, PREC)
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+    kv_mask = (offs_n < T)[:, None] & (offs_d < D)[None, :]
+    tl.store(DK + base + offs_n[:, None] * D + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + base + offs_n[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DQ, T, D, rows_per_member, n_chunks, chunk,
+                        PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+    m0 = tl.program_id(0) * BM
+    r = tl.program_id(1)
+    member = r // rows_per_member
+    lam, eps, barrier = tl.load(LAM + member), tl.load(EPS + member), tl.load(BAR + member)
+    offs_m, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BD)
+    base = r.to(tl.int64) * T * D
+    q, do = _rows(Q, base, offs_m, D, offs_d, T), _rows(DO, base, offs_m, D, offs_d, T)
+    lse = tl.load(LSE + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
+    delta = tl.load(DELTA + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
+    sc_row = SC + r.to(tl.int64) * n_chunks * T + (offs_m // chunk) * T
+    dq = tl.zeros((BM, BD), tl.float32)
+    for n0 in range(0, tl.minimum(m0 + BM, T), BN):
+        offs_n = n0 + tl.arange(0, BN)
+        k, v = _rows(K, base, offs_n, D, offs_d, T), _rows(V, base, offs_n, D, offs_d, T)
+        s, z, sc, sig, keep = _scores(q, k, offs_m, offs_n, T, sc_row, lam, eps, barrier, chunk, PREC)
+        p = tl.where(keep, tl.exp(z - lse[:, None]), 0.0)
+        ds = _dscores(p, do, v, delta, sig, sc, lam, eps, PREC)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    tl.store(DQ + base + offs_m[:, None] * D + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=(offs_m < T)[:, None] & (offs_d < D)[None, :])
+
+
+def _launch(kernel, grid_dim: int, args: tuple, T: int, D: int, R: int, rows_per_member: int, n_chunks: int,
+            chunk: int, precision: str) -> None:
+    block_d = max(16, triton.next_power_of_2(D))  # tl.dot needs 16 or more
+    kernel[(grid_dim, R)](*args, T, D, rows_per_member, n_chunks, chunk, PREC=precision, BM=BLOCK_M, BN=BLOCK_N,
+                          BD=block_d)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+class _PresynapticAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, key, v, scales, lam, eps, barrier, chunk: int):
+        P, B, H, T, D = q.shape
+        R, n_chunks = P * B * H, scales.shape[-2]
+        out = torch.empty_like(q)
+        lse = torch.empty(R, T, device=q.device, dtype=torch.float32)
+        precision = _precision(q.dtype)
+        _launch(_forward_kernel, triton.cdiv(T, BLOCK_M), (q, key, v, scales, lam, eps, barrier, out, lse),
+                T, D, R, B * H, n_chunks, chunk, precision)
+        ctx.save_for_backward(q, key, v, scales, lam, eps, barrier, out, lse)
+        ctx.chunk, ctx.precision = chunk, precision
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, key, v, scales, lam, eps, barrier, out, lse = ctx.saved_tensors
+        P, B, H, T, D = q.shape
+        R, n_chunks = P * B * H, scales.shape[-2]
+        grad_out = grad_out.contiguous()
+        delta = (grad_out.float() * out.float()).sum(-1)  # sum_j p_ij dp_ij, per query row
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(key), torch.empty_like(v)
+        common = (T, D, R, B * H, n_chunks, ctx.chunk, ctx.precision)
+        _launch(_backward_dkdv_kernel, triton.cdiv(T, BLOCK_N),
+                (q, key, v, scales, lam, eps, barrier, grad_out, lse, delta, dk, dv), *common)
+        _launch(_backward_dq_kernel, triton.cdiv(T, BLOCK_M),
+                (q, key, v, scales, lam, eps, barrier, grad_out, lse, delta, dq), *common)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def presynaptic_attention(q: torch.Tensor, key: torch.Tensor, v: torch.Tensor, scales: torch.Tensor,
+                          lam: torch.Tensor, eps: torch.Tensor, barrier: torch.Tensor, chunk: int) -> torch.Tensor:
+    """softmax(s + lam log(sigmoid(s) scales + eps) - barrier |i - j| / chunk) @ v over causal keys, (P, B, H, T, D).
+
+    q, key, v: (P, B, H, T, D) of one dtype in DTYPES; scales: (P, B, H, n_chunks, T) float32 with
+    n_chunks = ceil(T / chunk); lam, eps, barrier: (P,) float32. Gradients flow to q, key and v."""
+    if q.dtype not in DTYPES or key.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, key and v must share one dtype of {DTYPES}, got {q.dtype}, {key.dtype}, {v.dtype}")
+    T = q.shape[-2]
+    if scales.shape != (*q.shape[:3], -(-T // chunk), T) or scales.dtype != torch.float32:
+        raise ValueError(f"scales must be float32 {(*q.shape[:3], -(-T // chunk), T)}, got {scales.dtype} "
+                         f"{tuple(scales.shape)}")
+    args = [t.contiguous() for t in (q, key, v, scales, lam.float(), eps.float(), barrier.float())]
+    return _PresynapticAttention.apply(*args, chunk)
