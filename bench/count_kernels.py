@@ -1,6 +1,6 @@
 """Count the kernels one training step launches on the GPU code path, without a GPU, by part of the model.
 
-    python bench/count_kernels.py --population 32 [--out counts.json]
+    python bench/count_kernels.py --population 32 [--fused-attention] [--out counts.json]
 
 The model is built on PyTorch's `meta` device: tensors with shapes and no data, so a step costs only Python and any
 population size is free. Every device check in nanochat is "CPU or not", so a meta step takes the CUDA branches
@@ -18,6 +18,10 @@ dispatch mode that sees every aten operator below autograd:
 * each operator is charged to the innermost part of the model on its Python stack (`PARTS`);
 * `compiled_regions` are the functions that `TrainConfig.compile` hands to torch.compile on CUDA (`fused.py`). Compiled, each
   call becomes a few fused kernels; the operators outside them are what a compiled step still launches one by one.
+
+With --fused-attention (TrainConfig.fused_attention) the attention's Triton kernels cannot run on meta tensors; a
+stand-in launches what `fused_attention.presynaptic_attention` launches, as operators the count sees: one forward
+kernel per layer, and in the backward the two torch ops of the row sums `delta` and the two kernels (dk and dv, dq).
 
 The count does not grow with the population (one model serves P = 1 and P = N, with no Python loop over members),
 which the tests check; P = 1 launches one clone fewer in autograd.
@@ -48,6 +52,47 @@ def _code(fn):
     return inspect.unwrap(fn).__code__
 
 
+@torch.library.custom_op("count_kernels::fused_attention_forward", mutates_args=())
+def _forward_kernel(q: torch.Tensor) -> torch.Tensor:
+    raise NotImplementedError("a stand-in for counting on the meta device")
+
+
+@torch.library.custom_op("count_kernels::fused_attention_backward_dk_dv", mutates_args=())
+def _dk_dv_kernel(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    raise NotImplementedError("a stand-in for counting on the meta device")
+
+
+@torch.library.custom_op("count_kernels::fused_attention_backward_dq", mutates_args=())
+def _dq_kernel(q: torch.Tensor) -> torch.Tensor:
+    raise NotImplementedError("a stand-in for counting on the meta device")
+
+
+_forward_kernel.register_fake(torch.empty_like)
+_dk_dv_kernel.register_fake(lambda q: (torch.empty_like(q), torch.empty_like(q)))
+_dq_kernel.register_fake(torch.empty_like)
+
+
+class _FusedAttentionStandIn(torch.autograd.Function):
+    """The launches of fused_attention.presynaptic_attention, on meta tensors."""
+
+    @staticmethod
+    def forward(ctx, q, key, v, scales, lam, eps, barrier, chunk):
+        out = _forward_kernel(q)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (out,) = ctx.saved_tensors
+        delta = (grad_out.float() * out.float()).sum(-1)  # noqa: F841 - as the real backward computes it
+        (dk, dv), dq = _dk_dv_kernel(grad_out), _dq_kernel(grad_out)
+        return dq, dk, dv, None, None, None, None, None
+
+
+def _fused_attention_stand_in(device: torch.device):
+    return _FusedAttentionStandIn.apply
+
+
 # Innermost function on the stack -> the part of the step it belongs to.
 PARTS = {
     synaptic.PresynapticState.release: "release step",
@@ -60,6 +105,9 @@ PARTS = {
     synaptic._ChunkedPresynapticAttention.backward: "attention q.k and p.v, backward",
     synaptic.SynapticLinear.hebbian_update: "Hebbian update",
     PopulationOptimizer.step: "optimizer",
+    synaptic._AttentionRun.scale_table: "state loop's q.k and scale table (fused attention)",
+    _FusedAttentionStandIn.forward: "fused attention kernels, forward",
+    _FusedAttentionStandIn.backward: "fused attention kernels, backward",
     synaptic.SynapticGPT.forward: "rest of the forward (projections, norms, MLP, loss)",
 }
 BACKWARD_REST = "rest of the backward (autograd)"
@@ -91,7 +139,7 @@ class _Counter(TorchDispatchMode):
         self.region_calls: dict[int, object] = {}  # holding each call's frame keeps its id unique
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = f"aten::{func.name().removeprefix('aten::').split('.')[0]}"
+        name = func.name().split(".")[0]  # "aten::add", "count_kernels::fused_attention_forward"
         if not func.is_view and name not in NO_KERNEL:
             n = _kernels(name, args)
             self.ops[name] += n
@@ -126,16 +174,18 @@ def _where(frame) -> tuple[str, object]:
     return part or BACKWARD_REST, region
 
 
-def count(population: int, model: ModelConfig = BASELINE_MODEL, batch_size: int = 8) -> dict:
+def count(population: int, model: ModelConfig = BASELINE_MODEL, batch_size: int = 8,
+          fused_attention: bool = False) -> dict:
     """Operators (kernels) of one training step of a population on the GPU code path, counted on the meta device."""
     meta = torch.device("meta")
     members = candidates(population)
-    real_noise = synaptic.ReleaseNoise
-    synaptic.ReleaseNoise = _MetaNoise
+    real_noise, real_kernel = synaptic.ReleaseNoise, synaptic.fused_attention_kernel
+    synaptic.ReleaseNoise, synaptic.fused_attention_kernel = _MetaNoise, _fused_attention_stand_in
     try:
-        net = SynapticGPT(model, [m.synaptic for m in members], [m.seed for m in members], meta).train()
+        net = SynapticGPT(model, [m.synaptic for m in members], [m.seed for m in members], meta,
+                          fused_attention=fused_attention).train()
     finally:
-        synaptic.ReleaseNoise = real_noise
+        synaptic.ReleaseNoise, synaptic.fused_attention_kernel = real_noise, real_kernel
     opt = PopulationOptimizer(net, 3e-3, 0.02)
     tokens = torch.zeros(batch_size, model.sequence_len, dtype=torch.long, device=meta)
     active = torch.ones(population, dtype=torch.bool, device=meta)
@@ -154,6 +204,7 @@ def count(population: int, model: ModelConfig = BASELINE_MODEL, batch_size: int 
     total = sum(counter.ops.values())
     return {
         "population": population,
+        "fused_attention": fused_attention,
         "kernels_per_step": total,
         "parts": dict(counter.parts.most_common()),
         "ops": dict(counter.ops.most_common()),
@@ -165,11 +216,12 @@ def count(population: int, model: ModelConfig = BASELINE_MODEL, batch_size: int 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--population", type=int, default=32)
+    ap.add_argument("--fused-attention", action="store_true", help="count a step with TrainConfig.fused_attention")
     ap.add_argument("--out", default=None, help="also write the counts as JSON")
     args = ap.parse_args(argv)
     if args.population < 1:
         ap.error(f"--population must be at least 1, got {args.population}")
-    report = count(args.population)
+    report = count(args.population, fused_attention=args.fused_attention)
     print(f"P = {report['population']}: {report['kernels_per_step']} kernels per training step (GPU code path)")
     for part, n in report["parts"].items():
         print(f"  {n:6d}  {n / report['kernels_per_step']:6.1%}  {part}")

@@ -1,7 +1,8 @@
 """One prepared script for a lent GPU: CUDA batch invariance, throughput vs P, sequential ratio, memory, MFU, profile.
 
 Rows are labelled fp32 (IEEE float32 matmuls, the reference), tf32 (float32 with --matmul-precision high) and bf16
-(autocast). Invariance rows also say whether two repeats of the same run gave bit-identical losses; the profile
+(autocast), with "+compile" (TrainConfig.compile) and "+fused" (TrainConfig.fused_attention: the attention's Triton
+kernels) where those are on. Invariance rows also say whether two repeats of the same run gave bit-identical losses; the profile
 counts kernels per step, beside bench/count_kernels.py's count of the same step without a GPU.
 
     python bench/gpu_check.py --out gpu.json --budget-s 300      # a few minutes on an H100
@@ -42,23 +43,30 @@ from nanochat.trainer import train_population  # noqa: E402
 DEFAULT_PEAK_TFLOPS = {"fp32": 67.0, "tf32": 494.7, "bf16": 989.0}
 # Batch invariance on CUDA is checked at these relative tolerances on every loss of a 20-step run (CPU is exact):
 # cuBLAS may pick a different kernel for a different batch count, which reorders fp32 sums; TF32 and bf16 round more.
-INVARIANCE_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-3, "bf16": 1e-2, "fp32+compile": 1e-4, "tf32+compile": 1e-3}
-# Each row label as TrainConfig fields: (precision, matmul_precision).
-# precision label -> (TrainConfig.precision, matmul_precision, compile)
-SETTINGS = {"fp32": ("fp32", "highest", False), "tf32": ("fp32", "high", False), "bf16": ("bf16", "highest", False),
-            "fp32+compile": ("fp32", "highest", True), "tf32+compile": ("fp32", "high", True)}
+INVARIANCE_TOLERANCE = {"fp32": 1e-4, "tf32": 1e-3, "bf16": 1e-2, "fp32+compile": 1e-4, "tf32+compile": 1e-3,
+                        "fp32+fused": 1e-4, "tf32+fused": 1e-3, "bf16+fused": 1e-2}
+BASE_SETTINGS = {"fp32": ("fp32", "highest"), "tf32": ("fp32", "high"), "bf16": ("bf16", "highest")}
+
+
+def settings(label: str) -> dict:
+    """A row label ("tf32+compile+fused") as TrainConfig fields."""
+    base, *extras = label.split("+")
+    precision, matmul = BASE_SETTINGS[base]
+    return {"precision": precision, "matmul_precision": matmul, "compile": "compile" in extras,
+            "fused_attention": "fused" in extras}
+
+
+
 SMOKE_MODEL = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64)
 
 
-def invariance(corpus, dev: torch.device, precision: str, steps: int) -> dict:
+def invariance(corpus, dev: torch.device, precision: str, steps: int, population: int = 8) -> dict:
     """A mixed population of 8 (4 seeds, stochastic release on 7) against each member trained alone."""
     model = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64)
-    dtype, matmul, compiled = SETTINGS[precision]
-    train = TrainConfig(batch_size=4, max_steps=steps, warmup_steps=2, precision=dtype, matmul_precision=matmul,
-                        compile=compiled)
+    train = TrainConfig(batch_size=4, max_steps=steps, warmup_steps=2, **settings(precision))
     base = SynapticConfig(presyn_chunk=16)
     members = [Member(base.replace(alpha_c=0.1 + 0.1 * i, stochastic_train_frac=0.05 * i), 100 + i % 3)
-               for i in range(8)]
+               for i in range(population)]
     batched = train_population(members, model, train, corpus, dev)
     worst = 0.0
     for i, m in enumerate(members):
@@ -129,9 +137,7 @@ def cpu_vs_device(corpus, dev: torch.device, steps: int, model_cfg: ModelConfig)
 
 def run(members, model, corpus, dev, steps: int, precision: str = "fp32", graph: bool = True):
     """Wall seconds (construction included), the per-step device times and how the steps ran, for one population."""
-    dtype, matmul, compiled = SETTINGS[precision]
-    train = TrainConfig(max_steps=steps, warmup_steps=1, precision=dtype, matmul_precision=matmul, cuda_graph=graph,
-                        compile=compiled)
+    train = TrainConfig(max_steps=steps, warmup_steps=1, cuda_graph=graph, **settings(precision))
     sync(dev)
     t0 = time.perf_counter()
     result = train_population(members, model, train, corpus, dev)
@@ -229,6 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-ratio", action="store_true", help="skip the batched-vs-sequential ratio (P sequential runs)")
     ap.add_argument("--compile-populations", default="32,128",
                     help="populations also timed with TrainConfig(compile=True), fp32 and tf32, in the same run")
+    ap.add_argument("--fused-populations", default="32,128",
+                    help="populations also timed with TrainConfig(fused_attention=True) (tf32, bf16, tf32+compile)")
     ap.add_argument("--peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS["fp32"])
     ap.add_argument("--peak-tflops-tf32", type=float, default=DEFAULT_PEAK_TFLOPS["tf32"])
     ap.add_argument("--peak-tflops-bf16", type=float, default=DEFAULT_PEAK_TFLOPS["bf16"])
@@ -287,9 +295,17 @@ def main(argv: list[str] | None = None) -> dict:
     invariance_rows: list = []
     compile_pops = [int(x) for x in args.compile_populations.split(",") if x]  # "" for none
     compile_pops = [2] if args.smoke and compile_pops else compile_pops
-    for prec in ("fp32", "tf32", "bf16") + (("fp32+compile",) if compile_pops else ()):
-        phase(f"invariance_{prec}", lambda prec=prec: (invariance_rows.append(invariance(corpus, dev, prec, inv_steps)),
-                                                       emit("invariance", invariance_rows)))
+    fused_pops = [int(x) for x in args.fused_populations.split(",") if x]
+    # Smoke runs on the CPU take the kernels through Triton's interpreter (TRITON_INTERPRET=1), which is slow and
+    # multiplies bfloat16 wrongly: one float32 row of each kind, on small populations.
+    fused_pops = [1] if args.smoke and fused_pops else fused_pops
+    fused_rows = ("fp32+fused",) if args.smoke else ("tf32+fused", "bf16+fused", "tf32+compile+fused")
+    fused_invariance = ("fp32+fused",) if args.smoke else ("fp32+fused", "tf32+fused", "bf16+fused")
+    for prec in ("fp32", "tf32", "bf16") + (("fp32+compile",) if compile_pops else ()) + (
+            fused_invariance if fused_pops else ()):
+        size = 2 if args.smoke and "fused" in prec else 8
+        phase(f"invariance_{prec}", lambda prec=prec, size=size: (
+            invariance_rows.append(invariance(corpus, dev, prec, inv_steps, size)), emit("invariance", invariance_rows)))
     phase("warm_up", lambda: run(candidates(1), model, corpus, dev, 2))  # CUDA context, cuBLAS handles, allocator
     rows: list = []
 
@@ -326,12 +342,22 @@ def main(argv: list[str] | None = None) -> dict:
                                           emit("profile", profiles)))
     # The same step's kernels counted on the meta device (bench/count_kernels.py), to set beside the profile's.
     phase("kernel_count", lambda: emit("kernel_count", count_kernels.count(ratio_p, model)))
+    if fused_pops:
+        phase("kernel_count_fused", lambda: emit("kernel_count_fused",
+                                                 count_kernels.count(ratio_p, model, fused_attention=True)))
     for p in compile_pops:
         for prec in ("fp32+compile", "tf32+compile"):
             phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(p, prec))
     if compile_pops:
         phase(f"profile_compile_P{ratio_p}", lambda: (
             profiles.append(profile_top_ops(ratio_p, model, corpus, dev, precision="fp32+compile")),
+            emit("profile", profiles)))
+    for p in fused_pops:
+        for prec in fused_rows:
+            phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(p, prec))
+    if fused_pops and not args.smoke:  # the fewest kernels a step can launch: compiled chains and fused attention
+        phase(f"profile_compile_fused_P{ratio_p}", lambda: (
+            profiles.append(profile_top_ops(ratio_p, model, corpus, dev, precision="fp32+compile+fused")),
             emit("profile", profiles)))
     for p in sorted(({p for p in pops if p >= 128} | {max(pops)}) - {ratio_p}):  # and the issue's P = 128 targets
         for prec in ("tf32", "bf16"):

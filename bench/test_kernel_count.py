@@ -1,7 +1,8 @@
 """Kernels per training step on the GPU code path (bench/count_kernels.py, no GPU needed), held to this build's count.
 
 The issue's target is at most 2,000 kernels per step, measured on a GPU. Eager steps are far above it; with
-TrainConfig.compile the operators left outside the compiled functions set the floor. Both counts are exact (they do
+TrainConfig.compile the operators left outside the compiled functions set the floor; TrainConfig.fused_attention
+replaces the attention's chains and matmuls with three Triton kernels per layer (counted through stand-ins). Both counts are exact (they do
 not depend on the machine), so a change that adds kernels fails here; one that removes kernels should lower the
 ceilings with it.
 """
@@ -12,6 +13,8 @@ from count_kernels import count
 
 EAGER_CEILING = 7_510  # P = 32, this build
 OUTSIDE_COMPILED_CEILING = 1_391
+FUSED_EAGER_CEILING = 6_586  # with fused_attention
+FUSED_OUTSIDE_COMPILED_CEILING = 1_043
 
 
 def test_kernels_per_step_on_the_gpu_path(benchmark):
@@ -21,3 +24,12 @@ def test_kernels_per_step_on_the_gpu_path(benchmark):
                                 compiled_regions=regions)
     assert report["kernels_per_step"] <= EAGER_CEILING, report["parts"]
     assert regions["ops_outside"] <= OUTSIDE_COMPILED_CEILING, regions
+
+
+def test_kernels_per_step_with_the_fused_attention(benchmark):
+    report = benchmark.pedantic(count, args=(32,), kwargs={"fused_attention": True}, rounds=1, iterations=1)
+    regions = report["compiled_regions"]
+    benchmark.extra_info.update(kernels_per_step=report["kernels_per_step"], parts=report["parts"],
+                                compiled_regions=regions)
+    assert report["kernels_per_step"] <= FUSED_EAGER_CEILING, report["parts"]
+    assert regions["ops_outside"] <= FUSED_OUTSIDE_COMPILED_CEILING, regions

@@ -18,12 +18,13 @@ def test_gpu_check_smoke_on_cpu_writes_a_complete_report(tmp_path):
     out = tmp_path / "gpu.json"
     report = load_bench("gpu_check").main(["--device", "cpu", "--smoke", "--steps", "3", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
-    assert [r["precision"] for r in report["invariance"]] == ["fp32", "tf32", "bf16", "fp32+compile"]
+    # on the CPU the fused attention's kernels run in Triton's interpreter (conftest.py): one small row of each kind
+    assert [r["precision"] for r in report["invariance"]] == ["fp32", "tf32", "bf16", "fp32+compile", "fp32+fused"]
     assert all(r["passed"] and r["bit_identical_repeat"] and r["all_ok"] for r in report["invariance"])
     rows = report["throughput"]
     assert [(r["population"], r["precision"], r["cuda_graph"]) for r in rows] == [
         (1, "fp32", True), (2, "fp32", True), (2, "fp32", False), (2, "bf16", True), (2, "tf32", True),
-        (2, "fp32+compile", True), (2, "tf32+compile", True)]
+        (2, "fp32+compile", True), (2, "tf32+compile", True), (1, "fp32+fused", True)]
     assert all(r["execution"] == "eager" for r in rows)  # CUDA graphs exist on CUDA only
     eq = report["graph_equivalence"]
     assert eq["bit_identical"] and eq["same_statuses"] and eq["statuses"] == ["ok"] * 4 + ["nan"]
@@ -40,6 +41,7 @@ def test_gpu_check_smoke_on_cpu_writes_a_complete_report(tmp_path):
     assert ops and any(op["op"] == "aten::bmm" for op in ops) and all(0 <= op["share"] <= 1 for op in ops)
     counted = report["kernel_count"]  # the same population and model, counted on the meta device
     assert counted["population"] == 2 and counted["kernels_per_step"] == sum(counted["parts"].values()) > 0
+    assert report["kernel_count_fused"]["kernels_per_step"] < counted["kernels_per_step"]
     assert report["errors"] == {} and report["skipped"] == []
 
 
@@ -53,7 +55,7 @@ def test_gpu_check_records_a_failing_phase_and_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "profile_top_ops", broken)
     out = tmp_path / "gpu.json"
     report = gpu_check.main(["--device", "cpu", "--smoke", "--steps", "2", "--compile-populations", "",
-                             "--out", str(out)])
+                             "--fused-populations", "", "--out", str(out)])
     assert report["errors"]["invariance_fp32"] == "RuntimeError: planted failure"
     assert set(report["errors"]) == {"invariance_fp32", "invariance_tf32", "invariance_bf16", "profile_P2"}
     assert len(report["throughput"]) == 5 and report["batched_vs_sequential"]["speedup_median"] > 0
@@ -89,3 +91,11 @@ def test_count_kernels_takes_the_gpu_path_and_does_not_grow_with_the_population(
     assert regions["calls"] == 3 * TRAINER_MODEL.n_layer * 2 + 2
     assert regions["ops_inside"] + regions["ops_outside"] == two["kernels_per_step"]
     assert two["parts"]["release step"] > two["parts"]["top-k edges"] > 0
+
+    fused = count(2, TRAINER_MODEL, batch_size=2, fused_attention=True)  # the Triton kernels, by stand-ins
+    layers = TRAINER_MODEL.n_layer
+    assert fused["parts"]["fused attention kernels, forward"] == layers  # one kernel per layer
+    assert fused["parts"]["fused attention kernels, backward"] == 4 * layers  # delta's two ops, dk/dv, dq
+    assert not any(part.startswith("logits chain") for part in fused["parts"])
+    assert fused["parts"]["release step"] == two["parts"]["release step"]  # the same state loop
+    assert fused["kernels_per_step"] < two["kernels_per_step"]
