@@ -177,7 +177,7 @@ class _PresynapticAttention(torch.autograd.Function):
         q, key, v, scales, lam, eps, barrier, out, lse = ctx.saved_tensors
         P, B, H, T, D = q.shape
         R, n_chunks = P * B * H, scales.shape[-2]
-        grad_out = grad_out.contiguous()
+        grad_out = grad_out.to(q.dtype).contiguous()
         delta = (grad_out.float() * out.float()).sum(-1)  # sum_j p_ij dp_ij, per query row
         dq, dk, dv = torch.empty_like(q), torch.empty_like(key), torch.empty_like(v)
         common = (T, D, R, B * H, n_chunks, ctx.chunk, ctx.precision)

@@ -106,6 +106,32 @@ def test_kernel_refuses_mismatched_inputs(interpreted):
         interpreted.presynaptic_attention(q.double(), key, v, scales, lam, eps, barrier, 8)
 
 
+def test_under_autocast_the_kernel_multiplies_in_the_autocast_dtype(interpreted, monkeypatch):
+    """Under autocast q and k leave the qk-norm in float32 and v in 16 bits; the chunked path's matmuls run in
+    autocast's dtype, and so do the kernel's. (Float16: see the half-precision test on bfloat16.)"""
+    members = mixed_population(PILOT_SYNAPTIC)[:3]
+    tokens = torch.randint(0, PILOT_MODEL.vocab_size, (2, PILOT_MODEL.sequence_len),
+                           generator=torch.Generator().manual_seed(0))
+    dtypes = []
+    kernel = interpreted.presynaptic_attention
+    monkeypatch.setattr(interpreted, "presynaptic_attention",
+                        lambda q, key, v, *rest: dtypes.append((q.dtype, key.dtype, v.dtype)) or kernel(q, key, v, *rest))
+    out = {}
+    for fused in (False, True):
+        net = synaptic.SynapticGPT(PILOT_MODEL, [m.synaptic for m in members], [m.seed for m in members], "cpu",
+                                   fused_attention=fused).train()
+        with torch.no_grad():  # the output projection starts at zero: give the attention's output a way out
+            net.blocks[0].attn.c_proj.weight.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(1))
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = net(tokens, tokens)
+        loss.sum().backward()
+        out[fused] = loss.detach(), net.blocks[0].attn.c_q.weight.grad
+    assert dtypes == [(torch.float16,) * 3]
+    assert ((out[True][0] - out[False][0]).abs() <= 1e-3 * out[False][0].abs()).all()
+    grad, ref = out[True][1], out[False][1]
+    assert (grad - ref).abs().max() <= 2e-2 * ref.abs().max()
+
+
 def _train(corpus, members, fused: bool, steps: int = 4):
     cfg = TrainConfig(batch_size=2, max_steps=steps, warmup_steps=1, fused_attention=fused)
     return train_population(members, PILOT_MODEL, cfg, corpus, "cpu", val_batches=1)
