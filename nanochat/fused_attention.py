@@ -75,7 +75,7 @@ def _forward_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, LSE, T, D, rows_per_member,
         p = tl.exp(z - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)  # accumulates in place
         m_i = m_new
     rows = offs_m < T
     l_i = tl.where(rows, l_i, 1.0)  # rows past T are not stored
@@ -114,9 +114,9 @@ def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T,
         sc_row = SC + r.to(tl.int64) * n_chunks * T + (offs_m // chunk) * T
         s, z, sc, sig, keep = _scores(q, k, offs_m, offs_n, T, sc_row, lam, eps, barrier, chunk, PREC)
         p = tl.where(keep, tl.exp(z - lse[:, None]), 0.0)
-        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+        dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PREC)
         ds = _dscores(p, do, v, delta, sig, sc, lam, eps, PREC)
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=PREC)
     kv_mask = (offs_n < T)[:, None] & (offs_d < D)[None, :]
     tl.store(DK + base + offs_n[:, None] * D + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + base + offs_n[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
@@ -142,7 +142,7 @@ def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DQ, T, D, ro
         s, z, sc, sig, keep = _scores(q, k, offs_m, offs_n, T, sc_row, lam, eps, barrier, chunk, PREC)
         p = tl.where(keep, tl.exp(z - lse[:, None]), 0.0)
         ds = _dscores(p, do, v, delta, sig, sc, lam, eps, PREC)
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
     tl.store(DQ + base + offs_m[:, None] * D + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=(offs_m < T)[:, None] & (offs_d < D)[None, :])
 

@@ -12,6 +12,8 @@ import importlib
 import importlib.util
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -171,3 +173,36 @@ def test_fused_attention_is_a_checked_flag_that_round_trips(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ConfigError, match="fused_attention needs a CUDA device, got 'cpu'"):
         synaptic.fused_attention_kernel(torch.device("cpu"))
+
+
+COMPILE_FOR_HOPPER = """
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from nanochat import fused_attention as fa
+
+POINTERS = {"Q", "K", "V", "OUT", "DO", "DK", "DV", "DQ"}  # of the inputs' dtype; the other pointers are float32
+INTEGERS = {"T", "D", "rows_per_member", "n_chunks", "chunk"}
+for dtype, precision in (("fp32", "tf32"), ("bf16", "ieee")):
+    for kernel in (fa._forward_kernel, fa._backward_dkdv_kernel, fa._backward_dq_kernel):
+        names = kernel.arg_names
+        signature = {n: ("*" + dtype if n in POINTERS else "i32" if n in INTEGERS else
+                         "constexpr" if n in ("PREC", "BM", "BN", "BD") else "*fp32") for n in names}
+        constants = {"PREC": precision, "BM": fa.BLOCK_M, "BN": fa.BLOCK_N, "BD": 32}
+        source = ASTSource(kernel, signature, constexprs={(names.index(k),): v for k, v in constants.items()})
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], kernel
+        print(dtype, kernel.fn.__name__, compiled.metadata.shared)
+"""
+
+
+def test_kernels_compile_for_a_hopper_gpu_without_one():
+    """The interpreter does not compile anything: here Triton's compiler builds the three kernels for sm_90 (an
+    H100/H200) down to a cubin, in float32 with TF32 products and in bfloat16, as a GPU's first step would."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"  # Triton 3.9's default, stated (it warns when unset)
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(done.stdout.splitlines()) == 6
