@@ -359,6 +359,9 @@ class AttentionChains:
     code may round differently from the eager ops (tests allow 1e-5 over 5 steps), and compiling costs 10-50 s per
     process on 2 CPU cores (shapes are dynamic: every chunk and population size shares a graph, except P = 1 and a
     last chunk that spans all keys), so it is an option, not the default.
+
+    `kernel` is None, or with `fused_attention` (CUDA) the Triton kernels of nanochat/fused_attention.py, which
+    replace the chunked logits, softmax and p @ v (and so the two chains) once the state loop has run.
     """
 
     def __init__(self, fuse: bool, device: torch.device, fused_attention: bool = False):
