@@ -55,8 +55,8 @@ def _rows(X, base, offs, D, offs_d, T):
 @triton.jit
 def _forward_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, LSE, T, D, rows_per_member, n_chunks, chunk,
                     PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
-    m0 = tl.program_id(0) * BM
-    r = tl.program_id(1)  # one (member, batch row, head)
+    m0 = tl.program_id(1) * BM
+    r = tl.program_id(0)  # one (member, batch row, head): on the grid's x, which has room for 2**31 - 1
     member = r // rows_per_member
     lam, eps, barrier = tl.load(LAM + member), tl.load(EPS + member), tl.load(BAR + member)
     offs_m, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BD)
@@ -97,8 +97,8 @@ def _dscores(p, do, v, delta, sig, sc, lam, eps, PREC: tl.constexpr):
 @triton.jit
 def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T, D, rows_per_member, n_chunks,
                           chunk, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
-    n0 = tl.program_id(0) * BN
-    r = tl.program_id(1)
+    n0 = tl.program_id(1) * BN
+    r = tl.program_id(0)
     member = r // rows_per_member
     lam, eps, barrier = tl.load(LAM + member), tl.load(EPS + member), tl.load(BAR + member)
     offs_n, offs_d = n0 + tl.arange(0, BN), tl.arange(0, BD)
@@ -125,8 +125,8 @@ def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T,
 @triton.jit
 def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DQ, T, D, rows_per_member, n_chunks, chunk,
                         PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
-    m0 = tl.program_id(0) * BM
-    r = tl.program_id(1)
+    m0 = tl.program_id(1) * BM
+    r = tl.program_id(0)
     member = r // rows_per_member
     lam, eps, barrier = tl.load(LAM + member), tl.load(EPS + member), tl.load(BAR + member)
     offs_m, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BD)
@@ -150,7 +150,7 @@ def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DQ, T, D, ro
 def _launch(kernel, grid_dim: int, args: tuple, T: int, D: int, R: int, rows_per_member: int, n_chunks: int,
             chunk: int, precision: str) -> None:
     block_d = max(16, triton.next_power_of_2(D))  # tl.dot needs 16 or more
-    kernel[(grid_dim, R)](*args, T, D, rows_per_member, n_chunks, chunk, PREC=precision, BM=BLOCK_M, BN=BLOCK_N,
+    kernel[(R, grid_dim)](*args, T, D, rows_per_member, n_chunks, chunk, PREC=precision, BM=BLOCK_M, BN=BLOCK_N,
                           BD=block_d)
 
 

@@ -536,10 +536,11 @@ class PresynapticAttention(nn.Module):
         if self.chains.kernel is None:
             y = _ChunkedPresynapticAttention.apply(q.contiguous(), key.contiguous(), v.contiguous(), run)
         else:  # the same function, the state loop first and then one fused kernel over all queries
-            scales = run.scale_table(q, key)
-            mm = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else q.dtype
-            y = self.chains.kernel(q.to(mm), key.to(mm), v.to(mm), scales, k.lambda_loge, k.release_eps,
-                                   k.barrier_strength, run.chunk)  # products in autocast's dtype, as the chunks'
+            # v is a projection's output, so its dtype is the matmuls' (autocast's, under autocast); q and k leave
+            # the qk-norm in float32. The chunks' q.k and p.v run in that dtype too.
+            scales, mm = run.scale_table(q, key), v.dtype
+            y = self.chains.kernel(q.to(mm), key.to(mm), v, scales, k.lambda_loge, k.release_eps, k.barrier_strength,
+                                   run.chunk)
         if self.training:
             self.ema.copy_(ema)
         return self.c_proj(y.transpose(2, 3).reshape(P, B * T, C)).view(P, B, T, C)
