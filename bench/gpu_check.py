@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -240,6 +241,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--peak-tflops", type=float, default=DEFAULT_PEAK_TFLOPS["fp32"])
     ap.add_argument("--peak-tflops-tf32", type=float, default=DEFAULT_PEAK_TFLOPS["tf32"])
     ap.add_argument("--peak-tflops-bf16", type=float, default=DEFAULT_PEAK_TFLOPS["bf16"])
+    ap.add_argument("--phases", default=None,
+                    help="a regular expression: run only the phases whose name it matches (re.search), e.g. "
+                         "'throughput_.*fused' (the report lists the others under 'not_selected')")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="skip the phases that would start after this many seconds (the report says which)")
     ap.add_argument("--pilot", choices=("none", "batched", "all"), default="none",
@@ -260,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or 'unknown'})",
         "torch": torch.__version__, "steps": args.steps, "model": model.to_dict(), "smoke": args.smoke,
-        "phase_seconds": {}, "errors": {}, "skipped": [],
+        "phase_seconds": {}, "errors": {}, "skipped": [], "not_selected": [],
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "cpu_threads": torch.get_num_threads(),
     }
 
@@ -277,6 +281,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     def phase(name: str, fn) -> None:
         """Run one phase; an exception is recorded and the next phase still runs (minutes on a GPU are scarce)."""
+        if args.phases is not None and not re.search(args.phases, name):
+            report["not_selected"].append(name)
+            return
         if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
             report["skipped"].append(name)
             save()

@@ -53,16 +53,37 @@ def _rows(X, base, offs, D, offs_d, T):
 
 
 @triton.jit
+def _knobs(LAM, EPS, BAR, r, rows_per_member):
+    """lam, eps and barrier of the member that row r (one (member, batch row, head)) belongs to."""
+    member = r // rows_per_member
+    return tl.load(LAM + member), tl.load(EPS + member), tl.load(BAR + member)
+
+
+@triton.jit
+def _scale_rows(SC, r, offs_m, T, n_chunks, chunk):
+    """Pointers to the scale table's row of each query's chunk."""
+    return SC + r.to(tl.int64) * n_chunks * T + (offs_m // chunk) * T
+
+
+@triton.jit
+def _query_block(Q, DO, LSE, DELTA, r, base, offs_m, offs_d, D, T):
+    """What the backward reads of a block of queries: q, d out, and each row's log-sum-exp and delta."""
+    q, do = _rows(Q, base, offs_m, D, offs_d, T), _rows(DO, base, offs_m, D, offs_d, T)
+    lse = tl.load(LSE + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
+    delta = tl.load(DELTA + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
+    return q, do, lse, delta
+
+
+@triton.jit
 def _forward_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, LSE, T, D, rows_per_member, n_chunks, chunk,
                     PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     m0 = tl.program_id(1) * BM
     r = tl.program_id(0)  # one (member, batch row, head): on the grid's x, which has room for 2**31 - 1
-    member = r // rows_per_member
-    lam, eps, barrier = tl.load(LAM + member), tl.load(EPS + member), tl.load(BAR + member)
+    lam, eps, barrier = _knobs(LAM, EPS, BAR, r, rows_per_member)
     offs_m, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BD)
     base = r.to(tl.int64) * T * D
     q = _rows(Q, base, offs_m, D, offs_d, T)
-    sc_row = SC + r.to(tl.int64) * n_chunks * T + (offs_m // chunk) * T
+    sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, chunk)
     m_i = tl.full((BM,), float("-inf"), tl.float32)
     l_i = tl.zeros((BM,), tl.float32)
     acc = tl.zeros((BM, BD), tl.float32)
@@ -99,8 +120,7 @@ def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T,
                           chunk, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     n0 = tl.program_id(1) * BN
     r = tl.program_id(0)
-    member = r // rows_per_member
-    lam, eps, barrier = tl.load(LAM + member), tl.load(EPS + member), tl.load(BAR + member)
+    lam, eps, barrier = _knobs(LAM, EPS, BAR, r, rows_per_member)
     offs_n, offs_d = n0 + tl.arange(0, BN), tl.arange(0, BD)
     base = r.to(tl.int64) * T * D
     k, v = _rows(K, base, offs_n, D, offs_d, T), _rows(V, base, offs_n, D, offs_d, T)
@@ -108,10 +128,8 @@ def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T,
     dv = tl.zeros((BN, BD), tl.float32)
     for m0 in range((n0 // BM) * BM, T, BM):  # the query blocks that see these keys, in order
         offs_m = m0 + tl.arange(0, BM)
-        q, do = _rows(Q, base, offs_m, D, offs_d, T), _rows(DO, base, offs_m, D, offs_d, T)
-        lse = tl.load(LSE + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
-        delta = tl.load(DELTA + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
-        sc_row = SC + r.to(tl.int64) * n_chunks * T + (offs_m // chunk) * T
+        q, do, lse, delta = _query_block(Q, DO, LSE, DELTA, r, base, offs_m, offs_d, D, T)
+        sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, chunk)
         s, z, sc, sig, keep = _scores(q, k, offs_m, offs_n, T, sc_row, lam, eps, barrier, chunk, PREC)
         p = tl.where(keep, tl.exp(z - lse[:, None]), 0.0)
         dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PREC)
@@ -127,14 +145,11 @@ def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DQ, T, D, ro
                         PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     m0 = tl.program_id(1) * BM
     r = tl.program_id(0)
-    member = r // rows_per_member
-    lam, eps, barrier = tl.load(LAM + member), tl.load(EPS + member), tl.load(BAR + member)
+    lam, eps, barrier = _knobs(LAM, EPS, BAR, r, rows_per_member)
     offs_m, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BD)
     base = r.to(tl.int64) * T * D
-    q, do = _rows(Q, base, offs_m, D, offs_d, T), _rows(DO, base, offs_m, D, offs_d, T)
-    lse = tl.load(LSE + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
-    delta = tl.load(DELTA + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
-    sc_row = SC + r.to(tl.int64) * n_chunks * T + (offs_m // chunk) * T
+    q, do, lse, delta = _query_block(Q, DO, LSE, DELTA, r, base, offs_m, offs_d, D, T)
+    sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, chunk)
     dq = tl.zeros((BM, BD), tl.float32)
     for n0 in range(0, tl.minimum(m0 + BM, T), BN):
         offs_n = n0 + tl.arange(0, BN)

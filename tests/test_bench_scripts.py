@@ -68,6 +68,15 @@ def test_gpu_check_skips_phases_past_its_budget(tmp_path):
     assert "throughput" not in report and report["errors"] == {}
 
 
+def test_gpu_check_runs_only_the_phases_asked_for():
+    report = load_bench("gpu_check").main(["--device", "cpu", "--smoke", "--steps", "2",
+                                           "--phases", "^throughput_fp32_P1$|^kernel_count"])
+    assert [(r["population"], r["precision"]) for r in report["throughput"]] == [(1, "fp32")]
+    assert set(report["phase_seconds"]) == {"throughput_fp32_P1", "kernel_count", "kernel_count_fused"}
+    assert {"graph_equivalence", "invariance_fp32+fused", "warm_up"} <= set(report["not_selected"])
+    assert report["errors"] == {} and report["skipped"] == []
+
+
 def test_attention_probe_smoke_on_cpu():
     report = load_bench("attention_probe").main(["--device", "cpu", "--smoke", "--repeats", "1"])
     assert report["population"] == 2 and report["two_stage_same_set"] is True
