@@ -20,8 +20,8 @@ dispatch mode that sees every aten operator below autograd:
   call becomes a few fused kernels; the operators outside them are what a compiled step still launches one by one.
 
 With --fused-attention (TrainConfig.fused_attention) the attention's Triton kernels cannot run on meta tensors; a
-stand-in launches what `fused_attention.presynaptic_attention` launches, as operators the count sees: one forward
-kernel per layer, and in the backward the two torch ops of the row sums `delta` and the two kernels (dk and dv, dq).
+stand-in launches what `fused_attention.presynaptic_attention` launches, as operators the count sees: the copies
+of its inputs into a contiguous layout (v's, per layer), one forward kernel per layer, and in the backward the two torch ops of the row sums `delta` and the two kernels (dk and dv, dq).
 
 The count does not grow with the population (one model serves P = 1 and P = N, with no Python loop over members),
 which the tests check; P = 1 launches one clone fewer in autograd.
@@ -90,7 +90,10 @@ class _FusedAttentionStandIn(torch.autograd.Function):
 
 
 def _fused_attention_stand_in(device: torch.device):
-    return _FusedAttentionStandIn.apply
+    def launch(q, key, v, scales, lam, eps, barrier, chunk):  # inputs prepared as presynaptic_attention does
+        args = [t.contiguous() for t in (q, key, v, scales, lam.float(), eps.float(), barrier.float())]
+        return _FusedAttentionStandIn.apply(*args, chunk)
+    return launch
 
 
 # Innermost function on the stack -> the part of the step it belongs to.
