@@ -4,8 +4,9 @@
 The kernel against a float64 reference written from the formula (values and gradients, several chunk sizes, lengths
 that are not a multiple of the kernel's blocks, float32 and float16), one member's NaN left in its own rows, and
 training with the kernel against the default chunked attention (a mixed population with stochastic release; a
-member alone vs in the population; a repeat bit for bit). The interpreter runs the kernels' programs one by one in
-numpy, so the shapes are small. Triton is in the `test` extra; CUDA builds of torch bring their own.
+member alone vs in the population; a repeat bit for bit), the dtype the kernel gets under autocast, and the kernels
+compiled for an sm_90 GPU by Triton's compiler, which needs no GPU. The interpreter runs the kernels' programs one by
+one in numpy, so the shapes are small. Triton is in the `test` extra; CUDA builds of torch bring their own.
 """
 
 import importlib
