@@ -254,13 +254,9 @@ def open_run(spec: PilotSpec, run_id: str | None, artifacts_dir: str | Path, res
         evaluator: Evaluator = ObjectiveEvaluator(objective, scoring)
     else:
         from nanochat.data import check_corpus_fits, load_corpus  # the trainer stack only when we train
-        from nanochat.trainer import plan_budget, resolve_device
+        from nanochat.trainer import plan_budget, resolve_run_device
 
-        device = resolve_device(spec.device)  # an unusable device is bad input for every path: fail before writing
-        if spec.train.fused_attention:
-            from nanochat.synaptic import fused_attention_kernel
-
-            fused_attention_kernel(device)  # the same: Triton and a device it runs on
+        resolve_run_device(spec.device, spec.train)  # an unusable device or option is bad input: fail before writing
         corpus = load_corpus(spec.data)
         check_corpus_fits(corpus, spec.model.sequence_len)
         budget = plan_budget(spec.model, spec.train, spec.base_synaptic.post_rank)

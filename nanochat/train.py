@@ -91,13 +91,9 @@ def _main(argv: list[str] | None, interrupts: Interrupts) -> int:
 
             from .data import check_corpus_fits, load_corpus
             from .summary import write_member_artifacts
-            from .trainer import resolve_device, train_population
+            from .trainer import resolve_run_device, train_population
 
-        device = resolve_device(args.device)
-        if train_cfg.fused_attention:
-            from .synaptic import fused_attention_kernel
-
-            fused_attention_kernel(device)  # Triton, and a device it runs on
+        device = resolve_run_device(args.device, train_cfg)
         run_id = args.run_id or time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         out_dir = args.out_dir or args.artifacts_dir / args.artifacts_kind / args.artifacts_topic / run_id
         out_field = "out_dir" if args.out_dir else "artifacts_dir"

@@ -26,7 +26,7 @@ from .fused import compiled
 from .hostmem import keep_freed_memory
 from .optim import PopulationOptimizer
 from .status import Status
-from .synaptic import SynapticGPT, estimate_flops
+from .synaptic import SynapticGPT, estimate_flops, fused_attention_kernel
 from .validation import check_val_batches, measure_val_loss, val_flops
 
 _FAILURE_CODES = {1: Status.NAN, 2: Status.DIVERGED}
@@ -102,6 +102,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ConfigError.about("device", "'cuda' was requested but CUDA is not available; use cpu or auto")
     if dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"unsupported device {device!r}; use cpu, cuda or auto")
+    return dev
+
+
+def resolve_run_device(device: str | torch.device, train_cfg: TrainConfig) -> torch.device:
+    """`resolve_device`, and a ConfigError if the run's options cannot run there (TrainConfig.fused_attention needs
+    Triton and a CUDA device): callers check this before they write anything."""
+    dev = resolve_device(device)
+    if train_cfg.fused_attention:
+        fused_attention_kernel(dev)
     return dev
 
 
@@ -230,7 +239,7 @@ def _train_population(members, model_cfg, train_cfg, corpus, device, progress, o
         raise ConfigError("a population needs at least one member")
     check_same_structure([m.synaptic for m in members])
     check_val_batches(val_batches)
-    dev = resolve_device(device)
+    dev = resolve_run_device(device, train_cfg)
     if dev.type == "cpu":
         keep_freed_memory()  # step activations are reused instead of page-faulted anew (see hostmem.py)
     budget = plan_budget(model_cfg, train_cfg, members[0].synaptic.post_rank)

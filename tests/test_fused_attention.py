@@ -176,6 +176,20 @@ def test_fused_attention_is_a_checked_flag_that_round_trips(monkeypatch):
         synaptic.fused_attention_kernel(torch.device("cpu"))
 
 
+def test_both_clis_refuse_the_fused_attention_on_a_cpu_before_writing(tmp_path, monkeypatch, capsys):
+    from cmaes_inproc.cli import main as pilot_main
+    from nanochat.train import main as train_main
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for main, prog, args in ((train_main, "nanochat.train", ["--out-dir", str(tmp_path / "one")]),
+                             (pilot_main, "cmaes_inproc", ["--artifacts-dir", str(tmp_path / "art"), "--quiet"])):
+        assert main(["--fused-attention", "--device", "cpu", *args]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines == [f"{prog}: error: --fused-attention needs a CUDA device, got 'cpu' (its Triton kernels run on "
+                         "a CPU only in Triton's slow interpreter, TRITON_INTERPRET=1)"]
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 COMPILE_FOR_HOPPER = """
 import sys
 import triton
