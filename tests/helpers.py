@@ -47,3 +47,23 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+def triton_interpreter_missing() -> str:
+    """Why Triton's interpreter cannot run nanochat/fused_attention.py's kernels here, or "" when it can.
+
+    Triton is in the `test` extra on Linux x86-64 only; conftest.py sets TRITON_INTERPRET=1. Interpreters before
+    Triton 3.7 give a program id as a one-element array, which a loop bound cannot be (checked with 3.3 to 3.6; their
+    GPU compilers build the kernels, as test_fused_attention checks with the installed one)."""
+    import importlib.metadata
+    import os
+
+    try:
+        version = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return "needs Triton (the test extra installs it on Linux x86-64)"
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return "needs Triton's interpreter (TRITON_INTERPRET=1, which conftest.py sets)"
+    if tuple(int(p) for p in version.split(".")[:2]) < (3, 7):
+        return f"Triton {version}'s interpreter cannot run these kernels (3.7 or newer can)"
+    return ""

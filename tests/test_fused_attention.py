@@ -19,21 +19,20 @@ import sys
 import pytest
 import torch
 
-if importlib.util.find_spec("triton") is None or os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs Triton and its interpreter (TRITON_INTERPRET=1, set by conftest.py)", allow_module_level=True)
+from nanochat import synaptic
+from nanochat.cli_args import config_args
+from nanochat.config import ConfigError, ModelConfig, TrainConfig
+from nanochat.trainer import train_population
 
-from nanochat import synaptic  # noqa: E402
-from nanochat.cli_args import config_args  # noqa: E402
-from nanochat.config import ConfigError, ModelConfig, TrainConfig  # noqa: E402
-from nanochat.trainer import train_population  # noqa: E402
-
-from helpers import parse_training_flags  # noqa: E402
-from tiny import PILOT_MODEL, PILOT_SYNAPTIC, mixed_population  # noqa: E402
+from helpers import parse_training_flags, triton_interpreter_missing
+from tiny import PILOT_MODEL, PILOT_SYNAPTIC, mixed_population
 
 
 @pytest.fixture(scope="module")
 def interpreted():
     """nanochat.fused_attention, its kernels run by Triton's interpreter on CPU tensors."""
+    if reason := triton_interpreter_missing():
+        pytest.skip(reason)
     return importlib.import_module("nanochat.fused_attention")
 
 
