@@ -5,15 +5,16 @@
 
 Timed on one layer of the baseline model (width 128, 4 heads, sequence 256, batch 8), medians of --repeats:
 
-* the layer as built, forward and backward, with the eager and the torch.compile'd chains (`TrainConfig.compile`),
-  alternating the two;
+* the layer as built, forward and backward, with the eager and the torch.compile'd chains (`TrainConfig.compile`)
+  and, where Triton runs (CUDA), the fused attention's kernels (`TrainConfig.fused_attention`), in turn;
 * its presynaptic state loop alone (per chunk: top-k edges, release, the next chunk's logit scale; no grad), with
-  the state step eager and, on CUDA, compiled;
+  the state step eager and, on CUDA, compiled, each with the default edges (torch.topk on CUDA) and the Triton
+  kernel's (`edges_triton.py`);
 * on CUDA, `flex_attention` for all queries with the logits chain as a `score_mod` reading a per-chunk table of key
   scales: the FlexAttention route for the logits half (CPU has no FlexAttention backward);
-* top-k of a last chunk's (P, B, H, Q, T) dots: torch.topk, a two-stage top-k (the max of 8 strided key groups,
-  the top-8 groups, then the top-8 of their 64 candidates: exactly the same set), sorting whole rows, and 8 rounds
-  of max.
+* top-k of a last chunk's (P, B, H, Q, T) dots: torch.topk, the model's release edges (`edges.top_edges`, and
+  the Triton kernel where it runs), a two-stage top-k (the max of 8 strided key groups, the top-8 groups, then the
+  top-8 of their 64 candidates: exactly the same set), sorting whole rows, and 8 rounds of max.
 
 Only timings: nothing here is used by the model.
 """
@@ -33,7 +34,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import BASELINE_MODEL, sync  # noqa: E402
 
-from nanochat.config import ModelConfig, SynapticConfig  # noqa: E402
+from nanochat.config import ConfigError, ModelConfig, SynapticConfig  # noqa: E402
+from nanochat.edges import top_edges  # noqa: E402
 from nanochat.population import Knobs  # noqa: E402
 from nanochat.synaptic import AttentionChains, PresynapticAttention, PresynapticState, ReleaseNoise  # noqa: E402
 
@@ -82,6 +84,10 @@ def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig) -> dict:
     angles = torch.outer(torch.arange(T, dtype=torch.float32), 1.0 / (10000 ** (torch.arange(0, D, 2) / D))).to(dev)
     noise = ReleaseNoise([1] * P, [configs[0].stochastic_train_frac] * P, dev)
     chains = {"eager": AttentionChains(False, dev), "compiled": AttentionChains(True, dev)}
+    try:  # the Triton kernels: CUDA, or Triton's interpreter (the tests' smoke run)
+        chains["fused"] = AttentionChains(False, dev, fused_attention=True)
+    except ConfigError as e:
+        out["fused_unavailable"] = str(e)
 
     def layer(name: str) -> tuple[float, float]:
         attn.chains = chains[name]
@@ -98,9 +104,11 @@ def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig) -> dict:
     layer("compiled")
     out["compile_first_call_s"] = time.perf_counter() - t0
     layer("eager")
+    if "fused" in chains:
+        layer("fused")  # Triton compiles its kernels on their first call
     samples: dict[str, list] = {n: [] for n in chains}
     for r in range(repeats):
-        for n in (("eager", "compiled") if r % 2 == 0 else ("compiled", "eager")):
+        for n in (list(chains) if r % 2 == 0 else list(chains)[::-1]):
             samples[n].append(layer(n))
     for n, s in samples.items():
         out[f"layer_{n}_fwd_s"] = statistics.median(a for a, _ in s)
@@ -112,7 +120,7 @@ def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig) -> dict:
         k = torch.randn(P, B, H, T, D, generator=gen).to(dev)
         allowed = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
 
-        def state_loop(state_step) -> None:
+        def state_loop(state_step, edges=top_edges) -> None:
             state = PresynapticState((P, B, H, T), knobs, dev, torch.float32)
             ema = torch.ones(P, device=dev)
             state.logit_scale(min(Q, T), ema, knobs)
@@ -121,9 +129,13 @@ def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig) -> dict:
                 dots = q[..., start:stop, :] @ k[..., :stop, :].transpose(-1, -2)
                 uniforms = noise.draw_edges((*dots.shape[:-1], min(K, stop)))
                 state_step(state, dots, allowed[start:stop, start:stop], stop, min(stop + Q, T) if stop < T else 0,
-                           ema, knobs, uniforms)
+                           ema, knobs, uniforms, edges)
 
         out["state_loop_eager_s"] = median_s(lambda: state_loop(chains["eager"].state_step), dev, repeats)
+        if "fused" in chains:
+            triton_edges = chains["fused"].edges
+            out["state_loop_eager_triton_edges_s"] = median_s(
+                lambda: state_loop(chains["eager"].state_step, triton_edges), dev, repeats)
         if dev.type == "cuda":
             compiled = chains["compiled"].state_step
             t0 = time.perf_counter()
@@ -131,6 +143,10 @@ def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig) -> dict:
             sync(dev)
             out["state_loop_compiled_first_call_s"] = time.perf_counter() - t0
             out["state_loop_compiled_s"] = median_s(lambda: state_loop(compiled), dev, repeats)
+            if "fused" in chains:
+                state_loop(compiled, triton_edges)  # its own graph: compiled on the first call
+                out["state_loop_compiled_triton_edges_s"] = median_s(
+                    lambda: state_loop(compiled, triton_edges), dev, repeats)
 
     # 3. FlexAttention for the logits half (CUDA only: CPU has no FlexAttention backward)
     if dev.type == "cuda":
@@ -139,8 +155,10 @@ def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig) -> dict:
     # 4. top-k variants on a last chunk's dots
     with torch.no_grad():
         dots = torch.randn(P, B, H, Q, T, generator=gen).to(dev)
+        own = torch.ones(Q, Q, dtype=torch.bool, device=dev).tril()
         variants = {
             "topk": lambda: dots.topk(K, -1, sorted=False),
+            "top_edges": lambda: top_edges(dots, own, K),  # masks the chunk's own keys in place: the same each time
             "two_stage": lambda: two_stage_topk(dots, K),
             "two_stage_sorted_by_key": lambda: two_stage_topk(dots, K, sort=True),
             "sort_rows": lambda: dots.sort(-1, descending=True),
@@ -153,6 +171,8 @@ def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig) -> dict:
                 work.scatter_(-1, i, float("-inf"))
 
         variants["rounds_of_max"] = rounds_of_max
+        if "fused" in chains:
+            variants["triton_top_edges"] = lambda: chains["fused"].edges(dots, own, K)
         out["topk_shape"] = list(dots.shape)
         out["topk_s"] = {name: median_s(fn, dev, repeats) for name, fn in variants.items()}
         same = torch.equal(two_stage_topk(dots, K)[1].sort(-1)[0], dots.topk(K, -1)[1].sort(-1)[0])

@@ -21,7 +21,9 @@ dispatch mode that sees every aten operator below autograd:
 
 With --fused-attention (TrainConfig.fused_attention) the attention's Triton kernels cannot run on meta tensors; a
 stand-in launches what `fused_attention.presynaptic_attention` launches, as operators the count sees: the copies
-of its inputs into a contiguous layout (v's, per layer), one forward kernel per layer, and in the backward the two torch ops of the row sums `delta` and the two kernels (dk and dv, dq).
+of its inputs into a contiguous layout (v's, per layer), one forward kernel per layer, and in the backward the two
+torch ops of the row sums `delta` and the two kernels (dk and dv, dq); another stands in for the release edges'
+kernel (`edges_triton.top_edges`, one launch per chunk).
 
 The count does not grow with the population (one model serves P = 1 and P = N, with no Python loop over members),
 which the tests check; P = 1 launches one clone fewer in autograd.
@@ -67,6 +69,17 @@ def _dq_kernel(q: torch.Tensor) -> torch.Tensor:
     raise NotImplementedError("a stand-in for counting on the meta device")
 
 
+@torch.library.custom_op("count_kernels::top_edges", mutates_args=())
+def _top_edges_kernel(dots: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    raise NotImplementedError("a stand-in for counting on the meta device")
+
+
+@_top_edges_kernel.register_fake
+def _(dots, k):
+    shape = (*dots.shape[:-1], k)
+    return dots.new_empty(shape), dots.new_empty(shape, dtype=torch.int64), dots.new_empty(shape, dtype=torch.bool)
+
+
 _forward_kernel.register_fake(torch.empty_like)
 _dk_dv_kernel.register_fake(lambda q: (torch.empty_like(q), torch.empty_like(q)))
 _dq_kernel.register_fake(torch.empty_like)
@@ -89,11 +102,15 @@ class _FusedAttentionStandIn(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None
 
 
-def _fused_attention_stand_in(device: torch.device):
+def _triton_top_edges_stand_in(dots, own, topk):  # as edges_triton.top_edges calls its kernel
+    return _top_edges_kernel(dots.contiguous(), min(topk, dots.shape[-1]))
+
+
+def _fused_attention_stand_ins(device: torch.device):
     def launch(q, key, v, scales, lam, eps, barrier, chunk):  # inputs prepared as presynaptic_attention does
         args = [t.contiguous() for t in (q, key, v, scales, lam.float(), eps.float(), barrier.float())]
         return _FusedAttentionStandIn.apply(*args, chunk)
-    return launch
+    return launch, _triton_top_edges_stand_in
 
 
 # Innermost function on the stack -> the part of the step it belongs to.
@@ -101,6 +118,7 @@ PARTS = {
     synaptic.PresynapticState.release: "release step",
     synaptic.PresynapticState.logit_scale: "logit scale (release probability of every key)",
     edges.top_edges: "top-k edges",
+    _triton_top_edges_stand_in: "top-k edges",
     synaptic.ReleaseNoise.draw_edges: "release noise",
     synaptic._logits_chain: "logits chain, forward",
     synaptic._logits_chain_backward: "logits chain, backward",
@@ -182,13 +200,13 @@ def count(population: int, model: ModelConfig = BASELINE_MODEL, batch_size: int 
     """Operators (kernels) of one training step of a population on the GPU code path, counted on the meta device."""
     meta = torch.device("meta")
     members = candidates(population)
-    real_noise, real_kernel = synaptic.ReleaseNoise, synaptic.fused_attention_kernel
-    synaptic.ReleaseNoise, synaptic.fused_attention_kernel = _MetaNoise, _fused_attention_stand_in
+    real_noise, real_kernels = synaptic.ReleaseNoise, synaptic.fused_attention_kernels
+    synaptic.ReleaseNoise, synaptic.fused_attention_kernels = _MetaNoise, _fused_attention_stand_ins
     try:
         net = SynapticGPT(model, [m.synaptic for m in members], [m.seed for m in members], meta,
                           fused_attention=fused_attention).train()
     finally:
-        synaptic.ReleaseNoise, synaptic.fused_attention_kernel = real_noise, real_kernel
+        synaptic.ReleaseNoise, synaptic.fused_attention_kernels = real_noise, real_kernels
     opt = PopulationOptimizer(net, 3e-3, 0.02)
     tokens = torch.zeros(batch_size, model.sequence_len, dtype=torch.long, device=meta)
     active = torch.ones(population, dtype=torch.bool, device=meta)

@@ -2,9 +2,9 @@
 
 The issue's target is at most 2,000 kernels per step, measured on a GPU. Eager steps are far above it; with
 TrainConfig.compile the operators left outside the compiled functions set the floor; TrainConfig.fused_attention
-replaces the attention's chains and matmuls with three Triton kernels per layer (counted through stand-ins). Both counts are exact (they do
-not depend on the machine), so a change that adds kernels fails here; one that removes kernels should lower the
-ceilings with it.
+replaces the attention's chains and matmuls with three Triton kernels per layer and the top-k with one per chunk
+(counted through stand-ins). Both counts are exact (they do not depend on the machine), so a change that adds
+kernels fails here; one that removes kernels should lower the ceilings with it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from count_kernels import count
 
 EAGER_CEILING = 7_510  # P = 32, this build
 OUTSIDE_COMPILED_CEILING = 1_391
-FUSED_EAGER_CEILING = 6_590  # with fused_attention
+FUSED_EAGER_CEILING = 6_334  # with fused_attention (its Triton top-k included)
 FUSED_OUTSIDE_COMPILED_CEILING = 1_047
 
 

@@ -10,7 +10,8 @@ finite. The order matters: stochastic release draws its uniforms per slot.
 On the CPU this is the C kernel of topk.c (`native.py` builds it): torch.topk costs ~8 ns per (row, key) whatever k,
 and was ~14% of a training step. Where the kernel cannot run (no C compiler, float64 in tests, k > 64),
 `_torch_top_edges` computes the same edges from torch.topk, slower. On CUDA the edges are torch.topk's, in the
-order it returns them (unsorted): the same keys up to ties at the k-th value, in an order of torch's choosing.
+order it returns them (unsorted): the same keys up to ties at the k-th value, in an order of torch's choosing;
+with `TrainConfig.fused_attention` they are the Triton kernel's of edges_triton.py, which follows the rule above.
 """
 
 from __future__ import annotations

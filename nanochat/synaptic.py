@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -361,12 +362,14 @@ class AttentionChains:
     last chunk that spans all keys), so it is an option, not the default.
 
     `kernel` is None, or with `fused_attention` (CUDA) the Triton kernels of nanochat/fused_attention.py, which
-    replace the chunked logits, softmax and p @ v (and so the two chains) once the state loop has run.
+    replace the chunked logits, softmax and p @ v (and so the two chains) once the state loop has run; `edges` is
+    edges.top_edges, or with `fused_attention` the Triton kernel of nanochat/edges_triton.py (the same edges as on
+    the CPU, where torch.topk's radix select was a tenth of a GPU step).
     """
 
     def __init__(self, fuse: bool, device: torch.device, fused_attention: bool = False):
         self.forward, self.backward, self.state_step = _logits_chain, _logits_chain_backward, _state_step
-        self.kernel = fused_attention_kernel(device) if fused_attention else None
+        self.kernel, self.edges = fused_attention_kernels(device) if fused_attention else (None, top_edges)
         if fuse:
             self.forward = compiled(_logits_chain)
             self.backward = compiled(_logits_chain_backward)
@@ -374,25 +377,28 @@ class AttentionChains:
                 self.state_step = compiled(_state_step)
 
 
-def fused_attention_kernel(device: torch.device):
-    """`fused_attention.presynaptic_attention` (`TrainConfig.fused_attention`), or a ConfigError saying why it
-    cannot run here: it needs Triton, and a CUDA device or Triton's CPU interpreter (TRITON_INTERPRET=1)."""
+def fused_attention_kernels(device: torch.device) -> tuple[Callable, Callable]:
+    """(`fused_attention.presynaptic_attention`, `edges_triton.top_edges`) for `TrainConfig.fused_attention`, or a
+    ConfigError saying why they cannot run here: they need Triton, and a CUDA device or Triton's CPU interpreter
+    (TRITON_INTERPRET=1)."""
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError.about("fused_attention", f"needs a CUDA device, got {device.type!r} (its Triton kernels "
                                                    "run on a CPU only in Triton's slow interpreter, TRITON_INTERPRET=1)")
     try:
+        from .edges_triton import top_edges as triton_top_edges
         from .fused_attention import presynaptic_attention
     except ImportError as e:
         raise ConfigError.about("fused_attention", f"needs Triton, which does not import here ({e})") from None
-    return presynaptic_attention
+    return presynaptic_attention, triton_top_edges
 
 
 def _state_step(state: PresynapticState, d: torch.Tensor, own: torch.Tensor, n_keys: int, next_keys: int,
-                ema: torch.Tensor, k: Knobs, uniforms: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor | None:
+                ema: torch.Tensor, k: Knobs, uniforms: tuple[torch.Tensor, torch.Tensor] | None,
+                edges: Callable) -> torch.Tensor | None:
     """A chunk's state update after its logits: its queries' release edges (the top-k of the raw dots d, which it
-    may overwrite), their release, then the logit scale of the next chunk's first `next_keys` keys (None for 0).
-    One function, so that a compiled step fuses the three."""
-    vals, idx, valid = top_edges(d, own, k.structure.attn_topk)
+    may overwrite; `edges` is `AttentionChains.edges`), their release, then the logit scale of the next chunk's
+    first `next_keys` keys (None for 0). One function, so that a compiled step fuses the three."""
+    vals, idx, valid = edges(d, own, k.structure.attn_topk)
     _release(state, vals, idx, valid, n_keys, ema, k, uniforms)
     return state.logit_scale(next_keys, ema, k) if next_keys else None
 
@@ -481,7 +487,8 @@ class _AttentionRun:
         edges = (*d.shape[:-1], min(self.knobs.structure.attn_topk, stop))
         uniforms = self.noise.draw_edges(edges) if self.noise is not None else None
         return self.chains.state_step(self.state, d, self.allowed[start:stop, start:stop], stop,
-                                      min(stop + self.chunk, T) if stop < T else 0, self.ema, self.knobs, uniforms)
+                                      min(stop + self.chunk, T) if stop < T else 0, self.ema, self.knobs, uniforms,
+                                      self.chains.edges)
 
     @torch.no_grad()
     def scale_table(self, q: torch.Tensor, key: torch.Tensor) -> torch.Tensor:

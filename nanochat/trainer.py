@@ -26,7 +26,7 @@ from .fused import compiled
 from .hostmem import keep_freed_memory
 from .optim import PopulationOptimizer
 from .status import Status
-from .synaptic import SynapticGPT, estimate_flops, fused_attention_kernel
+from .synaptic import SynapticGPT, estimate_flops, fused_attention_kernels
 from .validation import check_val_batches, measure_val_loss, val_flops
 
 _FAILURE_CODES = {1: Status.NAN, 2: Status.DIVERGED}
@@ -110,7 +110,7 @@ def resolve_run_device(device: str | torch.device, train_cfg: TrainConfig) -> to
     Triton and a CUDA device): callers check this before they write anything."""
     dev = resolve_device(device)
     if train_cfg.fused_attention:
-        fused_attention_kernel(dev)
+        fused_attention_kernels(dev)
     return dev
 
 

@@ -87,9 +87,12 @@ def test_gpu_check_runs_only_the_phases_asked_for():
 def test_attention_probe_smoke_on_cpu():
     report = load_bench("attention_probe").main(["--device", "cpu", "--smoke", "--repeats", "1"])
     assert report["population"] == 2 and report["two_stage_same_set"] is True
-    for part in ("eager", "compiled"):
+    fused = not triton_interpreter_missing()  # the Triton kernels' rows, in the interpreter (conftest.py)
+    for part in ("eager", "compiled") + (("fused",) if fused else ()):
         assert report[f"layer_{part}_fwd_s"] > 0 and report[f"layer_{part}_bwd_s"] > 0
-    assert set(report["topk_s"]) == {"topk", "two_stage", "two_stage_sorted_by_key", "sort_rows", "rounds_of_max"}
+    assert ("state_loop_eager_triton_edges_s" in report) == fused
+    assert set(report["topk_s"]) == {"topk", "top_edges", "two_stage", "two_stage_sorted_by_key", "sort_rows",
+                                     "rounds_of_max"} | ({"triton_top_edges"} if fused else set())
     assert "flex_fwd_bwd_s" not in report  # CUDA only
 
 
@@ -112,6 +115,8 @@ def test_count_kernels_takes_the_gpu_path_and_does_not_grow_with_the_population(
     layers = TRAINER_MODEL.n_layer
     assert fused["parts"]["fused attention kernels, forward"] == layers  # one kernel per layer
     assert fused["parts"]["fused attention kernels, backward"] == 4 * layers  # delta's two ops, dk/dv, dq
+    assert fused["parts"]["top-k edges"] == 2 * layers  # the Triton top-k: one launch per chunk
+    assert fused["ops"]["count_kernels::top_edges"] == 2 * layers and "aten::topk" not in fused["ops"]
     assert not any(part.startswith("logits chain") for part in fused["parts"])
     assert fused["parts"]["release step"] == two["parts"]["release step"]  # the same state loop
     assert fused["kernels_per_step"] < two["kernels_per_step"]

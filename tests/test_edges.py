@@ -1,6 +1,7 @@
-"""The release edges (nanochat/edges.py): the C kernel and the torch fallback both give exactly the documented
-edges, checked against a plain Python oracle. (Building the kernels, and training with and without them:
-test_native.py.)"""
+"""The release edges (nanochat/edges.py): the C kernel, the torch fallback and the GPU's Triton kernel
+(nanochat/edges_triton.py, run here by Triton's interpreter) all give exactly the documented edges, checked against
+a plain Python oracle. (Building the C kernels, and training with and without them: test_native.py; training with
+the Triton kernels: test_fused_attention.py.)"""
 
 import math
 
@@ -10,7 +11,10 @@ import torch
 from nanochat import native
 from nanochat.edges import _native_top_edges, _torch_top_edges, top_edges
 
+from helpers import triton_interpreter_missing
+
 needs_compiler = pytest.mark.skipif(native.find_compiler() is None, reason="no C compiler on this machine")
+needs_interpreter = pytest.mark.skipif(bool(triton_interpreter_missing()), reason=triton_interpreter_missing())
 
 
 def oracle(dots: torch.Tensor, k: int):
@@ -104,3 +108,36 @@ def test_float64_and_large_k_take_the_torch_path(monkeypatch):
     wide = torch.randn(1, 4, 80)  # float32, but k = 65 is past the kernel's limit of 64
     got = top_edges(wide.clone(), own_mask(4), 65)
     assert calls == [] and all(torch.equal(a, b) for a, b in zip(got, oracle(wide, 65)))
+
+
+TRITON_CASES = CASES + [((2,), 7, 1500, 8)]  # a row longer than a Triton program's 1,024 keys
+
+
+@needs_interpreter
+@pytest.mark.parametrize("lead, q, n, k", TRITON_CASES)
+@pytest.mark.parametrize("kind", ["normal", "awkward"])
+def test_the_triton_kernel_follows_the_rule(lead, q, n, k, kind):
+    from nanochat.edges_triton import top_edges as triton_top_edges
+
+    shape = (*lead, q, n)
+    dots = torch.randn(shape, generator=torch.Generator().manual_seed(n * 31 + k)) if kind == "normal" else awkward(shape, n + k)
+    before = dots.clone()
+    got = triton_top_edges(dots, own_mask(q), k)
+    assert torch.equal(dots.view(torch.int32), before.view(torch.int32))  # the scores are only read
+    for part, a, b in zip(("vals", "idx", "valid"), got, oracle(dots, min(k, n))):
+        assert torch.equal(a, b), f"triton {part} differs from the rule"
+
+
+@needs_interpreter
+def test_the_triton_kernel_compiles_into_a_graph_and_refuses_other_dtypes():
+    """The compiled state step (TrainConfig.compile on CUDA) calls it inside torch.compile: one operator, no graph
+    break, with shapes that change from chunk to chunk."""
+    from nanochat.edges_triton import top_edges as triton_top_edges
+
+    compiled = torch.compile(lambda d, own: triton_top_edges(d * 1.0, own, 8), dynamic=True, fullgraph=True)
+    for n in (40, 72):
+        dots = awkward((2, 8, n), n)
+        for a, b in zip(compiled(dots, own_mask(8)), oracle(dots, 8)):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="dots must be float32"):
+        triton_top_edges(torch.zeros(2, 4, 8, dtype=torch.float64), own_mask(4), 8)

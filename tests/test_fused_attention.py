@@ -143,14 +143,18 @@ def test_training_with_the_kernel_matches_the_chunked_attention(interpreted, cor
     """The pilot's test model (4 chunks per sequence, so the state evolves) on three members, two of them drawing
     stochastic releases: the kernel's losses within float rounding of the default's, member by member; a member
     alone gives its numbers in the population; and a second run repeats the first bit for bit."""
+    from nanochat import edges_triton
+
     members = mixed_population(PILOT_SYNAPTIC)[4:7]
-    calls = []
-    kernel = interpreted.presynaptic_attention
+    calls, edge_calls = [], []
+    kernel, edges = interpreted.presynaptic_attention, edges_triton.top_edges
     monkeypatch.setattr(interpreted, "presynaptic_attention", lambda *a: calls.append(1) or kernel(*a))
+    monkeypatch.setattr(edges_triton, "top_edges", lambda *a: edge_calls.append(1) or edges(*a))
     chunked = _train(corpus, members, False)
-    assert not calls
+    assert not calls and not edge_calls
     fused = _train(corpus, members, True)
     assert len(calls) == 4 + 1  # every training step, and the validation batch
+    assert edge_calls  # the release edges by the Triton kernel too (the same edges as topk.c: test_edges.py)
     for f, c in zip(fused.members, chunked.members):
         assert f.ok and c.ok and len(f.losses) == len(c.losses) == 4
         assert max(abs(a - b) / abs(b) for a, b in zip(f.losses, c.losses)) <= 1e-5
@@ -172,7 +176,7 @@ def test_fused_attention_is_a_checked_flag_that_round_trips(monkeypatch):
     assert parse_training_flags(flags[flags.index("--batch-size"):]) == on
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ConfigError, match="fused_attention needs a CUDA device, got 'cpu'"):
-        synaptic.fused_attention_kernel(torch.device("cpu"))
+        synaptic.fused_attention_kernels(torch.device("cpu"))
 
 
 def test_both_clis_refuse_the_fused_attention_on_a_cpu_before_writing(tmp_path, monkeypatch, capsys):
@@ -208,15 +212,30 @@ for dtype, precision in (("fp32", "tf32"), ("bf16", "ieee")):
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
         assert compiled.asm["cubin"], kernel
         print(dtype, kernel.fn.__name__, compiled.metadata.shared)
+
+from nanochat import edges_triton as et  # the release edges' kernel, float32 scores, rows of 256 and 2,048 keys
+signature = {"DOTS": "*fp32", "VALS": "*fp32", "IDX": "*i64", "VALID": "*i1", "rows": "i32", "n": "i32", "q": "i32",
+             "K": "constexpr", "BR": "constexpr", "BN": "constexpr"}
+names = et._top_edges_kernel.arg_names
+for keys in (256, 2048):
+    constants = {"K": 8, "BR": max(1, et.KEYS_PER_PROGRAM // keys), "BN": keys}
+    source = ASTSource(et._top_edges_kernel, signature,
+                       constexprs={(names.index(k),): v for k, v in constants.items()})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": et.WARPS})
+    assert compiled.asm["cubin"]
+    print("fp32 _top_edges_kernel", keys, compiled.metadata.shared)
 """
 
 
 def test_kernels_compile_for_a_hopper_gpu_without_one():
     """The interpreter does not compile anything: here Triton's compiler builds the three kernels for sm_90 (an
-    H100/H200) down to a cubin, in float32 with TF32 products and in bfloat16, as a GPU's first step would."""
+    H100/H200) down to a cubin, in float32 with TF32 products and in bfloat16, and the release edges' kernel
+    (nanochat/edges_triton.py), as a GPU's first step would."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("needs Triton (the test extra installs it on Linux x86-64)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"  # Triton 3.9's default, stated (it warns when unset)
     done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(done.stdout.splitlines()) == 6
+    assert len(done.stdout.splitlines()) == 8

@@ -1,0 +1,90 @@
+"""Each query's release edges as one Triton kernel, for the GPU: the same edges, in the same order, as topk.c.
+
+    vals, idx, valid = top_edges(dots, own, k)     # dots (..., Qc, keys) float32 of one chunk -> three (..., Qc, k)
+
+The definition is edges.py's: the k largest dots among the keys a query may see (NaN counts as largest, -0 equals
++0, of equal values the earlier key wins), listed in ascending key position; a query that sees fewer than k keys
+takes them all and fills the remaining slots s with position s, not valid; `vals` is 0 and `valid` False where a dot
+is not finite. `own` must be the causal mask of the chunk's own keys (the last Qc of the keys), as it always is in
+the attention; the kernel computes it from positions and does not read it.
+
+Why: on an H200, torch.topk on CUDA (a radix select per row, `gatherTopK`) was 10.6% of a training step's kernel
+time at P = 32 and 14.5% at P = 128, 0.88 ms per call there (bench/RESULTS.md); a chunk's top 8 of at most a few
+hundred keys per row is a few passes over registers. A program holds a block of rows whole: each key gets one
+64-bit rank (its dot's place in the order above, then the earlier position first), k rounds of a row maximum pick
+the chosen keys, and a running count over the row gives each its slot in key order. Nothing depends on how the
+GPU schedules it: the edges are a function of the dots, as on the CPU, so stochastic release (which draws its
+uniforms per slot) sees the same edges on every device. It is used with `TrainConfig.fused_attention`; registered as
+a torch operator so that torch.compile (the compiled state step) treats it as one opaque call.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# A program takes as many whole rows as fit in 1,024 keys (at least one row), on 8 warps: compiled for sm_90, no
+# register spills up to 4,096 keys per row (ptxas); 2,048 keys on 4 warps spilled.
+KEYS_PER_PROGRAM = 1024
+WARPS = 8
+
+
+@triton.jit
+def _top_edges_kernel(DOTS, VALS, IDX, VALID, rows, n, q, K: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr):
+    r = tl.program_id(0) * BR + tl.arange(0, BR)
+    j = tl.arange(0, BN)
+    seen = n - (q - 1 - r % q)  # row r is query r % q of the chunk, whose q queries are the last q keys
+    live = r < rows
+    visible = (j[None, :] < seen[:, None]) & live[:, None]
+    x = tl.load(DOTS + r.to(tl.int64)[:, None] * n + j[None, :], mask=visible, other=0.0)
+    # The dot's place in the order -inf < ... < -0 = +0 < ... < +inf < NaN, as an int32 (topk.c's order_key); keys
+    # the query may not see rank below every dot.
+    bits = x.to(tl.int32, bitcast=True)
+    order = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    order = tl.where(x == 0.0, 0, order)
+    order = tl.where(x != x, 0x7FFFFFFF, order)
+    order = tl.where(visible, order, -0x7FFFFFFF)
+    # One int64 per key, unique in its row: the order, then the earlier position first.
+    rank = (order.to(tl.int64) << 32) | (BN - 1 - j)[None, :].to(tl.int64)
+    taken = (tl.zeros((BR, BN), tl.int64) - 1) << 63  # below every rank
+    chosen = tl.zeros((BR, BN), tl.int32) != 0
+    for _ in tl.static_range(K):
+        hit = rank == tl.max(rank, 1)[:, None]
+        chosen = chosen | hit
+        rank = tl.where(hit, taken, rank)
+    slot = tl.cumsum(chosen.to(tl.int32), 1) - 1  # the chosen keys in ascending position
+    finite = visible & (tl.abs(x) < float("inf"))
+    out = r.to(tl.int64)[:, None] * K + slot
+    store = chosen & live[:, None]
+    tl.store(IDX + out, j[None, :].to(tl.int64) + tl.zeros((BR, BN), tl.int64), mask=store)
+    tl.store(VALS + out, tl.where(finite, x, 0.0), mask=store)
+    tl.store(VALID + out, finite, mask=store)
+
+
+@torch.library.custom_op("nanochat::top_edges", mutates_args=())
+def _top_edges(dots: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    *lead, q, n = dots.shape
+    rows = dots.numel() // n
+    vals = dots.new_empty(*lead, q, k)
+    idx = dots.new_empty(*lead, q, k, dtype=torch.int64)
+    valid = dots.new_empty(*lead, q, k, dtype=torch.bool)
+    if rows:
+        block_n = triton.next_power_of_2(n)
+        block_r = max(1, KEYS_PER_PROGRAM // block_n)
+        _top_edges_kernel[(triton.cdiv(rows, block_r),)](dots, vals, idx, valid, rows, n, q, K=k, BR=block_r,
+                                                          BN=block_n, num_warps=WARPS)
+    return vals, idx, valid
+
+
+@_top_edges.register_fake
+def _(dots: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    shape = (*dots.shape[:-1], k)
+    return dots.new_empty(shape), dots.new_empty(shape, dtype=torch.int64), dots.new_empty(shape, dtype=torch.bool)
+
+
+def top_edges(dots: torch.Tensor, own: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(vals, idx, valid) of the chunk's queries, as edges.top_edges; `dots` float32, `own` the causal mask."""
+    if dots.dtype != torch.float32:
+        raise ValueError(f"dots must be float32 (the presynaptic state's dtype), got {dots.dtype}")
+    return _top_edges(dots.contiguous(), min(topk, dots.shape[-1]))
