@@ -8,8 +8,7 @@ Timed on one layer of the baseline model (width 128, 4 heads, sequence 256, batc
 * the layer as built, forward and backward, with the eager and the torch.compile'd chains (`TrainConfig.compile`)
   and, where Triton runs (CUDA), the fused attention's kernels (`TrainConfig.fused_attention`), in turn;
 * its presynaptic state loop alone (per chunk: top-k edges, release, the next chunk's logit scale; no grad), with
-  the state step eager and, on CUDA, compiled, each with the default edges (torch.topk on CUDA) and the Triton
-  kernel's (`edges_triton.py`);
+  the state step eager, on CUDA compiled, and where Triton runs as its Triton kernels (`release_triton.py`);
 * on CUDA, `flex_attention` for all queries with the logits chain as a `score_mod` reading a per-chunk table of key
   scales: the FlexAttention route for the logits half (CPU has no FlexAttention backward);
 * top-k of a last chunk's (P, B, H, Q, T) dots: torch.topk, the model's release edges (`edges.top_edges`, and
@@ -67,8 +66,8 @@ def two_stage_topk(x: torch.Tensor, k: int, groups: int = 8, sort: bool = False)
     return vals, idx
 
 
-def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig) -> dict:
-    B, H, T, D = 8, model.n_head, model.sequence_len, model.head_dim
+def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig, B: int = 8) -> dict:
+    H, T, D = model.n_head, model.sequence_len, model.head_dim
     configs = [SynapticConfig()] * P
     knobs = Knobs(configs, dev)
     Q, K = knobs.structure.presyn_chunk, knobs.structure.attn_topk
@@ -120,7 +119,7 @@ def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig) -> dict:
         k = torch.randn(P, B, H, T, D, generator=gen).to(dev)
         allowed = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
 
-        def state_loop(state_step, edges=top_edges) -> None:
+        def state_loop(state_step) -> None:
             state = PresynapticState((P, B, H, T), knobs, dev, torch.float32)
             ema = torch.ones(P, device=dev)
             state.logit_scale(min(Q, T), ema, knobs)
@@ -129,13 +128,12 @@ def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig) -> dict:
                 dots = q[..., start:stop, :] @ k[..., :stop, :].transpose(-1, -2)
                 uniforms = noise.draw_edges((*dots.shape[:-1], min(K, stop)))
                 state_step(state, dots, allowed[start:stop, start:stop], stop, min(stop + Q, T) if stop < T else 0,
-                           ema, knobs, uniforms, edges)
+                           ema, knobs, uniforms)
 
         out["state_loop_eager_s"] = median_s(lambda: state_loop(chains["eager"].state_step), dev, repeats)
         if "fused" in chains:
-            triton_edges = chains["fused"].edges
-            out["state_loop_eager_triton_edges_s"] = median_s(
-                lambda: state_loop(chains["eager"].state_step, triton_edges), dev, repeats)
+            state_loop(chains["fused"].state_step)  # Triton compiles its kernels on their first call
+            out["state_loop_triton_s"] = median_s(lambda: state_loop(chains["fused"].state_step), dev, repeats)
         if dev.type == "cuda":
             compiled = chains["compiled"].state_step
             t0 = time.perf_counter()
@@ -143,10 +141,6 @@ def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig) -> dict:
             sync(dev)
             out["state_loop_compiled_first_call_s"] = time.perf_counter() - t0
             out["state_loop_compiled_s"] = median_s(lambda: state_loop(compiled), dev, repeats)
-            if "fused" in chains:
-                state_loop(compiled, triton_edges)  # its own graph: compiled on the first call
-                out["state_loop_compiled_triton_edges_s"] = median_s(
-                    lambda: state_loop(compiled, triton_edges), dev, repeats)
 
     # 3. FlexAttention for the logits half (CUDA only: CPU has no FlexAttention backward)
     if dev.type == "cuda":
@@ -172,7 +166,9 @@ def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig) -> dict:
 
         variants["rounds_of_max"] = rounds_of_max
         if "fused" in chains:
-            variants["triton_top_edges"] = lambda: chains["fused"].edges(dots, own, K)
+            from nanochat.edges_triton import top_edges as triton_top_edges
+
+            variants["triton_top_edges"] = lambda: triton_top_edges(dots, own, K)
         out["topk_shape"] = list(dots.shape)
         out["topk_s"] = {name: median_s(fn, dev, repeats) for name, fn in variants.items()}
         same = torch.equal(two_stage_topk(dots, K)[1].sort(-1)[0], dots.topk(K, -1)[1].sort(-1)[0])
@@ -213,7 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--population", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
-    ap.add_argument("--smoke", action="store_true", help="a tiny model and P = 2: checks the script, not a machine")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a tiny model, P = 2 and batch 2: checks the script, not a machine")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -224,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
              else BASELINE_MODEL)
     report = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", "torch": torch.__version__,
               "population": population, "threads": torch.get_num_threads(), "model": model.to_dict(),
-              **probe(dev, population, args.repeats, model)}
+              **probe(dev, population, args.repeats, model, 2 if args.smoke else 8)}
     text = json.dumps(report, indent=2)
     if args.out:
         with open(args.out, "w") as f:

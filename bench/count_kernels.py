@@ -16,14 +16,14 @@ dispatch mode that sees every aten operator below autograd:
   host-to-device copies alone);
 * a `_foreach_` operator counts as one launch, or one per tensor where its lists broadcast (CUDA's slow path);
 * each operator is charged to the innermost part of the model on its Python stack (`PARTS`);
-* `compiled_regions` are the functions that `TrainConfig.compile` hands to torch.compile on CUDA (`fused.py`). Compiled, each
-  call becomes a few fused kernels; the operators outside them are what a compiled step still launches one by one.
+* `compiled_regions` are the functions that `TrainConfig.compile` hands to torch.compile on CUDA (`fused.py`).
+  Compiled, each call becomes a few fused kernels; the operators outside them are what a compiled step still
+  launches one by one.
 
-With --fused-attention (TrainConfig.fused_attention) the attention's Triton kernels cannot run on meta tensors; a
-stand-in launches what `fused_attention.presynaptic_attention` launches, as operators the count sees: the copies
-of its inputs into a contiguous layout (v's, per layer), one forward kernel per layer, and in the backward the two
-torch ops of the row sums `delta` and the two kernels (dk and dv, dq); another stands in for the release edges'
-kernel (`edges_triton.top_edges`, one launch per chunk).
+With --fused-attention (TrainConfig.fused_attention) the step runs the real modules of its Triton kernels
+(fused_attention.py, edges_triton.py, release_triton.py; this needs Triton installed), whose torch operators are
+counted as usual; only the kernels cannot run on meta tensors, so each `kernel[grid](...)` launch stands in as one
+operator (`count_kernels::triton_kernel`), and the release edges' operator (`nanochat::top_edges`) counts as one.
 
 The count does not grow with the population (one model serves P = 1 and P = N, with no Python loop over members),
 which the tests check; P = 1 launches one clone fewer in autograd.
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import inspect
 import json
 import os
@@ -54,63 +55,44 @@ def _code(fn):
     return inspect.unwrap(fn).__code__
 
 
-@torch.library.custom_op("count_kernels::fused_attention_forward", mutates_args=())
-def _forward_kernel(q: torch.Tensor) -> torch.Tensor:
+@torch.library.custom_op("count_kernels::triton_kernel", mutates_args=())
+def _triton_launch(anchor: torch.Tensor, kernel: str) -> None:
     raise NotImplementedError("a stand-in for counting on the meta device")
 
 
-@torch.library.custom_op("count_kernels::fused_attention_backward_dk_dv", mutates_args=())
-def _dk_dv_kernel(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    raise NotImplementedError("a stand-in for counting on the meta device")
+_triton_launch.register_fake(lambda anchor, kernel: None)
 
 
-@torch.library.custom_op("count_kernels::fused_attention_backward_dq", mutates_args=())
-def _dq_kernel(q: torch.Tensor) -> torch.Tensor:
-    raise NotImplementedError("a stand-in for counting on the meta device")
+class _Launch:
+    """Stands in for a `@triton.jit` kernel: `kernel[grid](*args)` dispatches one operator the count sees."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: _triton_launch(next(a for a in args if isinstance(a, torch.Tensor)), self.name)
 
 
-@torch.library.custom_op("count_kernels::top_edges", mutates_args=())
-def _top_edges_kernel(dots: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    raise NotImplementedError("a stand-in for counting on the meta device")
+def _triton_modules() -> dict:
+    """The modules of TrainConfig.fused_attention, by name (they import Triton)."""
+    from nanochat import edges_triton, fused_attention, release_triton
+
+    return {"edges_triton": edges_triton, "fused_attention": fused_attention, "release_triton": release_triton}
 
 
-@_top_edges_kernel.register_fake
-def _(dots, k):
-    shape = (*dots.shape[:-1], k)
-    return dots.new_empty(shape), dots.new_empty(shape, dtype=torch.int64), dots.new_empty(shape, dtype=torch.bool)
-
-
-_forward_kernel.register_fake(torch.empty_like)
-_dk_dv_kernel.register_fake(lambda q: (torch.empty_like(q), torch.empty_like(q)))
-_dq_kernel.register_fake(torch.empty_like)
-
-
-class _FusedAttentionStandIn(torch.autograd.Function):
-    """The launches of fused_attention.presynaptic_attention, on meta tensors."""
-
-    @staticmethod
-    def forward(ctx, q, key, v, scales, lam, eps, barrier, chunk):
-        out = _forward_kernel(q)
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (out,) = ctx.saved_tensors
-        delta = (grad_out.float() * out.float()).sum(-1)  # noqa: F841 - as the real backward computes it
-        (dk, dv), dq = _dk_dv_kernel(grad_out), _dq_kernel(grad_out)
-        return dq, dk, dv, None, None, None, None, None
-
-
-def _triton_top_edges_stand_in(dots, own, topk):  # as edges_triton.top_edges calls its kernel
-    return _top_edges_kernel(dots.contiguous(), min(topk, dots.shape[-1]))
-
-
-def _fused_attention_stand_ins(device: torch.device):
-    def launch(q, key, v, scales, lam, eps, barrier, chunk):  # inputs prepared as presynaptic_attention does
-        args = [t.contiguous() for t in (q, key, v, scales, lam.float(), eps.float(), barrier.float())]
-        return _FusedAttentionStandIn.apply(*args, chunk)
-    return launch, _triton_top_edges_stand_in
+def _fused_parts() -> dict:
+    """PARTS of the Triton modules, where Triton imports."""
+    try:
+        m = _triton_modules()
+    except ImportError:  # no Triton: fused steps cannot be counted here
+        return {}
+    return {
+        m["edges_triton"].top_edges: "top-k edges",
+        m["release_triton"].release: "release step",
+        m["release_triton"].logit_scale: "logit scale (release probability of every key)",
+        m["fused_attention"]._PresynapticAttention.forward: "fused attention kernels, forward",
+        m["fused_attention"]._PresynapticAttention.backward: "fused attention kernels, backward",
+    }
 
 
 # Innermost function on the stack -> the part of the step it belongs to.
@@ -118,7 +100,6 @@ PARTS = {
     synaptic.PresynapticState.release: "release step",
     synaptic.PresynapticState.logit_scale: "logit scale (release probability of every key)",
     edges.top_edges: "top-k edges",
-    _triton_top_edges_stand_in: "top-k edges",
     synaptic.ReleaseNoise.draw_edges: "release noise",
     synaptic._logits_chain: "logits chain, forward",
     synaptic._logits_chain_backward: "logits chain, backward",
@@ -127,9 +108,8 @@ PARTS = {
     synaptic.SynapticLinear.hebbian_update: "Hebbian update",
     PopulationOptimizer.step: "optimizer",
     synaptic._AttentionRun.scale_table: "state loop's q.k and scale table (fused attention)",
-    _FusedAttentionStandIn.forward: "fused attention kernels, forward",
-    _FusedAttentionStandIn.backward: "fused attention kernels, backward",
     synaptic.SynapticGPT.forward: "rest of the forward (projections, norms, MLP, loss)",
+    **_fused_parts(),
 }
 BACKWARD_REST = "rest of the backward (autograd)"
 # What TrainConfig.compile fuses on CUDA (nanochat/fused.py).
@@ -200,13 +180,36 @@ def count(population: int, model: ModelConfig = BASELINE_MODEL, batch_size: int 
     """Operators (kernels) of one training step of a population on the GPU code path, counted on the meta device."""
     meta = torch.device("meta")
     members = candidates(population)
-    real_noise, real_kernels = synaptic.ReleaseNoise, synaptic.fused_attention_kernels
-    synaptic.ReleaseNoise, synaptic.fused_attention_kernels = _MetaNoise, _fused_attention_stand_ins
-    try:
+    with contextlib.ExitStack() as patches:
+        patch = patches.enter_context(_patching())
+        patch(synaptic, "ReleaseNoise", _MetaNoise)
+        if fused_attention:  # the real modules; only their kernels' launches stand in
+            modules = _triton_modules()
+            for module in modules.values():
+                for name, value in vars(module).items():
+                    if type(value).__name__ in ("JITFunction", "InterpretedFunction"):  # @triton.jit (interpreted)
+                        patch(module, name, _Launch(name))
+            patch(synaptic, "fused_attention_kernels", lambda device: (
+                modules["fused_attention"].presynaptic_attention, modules["release_triton"].state_step,
+                modules["release_triton"].logit_scale))
         net = SynapticGPT(model, [m.synaptic for m in members], [m.seed for m in members], meta,
                           fused_attention=fused_attention).train()
+        return _count_step(net, model, population, batch_size, fused_attention)
+
+
+@contextlib.contextmanager
+def _patching():
+    """patch(obj, name, value) sets an attribute until the block ends."""
+    saved = []
+    try:
+        yield lambda obj, name, value: (saved.append((obj, name, getattr(obj, name))), setattr(obj, name, value))
     finally:
-        synaptic.ReleaseNoise, synaptic.fused_attention_kernels = real_noise, real_kernels
+        for obj, name, value in reversed(saved):
+            setattr(obj, name, value)
+
+
+def _count_step(net, model: ModelConfig, population: int, batch_size: int, fused_attention: bool) -> dict:
+    meta = torch.device("meta")
     opt = PopulationOptimizer(net, 3e-3, 0.02)
     tokens = torch.zeros(batch_size, model.sequence_len, dtype=torch.long, device=meta)
     active = torch.ones(population, dtype=torch.bool, device=meta)

@@ -59,11 +59,14 @@ def settings(label: str) -> dict:
 
 
 SMOKE_MODEL = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64)
+INVARIANCE_MODEL = SMOKE_MODEL
+# The smoke run's fused rows run in Triton's interpreter, one kernel program after another: a smaller model.
+FUSED_SMOKE_MODEL = ModelConfig(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, sequence_len=32)
 
 
-def invariance(corpus, dev: torch.device, precision: str, steps: int, population: int = 8) -> dict:
+def invariance(corpus, dev: torch.device, precision: str, steps: int, population: int = 8,
+               model: ModelConfig = INVARIANCE_MODEL) -> dict:
     """A mixed population of 8 (4 seeds, stochastic release on 7) against each member trained alone."""
-    model = ModelConfig(n_layer=2, n_embd=64, n_head=2, n_kv_head=2, sequence_len=64)
     train = TrainConfig(batch_size=4, max_steps=steps, warmup_steps=2, **settings(precision))
     base = SynapticConfig(presyn_chunk=16)
     members = [Member(base.replace(alpha_c=0.1 + 0.1 * i, stochastic_train_frac=0.05 * i), 100 + i % 3)
@@ -310,13 +313,15 @@ def main(argv: list[str] | None = None) -> dict:
     fused_invariance = ("fp32+fused",) if args.smoke else ("fp32+fused", "tf32+fused", "bf16+fused")
     for prec in ("fp32", "tf32", "bf16") + (("fp32+compile",) if compile_pops else ()) + (
             fused_invariance if fused_pops else ()):
-        size = 2 if args.smoke and "fused" in prec else 8
-        phase(f"invariance_{prec}", lambda prec=prec, size=size: (
-            invariance_rows.append(invariance(corpus, dev, prec, inv_steps, size)), emit("invariance", invariance_rows)))
+        small = args.smoke and "fused" in prec
+        size, inv_model = (2, FUSED_SMOKE_MODEL) if small else (8, INVARIANCE_MODEL)
+        phase(f"invariance_{prec}", lambda prec=prec, size=size, inv_model=inv_model: (
+            invariance_rows.append(invariance(corpus, dev, prec, inv_steps, size, inv_model)),
+            emit("invariance", invariance_rows)))
     phase("warm_up", lambda: run(candidates(1), model, corpus, dev, 2))  # CUDA context, cuBLAS handles, allocator
     rows: list = []
 
-    def throughput(p: int, precision: str, graph: bool = True) -> None:
+    def throughput(p: int, precision: str, graph: bool = True, model: ModelConfig = model) -> None:
         rows.append(throughput_row(p, model, corpus, dev, args.steps, precision, peaks, graph))
         emit("throughput", rows)
 
@@ -361,7 +366,8 @@ def main(argv: list[str] | None = None) -> dict:
             emit("profile", profiles)))
     for p in fused_pops:
         for prec in fused_rows:
-            phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(p, prec))
+            phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(
+                p, prec, model=FUSED_SMOKE_MODEL if args.smoke else model))
     if fused_pops and not args.smoke:  # the fewest kernels a step can launch: compiled chains and fused attention
         phase(f"profile_compile_fused_P{ratio_p}", lambda: (
             profiles.append(profile_top_ops(ratio_p, model, corpus, dev, precision="fp32+compile+fused")),

@@ -1,20 +1,25 @@
 """Kernels per training step on the GPU code path (bench/count_kernels.py, no GPU needed), held to this build's count.
 
-The issue's target is at most 2,000 kernels per step, measured on a GPU. Eager steps are far above it; with
+The issue's target is at most 2,000 kernels per step, measured on a GPU. Default eager steps are far above it; with
 TrainConfig.compile the operators left outside the compiled functions set the floor; TrainConfig.fused_attention
-replaces the attention's chains and matmuls with three Triton kernels per layer and the top-k with one per chunk
-(counted through stand-ins). Both counts are exact (they do not depend on the machine), so a change that adds
-kernels fails here; one that removes kernels should lower the ceilings with it.
+replaces the attention's chains and matmuls with three Triton kernels per layer and the state step's ~150 operators
+per chunk with four Triton kernels and a few small operators (counted with their launches standing in). The counts
+are exact (they do not depend on the machine), so a change that adds kernels fails here; one that removes kernels
+should lower the ceilings with it.
 """
 
 from __future__ import annotations
+
+import importlib.util
+
+import pytest
 
 from count_kernels import count
 
 EAGER_CEILING = 7_510  # P = 32, this build
 OUTSIDE_COMPILED_CEILING = 1_391
-FUSED_EAGER_CEILING = 6_334  # with fused_attention (its Triton top-k included)
-FUSED_OUTSIDE_COMPILED_CEILING = 1_047
+FUSED_EAGER_CEILING = 1_894  # with fused_attention: its attention and state step as Triton kernels
+FUSED_OUTSIDE_COMPILED_CEILING = 1_171  # ... and compile (the Hebbian update and the optimizer compiled)
 
 
 def test_kernels_per_step_on_the_gpu_path(benchmark):
@@ -26,6 +31,7 @@ def test_kernels_per_step_on_the_gpu_path(benchmark):
     assert regions["ops_outside"] <= OUTSIDE_COMPILED_CEILING, regions
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="the fused step's modules import Triton")
 def test_kernels_per_step_with_the_fused_attention(benchmark):
     report = benchmark.pedantic(count, args=(32,), kwargs={"fused_attention": True}, rounds=1, iterations=1)
     regions = report["compiled_regions"]

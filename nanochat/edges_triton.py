@@ -14,8 +14,9 @@ hundred keys per row is a few passes over registers. A program holds a block of 
 64-bit rank (its dot's place in the order above, then the earlier position first), k rounds of a row maximum pick
 the chosen keys, and a running count over the row gives each its slot in key order. Nothing depends on how the
 GPU schedules it: the edges are a function of the dots, as on the CPU, so stochastic release (which draws its
-uniforms per slot) sees the same edges on every device. It is used with `TrainConfig.fused_attention`; registered as
-a torch operator so that torch.compile (the compiled state step) treats it as one opaque call.
+uniforms per slot) sees the same edges on every device. It is used with `TrainConfig.fused_attention`
+(release_triton.state_step), registered as a torch operator, so that torch.compile and meta tensors
+(bench/count_kernels.py) see one call.
 """
 
 from __future__ import annotations

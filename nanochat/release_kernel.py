@@ -27,7 +27,7 @@ def native_release(lib, state, vals: torch.Tensor, idx: torch.Tensor, valid: tor
     """PresynapticState.release for float32 CPU tensors (same arguments), advancing `state` and `ema` in place."""
     P, B, H, Qc, K = vals.shape
     rows, T = P * B * H, state.c.shape[-1]
-    table = torch.stack([getattr(k, name) for name in KNOB_COLUMNS], dim=1).contiguous()  # (P, knobs)
+    table = knob_table(k)
     vals, idx, valid = vals.contiguous(), idx.contiguous(), valid.contiguous()
     _check(lib.sensor_args(state.c.data_ptr(), state.cl.data_ptr(), T, idx.data_ptr(),
                            (sp_vals := F.softplus(vals)).data_ptr(), rows, Qc * K, B * H, table.data_ptr(),
@@ -51,6 +51,12 @@ def native_release(lib, state, vals: torch.Tensor, idx: torch.Tensor, valid: tor
                           table.data_ptr()))
     magnitude = member_sum(prod) / member_sum(valid.to(vals.dtype)).clamp_min(1.0)
     ema.mul_(0.99).add_(0.01 * magnitude)
+
+
+def knob_table(k) -> torch.Tensor:
+    """The population's knobs (a Knobs) as one (P, len(KNOB_COLUMNS)) float32 table, in release.c's column order
+    (release_triton.py's kernels read the same table)."""
+    return torch.stack([getattr(k, name) for name in KNOB_COLUMNS], dim=1).contiguous()
 
 
 def usable(state, vals: torch.Tensor) -> bool:

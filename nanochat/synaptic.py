@@ -361,44 +361,45 @@ class AttentionChains:
     process on 2 CPU cores (shapes are dynamic: every chunk and population size shares a graph, except P = 1 and a
     last chunk that spans all keys), so it is an option, not the default.
 
-    `kernel` is None, or with `fused_attention` (CUDA) the Triton kernels of nanochat/fused_attention.py, which
-    replace the chunked logits, softmax and p @ v (and so the two chains) once the state loop has run; `edges` is
-    edges.top_edges, or with `fused_attention` the Triton kernel of nanochat/edges_triton.py (the same edges as on
-    the CPU, where torch.topk's radix select was a tenth of a GPU step).
+    With `fused_attention` (CUDA) Triton kernels take over: `kernel` (nanochat/fused_attention.py) replaces the
+    chunked logits, softmax and p @ v (and so the two chains) once the state loop has run, and the state loop's
+    `state_step` and `logit_scale` are nanochat/release_triton.py's (four launches per chunk instead of ~150);
+    without it `kernel` is None and the state step is the torch definition's.
     """
 
     def __init__(self, fuse: bool, device: torch.device, fused_attention: bool = False):
         self.forward, self.backward, self.state_step = _logits_chain, _logits_chain_backward, _state_step
-        self.kernel, self.edges = fused_attention_kernels(device) if fused_attention else (None, top_edges)
+        self.logit_scale, self.kernel = PresynapticState.logit_scale, None
+        if fused_attention:
+            self.kernel, self.state_step, self.logit_scale = fused_attention_kernels(device)
         if fuse:
             self.forward = compiled(_logits_chain)
             self.backward = compiled(_logits_chain_backward)
-            if device.type == "cuda":
+            if device.type == "cuda" and not fused_attention:
                 self.state_step = compiled(_state_step)
 
 
-def fused_attention_kernels(device: torch.device) -> tuple[Callable, Callable]:
-    """(`fused_attention.presynaptic_attention`, `edges_triton.top_edges`) for `TrainConfig.fused_attention`, or a
-    ConfigError saying why they cannot run here: they need Triton, and a CUDA device or Triton's CPU interpreter
-    (TRITON_INTERPRET=1)."""
+def fused_attention_kernels(device: torch.device) -> tuple[Callable, Callable, Callable]:
+    """(`fused_attention.presynaptic_attention`, `release_triton.state_step`, `release_triton.logit_scale`) for
+    `TrainConfig.fused_attention`, or a ConfigError saying why they cannot run here: they need Triton, and a CUDA
+    device or Triton's CPU interpreter (TRITON_INTERPRET=1)."""
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError.about("fused_attention", f"needs a CUDA device, got {device.type!r} (its Triton kernels "
                                                    "run on a CPU only in Triton's slow interpreter, TRITON_INTERPRET=1)")
     try:
-        from .edges_triton import top_edges as triton_top_edges
+        from . import release_triton
         from .fused_attention import presynaptic_attention
     except ImportError as e:
         raise ConfigError.about("fused_attention", f"needs Triton, which does not import here ({e})") from None
-    return presynaptic_attention, triton_top_edges
+    return presynaptic_attention, release_triton.state_step, release_triton.logit_scale
 
 
 def _state_step(state: PresynapticState, d: torch.Tensor, own: torch.Tensor, n_keys: int, next_keys: int,
-                ema: torch.Tensor, k: Knobs, uniforms: tuple[torch.Tensor, torch.Tensor] | None,
-                edges: Callable) -> torch.Tensor | None:
+                ema: torch.Tensor, k: Knobs, uniforms: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor | None:
     """A chunk's state update after its logits: its queries' release edges (the top-k of the raw dots d, which it
-    may overwrite; `edges` is `AttentionChains.edges`), their release, then the logit scale of the next chunk's
-    first `next_keys` keys (None for 0). One function, so that a compiled step fuses the three."""
-    vals, idx, valid = edges(d, own, k.structure.attn_topk)
+    may overwrite), their release, then the logit scale of the next chunk's first `next_keys` keys (None for 0).
+    One function, so that a compiled step fuses the three."""
+    vals, idx, valid = top_edges(d, own, k.structure.attn_topk)
     _release(state, vals, idx, valid, n_keys, ema, k, uniforms)
     return state.logit_scale(next_keys, ema, k) if next_keys else None
 
@@ -487,8 +488,7 @@ class _AttentionRun:
         edges = (*d.shape[:-1], min(self.knobs.structure.attn_topk, stop))
         uniforms = self.noise.draw_edges(edges) if self.noise is not None else None
         return self.chains.state_step(self.state, d, self.allowed[start:stop, start:stop], stop,
-                                      min(stop + self.chunk, T) if stop < T else 0, self.ema, self.knobs, uniforms,
-                                      self.chains.edges)
+                                      min(stop + self.chunk, T) if stop < T else 0, self.ema, self.knobs, uniforms)
 
     @torch.no_grad()
     def scale_table(self, q: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -496,7 +496,7 @@ class _AttentionRun:
         forward's state loop without its logits, for the fused kernel (`AttentionChains.kernel`)."""
         T, Q = q.shape[-2], self.chunk
         table = q.new_zeros(*q.shape[:-2], -(-T // Q), T, dtype=torch.float32)
-        scale = self.state.logit_scale(min(Q, T), self.ema, self.knobs)
+        scale = self.chains.logit_scale(self.state, min(Q, T), self.ema, self.knobs)
         for i, start in enumerate(range(0, T, Q)):
             stop = min(start + Q, T)
             table[..., i, :stop] = scale[..., 0, :]

@@ -77,10 +77,11 @@ def test_gpu_check_skips_phases_past_its_budget(tmp_path):
 
 def test_gpu_check_runs_only_the_phases_asked_for():
     report = load_bench("gpu_check").main(["--device", "cpu", "--smoke", "--steps", "2",
-                                           "--phases", "^throughput_fp32_P1$|^kernel_count"])
+                                           "--phases", "^throughput_fp32_P1$|^kernel_count$"])
     assert [(r["population"], r["precision"]) for r in report["throughput"]] == [(1, "fp32")]
-    assert set(report["phase_seconds"]) == {"throughput_fp32_P1", "kernel_count", "kernel_count_fused"}
-    assert {"graph_equivalence", "invariance_fp32+fused", "warm_up"} <= set(report["not_selected"])
+    assert set(report["phase_seconds"]) == {"throughput_fp32_P1", "kernel_count"}
+    assert {"graph_equivalence", "invariance_fp32+fused", "warm_up", "kernel_count_fused"} <= set(
+        report["not_selected"])
     assert report["errors"] == {} and report["skipped"] == []
 
 
@@ -90,7 +91,7 @@ def test_attention_probe_smoke_on_cpu():
     fused = not triton_interpreter_missing()  # the Triton kernels' rows, in the interpreter (conftest.py)
     for part in ("eager", "compiled") + (("fused",) if fused else ()):
         assert report[f"layer_{part}_fwd_s"] > 0 and report[f"layer_{part}_bwd_s"] > 0
-    assert ("state_loop_eager_triton_edges_s" in report) == fused
+    assert ("state_loop_triton_s" in report) == fused
     assert set(report["topk_s"]) == {"topk", "top_edges", "two_stage", "two_stage_sorted_by_key", "sort_rows",
                                      "rounds_of_max"} | ({"triton_top_edges"} if fused else set())
     assert "flex_fwd_bwd_s" not in report  # CUDA only
@@ -111,12 +112,15 @@ def test_count_kernels_takes_the_gpu_path_and_does_not_grow_with_the_population(
     assert regions["ops_inside"] + regions["ops_outside"] == two["kernels_per_step"]
     assert two["parts"]["release step"] > two["parts"]["top-k edges"] > 0
 
-    fused = count(2, TRAINER_MODEL, batch_size=2, fused_attention=True)  # the Triton kernels, by stand-ins
-    layers = TRAINER_MODEL.n_layer
-    assert fused["parts"]["fused attention kernels, forward"] == layers  # one kernel per layer
-    assert fused["parts"]["fused attention kernels, backward"] == 4 * layers  # delta's two ops, dk/dv, dq
-    assert fused["parts"]["top-k edges"] == 2 * layers  # the Triton top-k: one launch per chunk
-    assert fused["ops"]["count_kernels::top_edges"] == 2 * layers and "aten::topk" not in fused["ops"]
+    if importlib.util.find_spec("triton") is None:
+        return  # the fused step's modules import Triton
+    # The Triton modules, their kernels' launches standing in (one operator each).
+    fused = count(2, TRAINER_MODEL, batch_size=2, fused_attention=True)
+    layers, chunks = TRAINER_MODEL.n_layer, 2
+    # per layer the attention's forward, dk/dv and dq; per chunk the release, the running mean and a logit scale
+    assert fused["ops"]["count_kernels::triton_kernel"] == 3 * layers + 3 * chunks * layers
+    assert fused["ops"]["nanochat::top_edges"] == chunks * layers and "aten::topk" not in fused["ops"]
+    assert fused["parts"]["fused attention kernels, forward"] == layers
+    assert fused["parts"]["release step"] == 3 * chunks * layers  # the knob table, the kernel, the running mean
     assert not any(part.startswith("logits chain") for part in fused["parts"])
-    assert fused["parts"]["release step"] == two["parts"]["release step"]  # the same state loop
-    assert fused["kernels_per_step"] < two["kernels_per_step"]
+    assert fused["kernels_per_step"] < two["kernels_per_step"] - two["parts"]["release step"]

@@ -143,18 +143,18 @@ def test_training_with_the_kernel_matches_the_chunked_attention(interpreted, cor
     """The pilot's test model (4 chunks per sequence, so the state evolves) on three members, two of them drawing
     stochastic releases: the kernel's losses within float rounding of the default's, member by member; a member
     alone gives its numbers in the population; and a second run repeats the first bit for bit."""
-    from nanochat import edges_triton
+    from nanochat import release_triton
 
     members = mixed_population(PILOT_SYNAPTIC)[4:7]
-    calls, edge_calls = [], []
-    kernel, edges = interpreted.presynaptic_attention, edges_triton.top_edges
+    calls, state_steps = [], []
+    kernel, state_step = interpreted.presynaptic_attention, release_triton.state_step
     monkeypatch.setattr(interpreted, "presynaptic_attention", lambda *a: calls.append(1) or kernel(*a))
-    monkeypatch.setattr(edges_triton, "top_edges", lambda *a: edge_calls.append(1) or edges(*a))
+    monkeypatch.setattr(release_triton, "state_step", lambda *a: state_steps.append(1) or state_step(*a))
     chunked = _train(corpus, members, False)
-    assert not calls and not edge_calls
+    assert not calls and not state_steps
     fused = _train(corpus, members, True)
     assert len(calls) == 4 + 1  # every training step, and the validation batch
-    assert edge_calls  # the release edges by the Triton kernel too (the same edges as topk.c: test_edges.py)
+    assert state_steps  # the state loop on the Triton kernels too (test_release_triton.py checks them)
     for f, c in zip(fused.members, chunked.members):
         assert f.ok and c.ok and len(f.losses) == len(c.losses) == 4
         assert max(abs(a - b) / abs(b) for a, b in zip(f.losses, c.losses)) <= 1e-5
@@ -194,43 +194,46 @@ def test_both_clis_refuse_the_fused_attention_on_a_cpu_before_writing(tmp_path, 
 
 
 COMPILE_FOR_HOPPER = """
-import sys
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from nanochat import fused_attention as fa
+from nanochat import edges_triton as et, fused_attention as fa, release_triton as rt
 
-POINTERS = {"Q", "K", "V", "OUT", "DO", "DK", "DV", "DQ"}  # of the inputs' dtype; the other pointers are float32
-INTEGERS = {"T", "D", "rows_per_member", "n_chunks", "chunk"}
-for dtype, precision in (("fp32", "tf32"), ("bf16", "ieee")):
+INTEGERS = {"T", "D", "rows_per_member", "n_chunks", "chunk", "rows", "n", "q", "n_keys", "Qc", "row_u_stride",
+            "u_stride"}
+
+
+def build(kernel, constants, pointers=None, warps=4):
+    # Pointers are float32 unless `pointers` says otherwise; the named constants are compile-time.
+    names = kernel.arg_names
+    signature = {n: "constexpr" if n in constants else "i32" if n in INTEGERS else (pointers or {}).get(n, "*fp32")
+                 for n in names}
+    source = ASTSource(kernel, signature, constexprs={(names.index(k),): v for k, v in constants.items()})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+    assert compiled.asm["cubin"], kernel
+    print(kernel.fn.__name__, constants, compiled.metadata.shared)
+
+
+for dtype, precision in (("fp32", "tf32"), ("bf16", "ieee")):  # the attention, q/k/v/out and their grads in dtype
+    inputs = {n: "*" + dtype for n in ("Q", "K", "V", "OUT", "DO", "DK", "DV", "DQ")}
     for kernel in (fa._forward_kernel, fa._backward_dkdv_kernel, fa._backward_dq_kernel):
-        names = kernel.arg_names
-        signature = {n: ("*" + dtype if n in POINTERS else "i32" if n in INTEGERS else
-                         "constexpr" if n in ("PREC", "BM", "BN", "BD") else "*fp32") for n in names}
-        constants = {"PREC": precision, "BM": fa.BLOCK_M, "BN": fa.BLOCK_N, "BD": 32}
-        source = ASTSource(kernel, signature, constexprs={(names.index(k),): v for k, v in constants.items()})
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
-        assert compiled.asm["cubin"], kernel
-        print(dtype, kernel.fn.__name__, compiled.metadata.shared)
-
-from nanochat import edges_triton as et  # the release edges' kernel, float32 scores, rows of 256 and 2,048 keys
-signature = {"DOTS": "*fp32", "VALS": "*fp32", "IDX": "*i64", "VALID": "*i1", "rows": "i32", "n": "i32", "q": "i32",
-             "K": "constexpr", "BR": "constexpr", "BN": "constexpr"}
-names = et._top_edges_kernel.arg_names
-for keys in (256, 2048):
-    constants = {"K": 8, "BR": max(1, et.KEYS_PER_PROGRAM // keys), "BN": keys}
-    source = ASTSource(et._top_edges_kernel, signature,
-                       constexprs={(names.index(k),): v for k, v in constants.items()})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": et.WARPS})
-    assert compiled.asm["cubin"]
-    print("fp32 _top_edges_kernel", keys, compiled.metadata.shared)
+        build(kernel, {"PREC": precision, "BM": fa.BLOCK_M, "BN": fa.BLOCK_N, "BD": 32}, inputs)
+for keys in (256, 2048):  # the release edges, rows of 256 and 2,048 keys
+    build(et._top_edges_kernel, {"K": 8, "BR": max(1, et.KEYS_PER_PROGRAM // keys), "BN": keys},
+          {"IDX": "*i64", "VALID": "*i1"}, et.WARPS)
+for draws in (False, True):  # the release step, with and without stochastic rows
+    build(rt._release_kernel, {"K": 8, "E": 256, "DELAY": 2, "DRAWS": draws, "N_KNOBS": 19, "BK": rt.KEY_BLOCK},
+          {"IDX": "*i64", "VALID": "*i1"}, rt.RELEASE_WARPS)
+build(rt._running_mean_kernel, {"BR": 32})
+build(rt._logit_scale_kernel, {"N_KNOBS": 19, "BL": 256})
 """
 
 
 def test_kernels_compile_for_a_hopper_gpu_without_one():
-    """The interpreter does not compile anything: here Triton's compiler builds the three kernels for sm_90 (an
-    H100/H200) down to a cubin, in float32 with TF32 products and in bfloat16, and the release edges' kernel
-    (nanochat/edges_triton.py), as a GPU's first step would."""
+    """The interpreter does not compile anything: here Triton's compiler builds every Triton kernel of
+    `fused_attention` for sm_90 (an H100/H200) down to a cubin, as a GPU's first step would: the attention's three
+    in float32 with TF32 products and in bfloat16, the release edges' (nanochat/edges_triton.py) and the state
+    step's (nanochat/release_triton.py)."""
     if importlib.util.find_spec("triton") is None:
         pytest.skip("needs Triton (the test extra installs it on Linux x86-64)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -238,4 +241,4 @@ def test_kernels_compile_for_a_hopper_gpu_without_one():
     done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(done.stdout.splitlines()) == 8
+    assert len(done.stdout.splitlines()) == 6 + 2 + 2 + 2

@@ -1,0 +1,265 @@
+"""A chunk's presynaptic state step as Triton kernels, for the GPU: its release edges, the release, and the next
+chunk's logit scale in four launches and a few small torch ops, where the torch definition takes ~150.
+
+    scale = state_step(state, d, own, n_keys, next_keys, ema, knobs, uniforms)   # as synaptic._state_step
+
+`PresynapticState.release` and `logit_scale` (synaptic.py) define the step. Run op by op on a GPU they were 60% and
+12% of the kernels of a training step (bench/count_kernels.py): about 150 launches per chunk, each a multiply or an
+add over a few MB, so a step at P = 1 was launch-bound. Here:
+
+  edges_triton.top_edges   the chunk's release edges (one launch);
+  _release_kernel          one program per (member, batch row, head) row: it gathers each edge's key state, computes
+                           the edge's release probability and release (drawn for stochastic rows), sums release,
+                           drive and valid edges per key, and advances every key's pools, calcium, SNAREs, clamp,
+                           amplitude, energy and endocytosis queue in place, as release.c does on the CPU; it also
+                           writes the row's share of the running mean's sums;
+  _running_mean_kernel     each member's running mean `ema` from its rows' shares (a fixed-order sum);
+  _logit_scale_kernel      p_j rrp_j amp_j / (ema + eps) for the next chunk's keys.
+
+A program's sums run in a fixed order, and rows never mix (the running mean sums a member's own rows), so a run
+repeats bit for bit and a member's numbers do not depend on the others. The numbers are the definition's to float
+rounding, not bit for bit: the per-key sums add in another order than torch's, and the sigmoids and softplus are
+Triton's (tests/test_release_triton.py checks them against the torch definition in Triton's interpreter).
+The state is float32 (the fused attention's state; synaptic.py uses the torch definition otherwise).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .edges_triton import top_edges
+from .release_kernel import KNOB_COLUMNS, knob_table
+
+# A row's key loop takes 8 keys at a time: each step compares every edge with each key (an (edges, 8) block, three
+# sums). Compiled for sm_90 with 256 edges per row: 106 registers on 8 warps, no spills; 16 or 32 keys at a time
+# used 181-255 registers (spilling on 4 warps), which leaves one program per SM.
+KEY_BLOCK = 8
+RELEASE_WARPS = 8
+
+
+@triton.jit
+def _clamp(x, lo, hi):
+    """ATen's clamp: NaN passes through, a value equal to a bound is kept."""
+    x = tl.where(lo > x, lo, x)
+    return tl.where(hi < x, hi, x)
+
+
+@triton.jit
+def _clamp_min(x, lo):
+    return tl.where(lo > x, lo, x)
+
+
+@triton.jit
+def _minimum(a, b):
+    """ATen's minimum: NaN if either is NaN."""
+    return tl.where(b != b, b, tl.where(b < a, b, a))
+
+
+@triton.jit
+def _softplus(x):
+    """torch's softplus (beta 1, threshold 20): log1p(exp(x)), computed as max(x, 0) + log1p(exp(-|x|)) with an
+    accurate log1p (u = 1 + y; log(u) y / (u - 1))."""
+    y = tl.exp(-tl.abs(x))
+    u = 1.0 + y
+    log1p = tl.where(u == 1.0, y, tl.log(u) * y / tl.where(u == 1.0, 1.0, u - 1.0))
+    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + log1p)
+
+
+@triton.jit
+def _knob(KNOBS, member, column: tl.constexpr, N_KNOBS: tl.constexpr):
+    """A member's knob from the knob table; columns in release_kernel.KNOB_COLUMNS' order (0 tau_c, 1 alpha_c,
+    2 syt1_slope, ..., 18 energy_use; a wrong column fails tests/test_release_triton.py)."""
+    return tl.load(KNOBS + member * N_KNOBS + column)
+
+
+@triton.jit
+def _release_probability(c, cl, sn, KNOBS, member, N_KNOBS: tl.constexpr):
+    """synaptic.release_probability for one member's keys or edges."""
+    syt1 = _knob(KNOBS, member, 2, N_KNOBS)
+    syt7 = _knob(KNOBS, member, 3, N_KNOBS)
+    doc2 = _knob(KNOBS, member, 4, N_KNOBS)
+    cpx = _knob(KNOBS, member, 5, N_KNOBS)
+    bias = _knob(KNOBS, member, 6, N_KNOBS)
+    sensors = (0.8 * tl.sigmoid(syt1 * (c - 0.55)) + 0.2 * tl.sigmoid(syt7 * (c - 0.25))) + doc2 * tl.sigmoid(
+        4.0 * (c - 0.12))
+    unclamp = tl.sigmoid(8.0 * (c - cpx) - 2.0 * (cl + bias))
+    return _clamp(sensors * unclamp * sn, 0.0, 0.999)
+
+
+@triton.jit
+def _round_half_even(x):
+    """torch.round of x in [0, 8] or NaN."""
+    f = tl.where(x != x, 0.0, x).to(tl.int32).to(tl.float32)  # NaN would make the cast undefined
+    d = x - f
+    odd = (f.to(tl.int32) % 2) == 1
+    f = tl.where((d > 0.5) | ((d == 0.5) & odd), f + 1.0, f)
+    return tl.where(x != x, x, f)
+
+
+@triton.jit
+def _release_kernel(C, RRP, RES, SN, CL, AMP, EN, QUEUE, IDX, VALS, VALID, ROW_U, U, KNOBS, SHARES, T, n_keys, Qc,
+                    rows_per_member, row_u_stride, u_stride, K: tl.constexpr, E: tl.constexpr,
+                    DELAY: tl.constexpr, DRAWS: tl.constexpr, N_KNOBS: tl.constexpr, BK: tl.constexpr):
+    row = tl.program_id(0)
+    member, in_member = row // rows_per_member, row % rows_per_member
+    state = row.to(tl.int64) * T
+    # 1. Every edge of the row: its key's state, release probability and release.
+    e = tl.arange(0, E)
+    edges_here = Qc * K
+    live = e < edges_here
+    at = row.to(tl.int64) * edges_here + e
+    idx = tl.load(IDX + at, mask=live, other=0)
+    vals = tl.load(VALS + at, mask=live, other=0.0)
+    valid = tl.load(VALID + at, mask=live, other=0).to(tl.float32)
+    tau = _knob(KNOBS, member, 0, N_KNOBS)
+    alpha = _knob(KNOBS, member, 1, N_KNOBS)
+    c_e = tau * tl.load(C + state + idx, mask=live, other=0.0) + alpha * _softplus(vals)
+    p_e = _release_probability(c_e, tl.load(CL + state + idx, mask=live, other=0.0),
+                               tl.load(SN + state + idx, mask=live, other=0.0), KNOBS, member, N_KNOBS)
+    rrp_e = tl.load(RRP + state + idx, mask=live, other=0.0)
+    r_e = p_e * rrp_e
+    if DRAWS:  # stochastic rows: Binomial(round(clamp(rrp, 0, 8)), p) as the count of 8 uniforms below p
+        frac = _knob(KNOBS, member, 7, N_KNOBS)
+        q = e // K
+        row_u = tl.load(ROW_U + member.to(tl.int64) * row_u_stride + in_member * Qc + q, mask=live, other=1.0)
+        b = tl.arange(0, 8)
+        u = tl.load(U + member.to(tl.int64) * u_stride + (in_member.to(tl.int64) * edges_here + e)[:, None] * 8
+                    + b[None, :], mask=live[:, None], other=1.0)
+        trials = _round_half_even(_clamp(rrp_e, 0.0, 8.0))
+        hits = (u < p_e[:, None]) & (b[None, :].to(tl.float32) < trials[:, None])
+        r_e = tl.where(row_u < frac, tl.sum(hits.to(tl.float32), 1), r_e)
+    r_e = r_e * valid
+    amp_e = tl.load(AMP + state + idx, mask=live, other=0.0)  # before this step's update
+    tl.store(SHARES + row * 2, tl.sum(tl.where(live, tl.abs(r_e * amp_e), 0.0), 0))
+    tl.store(SHARES + row * 2 + 1, tl.sum(valid, 0))
+    tl.debug_barrier()  # every edge has read its key's state before any key is written
+    # 2. Every key: the sums of its edges, then its update in place.
+    rate = (1.0 - tau) * alpha
+    rec = _knob(KNOBS, member, 8, N_KNOBS)
+    init_rrp = _knob(KNOBS, member, 9, N_KNOBS)
+    prime = _knob(KNOBS, member, 10, N_KNOBS)
+    unprime = _knob(KNOBS, member, 11, N_KNOBS)
+    nsf = _knob(KNOBS, member, 12, N_KNOBS)
+    init_clamp = _knob(KNOBS, member, 13, N_KNOBS)
+    amp_load = _knob(KNOBS, member, 14, N_KNOBS)
+    amp_leak = _knob(KNOBS, member, 15, N_KNOBS)
+    init_amp = _knob(KNOBS, member, 16, N_KNOBS)
+    fill = _knob(KNOBS, member, 17, N_KNOBS)
+    use = _knob(KNOBS, member, 18, N_KNOBS)
+    for k0 in range(0, n_keys, BK):
+        key = k0 + tl.arange(0, BK)
+        keys = key < n_keys
+        match = (idx[:, None] == key[None, :]) & live[:, None]
+        released = tl.sum(tl.where(match, r_e[:, None], 0.0), 0)
+        drive = tl.sum(tl.where(match, vals[:, None], 0.0), 0)
+        count = tl.sum(tl.where(match, valid[:, None], 0.0), 0)
+        at_key = state + key
+        rrp = tl.load(RRP + at_key, mask=keys, other=0.0)
+        rel = _minimum(released, rrp)  # no more than the pool holds
+        c = tl.load(C + at_key, mask=keys, other=0.0)
+        tl.store(C + at_key, tau * c + rate * _softplus(drive) * (count > 0.0).to(tl.float32), mask=keys)
+        pool = rrp - rel
+        res = tl.load(RES + at_key, mask=keys, other=0.0)
+        if DELAY > 0:  # the oldest endocytosed vesicles join the reserve; the queue moves up; this release enters
+            slot = at_key.to(tl.int64) * DELAY
+            reserve = res + tl.load(QUEUE + slot, mask=keys, other=0.0)
+            for d in tl.static_range(DELAY - 1):
+                tl.store(QUEUE + slot + d, tl.load(QUEUE + slot + d + 1, mask=keys, other=0.0), mask=keys)
+            tl.store(QUEUE + slot + DELAY - 1, rec * rel, mask=keys)
+        else:
+            reserve = res + rec * rel
+        room = _clamp_min(1.0 - pool / init_rrp, 0.0)
+        energy = tl.load(EN + at_key, mask=keys, other=0.0)
+        flux = _minimum(prime * reserve * room * energy, reserve)
+        tl.store(RES + at_key, reserve - flux, mask=keys)
+        tl.store(RRP + at_key, pool + flux, mask=keys)
+        s = tl.load(SN + at_key, mask=keys, other=0.0)
+        tl.store(SN + at_key, _clamp(s - unprime * rel + nsf * (1.0 - s), 0.0, 1.0), mask=keys)
+        h = tl.load(CL + at_key, mask=keys, other=0.0)
+        tl.store(CL + at_key, _clamp_min(h + nsf * (init_clamp - h) - unprime * rel * h, 0.0), mask=keys)
+        a = tl.load(AMP + at_key, mask=keys, other=0.0)
+        tl.store(AMP + at_key, _clamp_min(a + amp_load * rel - amp_leak * (a - init_amp), 0.0), mask=keys)
+        tl.store(EN + at_key, _clamp(energy + fill * (1.0 - energy) - use * rel, 0.0, 1.0), mask=keys)
+
+
+@triton.jit
+def _running_mean_kernel(SHARES, EMA, rows_per_member, BR: tl.constexpr):
+    """One member's running mean release magnitude: ema = 0.99 ema + 0.01 sum |r amp| / max(edges, 1), from its
+    rows' shares summed in a fixed order."""
+    member = tl.program_id(0)
+    first = member.to(tl.int64) * rows_per_member
+    magnitude = tl.zeros((BR,), tl.float32)
+    edges = tl.zeros((BR,), tl.float32)
+    for r0 in range(0, rows_per_member, BR):
+        r = r0 + tl.arange(0, BR)
+        at = (first + r) * 2
+        magnitude += tl.load(SHARES + at, mask=r < rows_per_member, other=0.0)
+        edges += tl.load(SHARES + at + 1, mask=r < rows_per_member, other=0.0)
+    mean = tl.sum(magnitude, 0) / _clamp_min(tl.sum(edges, 0), 1.0)
+    tl.store(EMA + member, tl.load(EMA + member) * 0.99 + 0.01 * mean)
+
+
+@triton.jit
+def _logit_scale_kernel(C, RRP, SN, CL, AMP, KNOBS, DENOM, OUT, T, n, rows_per_member, N_KNOBS: tl.constexpr,
+                        BL: tl.constexpr):
+    row = tl.program_id(0)
+    member = row // rows_per_member
+    key = tl.program_id(1) * BL + tl.arange(0, BL)
+    keys = key < n
+    at = row.to(tl.int64) * T + key
+    p = _release_probability(tl.load(C + at, mask=keys, other=0.0), tl.load(CL + at, mask=keys, other=0.0),
+                             tl.load(SN + at, mask=keys, other=0.0), KNOBS, member, N_KNOBS)
+    scale = p * tl.load(RRP + at, mask=keys, other=0.0) * tl.load(AMP + at, mask=keys, other=0.0)
+    tl.store(OUT + row.to(tl.int64) * n + key, scale / tl.load(DENOM + member), mask=keys)
+
+
+def _state(state) -> tuple[torch.Tensor, ...]:
+    tensors = (state.c, state.rrp, state.res, state.sn, state.cl, state.amp, state.en, state.queue)
+    if not all(t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
+        raise ValueError("the presynaptic state must be contiguous float32 for the Triton state step")
+    return tensors
+
+
+def release(state, vals: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, n_keys: int, ema: torch.Tensor, k,
+            uniforms: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """PresynapticState.release (same arguments), advancing `state` and `ema` in place."""
+    P, B, H, Qc, K = vals.shape
+    T, delay = state.c.shape[-1], k.structure.endo_delay
+    table = knob_table(k)
+    shares = vals.new_empty(P, B * H, 2)
+    if uniforms is None:
+        row_u = u = vals  # not read
+        strides = (0, 0)
+    else:
+        row_u, u = (x if x.dtype == torch.float32 and x[0].is_contiguous() else x.float().contiguous()
+                    for x in uniforms)
+        strides = (row_u.stride(0), u.stride(0))
+    _release_kernel[(P * B * H,)](*_state(state), idx.contiguous(), vals.contiguous(), valid.contiguous(), row_u, u,
+                                  table, shares, T, n_keys, Qc, B * H, *strides, K=K,
+                                  E=triton.next_power_of_2(Qc * K), DELAY=delay, DRAWS=uniforms is not None,
+                                  N_KNOBS=len(KNOB_COLUMNS), BK=KEY_BLOCK, num_warps=RELEASE_WARPS)
+    if not ema.is_contiguous():
+        raise ValueError("ema must be contiguous")
+    _running_mean_kernel[(P,)](shares, ema, B * H, BR=min(1024, triton.next_power_of_2(B * H)))
+
+
+def logit_scale(state, n_keys: int, ema: torch.Tensor, k) -> torch.Tensor:
+    """PresynapticState.logit_scale: p_j rrp_j amp_j / (ema + eps) for the first n_keys keys, (P, B, H, 1, n_keys)."""
+    P, B, H, T = state.c.shape
+    out = state.c.new_empty(P, B, H, 1, n_keys)
+    block = min(256, triton.next_power_of_2(n_keys))
+    _logit_scale_kernel[(P * B * H, triton.cdiv(n_keys, block))](
+        state.c, state.rrp, state.sn, state.cl, state.amp, knob_table(k), (ema + k.release_eps).contiguous(), out, T,
+        n_keys, B * H, N_KNOBS=len(KNOB_COLUMNS), BL=block)
+    return out
+
+
+def state_step(state, d: torch.Tensor, own: torch.Tensor, n_keys: int, next_keys: int, ema: torch.Tensor, k,
+               uniforms: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor | None:
+    """synaptic._state_step on these kernels: the chunk's edges (from its raw dots d), their release, then the
+    logit scale of the next chunk's first `next_keys` keys (None for 0)."""
+    vals, idx, valid = top_edges(d, own, k.structure.attn_topk)
+    release(state, vals, idx, valid, n_keys, ema, k, uniforms)
+    return logit_scale(state, next_keys, ema, k) if next_keys else None
