@@ -59,6 +59,13 @@ def awkward(shape, seed: int) -> torch.Tensor:
     return x
 
 
+def scores(lead: tuple, q: int, n: int, k: int, kind: str) -> torch.Tensor:
+    """A case's (*lead, q, n) scores: random normal, or `awkward`."""
+    shape = (*lead, q, n)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(n * 31 + k)) if kind == "normal" else awkward(
+        shape, n + k)
+
+
 CASES = [  # (rows before the chunk dims, Qc, keys, k)
     ((3, 2), 8, 8, 8), ((2, 3), 5, 17, 8), ((2, 2), 16, 33, 8), ((2,), 32, 64, 8), ((2,), 32, 256, 8),
     ((2,), 7, 100, 3), ((3,), 4, 40, 1), ((2,), 16, 48, 9), ((2,), 32, 96, 64), ((1,), 2, 4, 8),
@@ -69,8 +76,7 @@ CASES = [  # (rows before the chunk dims, Qc, keys, k)
 @pytest.mark.parametrize("lead, q, n, k", CASES)
 @pytest.mark.parametrize("kind", ["normal", "awkward"])
 def test_native_and_torch_edges_follow_the_rule(lead, q, n, k, kind):
-    shape = (*lead, q, n)
-    dots = torch.randn(shape, generator=torch.Generator().manual_seed(n * 31 + k)) if kind == "normal" else awkward(shape, n + k)
+    dots = scores(lead, q, n, k, kind)
     kk = min(k, n)
     want = oracle(dots, kk)
     lib = native.library("topk")
@@ -119,8 +125,7 @@ TRITON_CASES = CASES + [((2,), 7, 1500, 8)]  # a row longer than a Triton progra
 def test_the_triton_kernel_follows_the_rule(lead, q, n, k, kind):
     from nanochat.edges_triton import top_edges as triton_top_edges
 
-    shape = (*lead, q, n)
-    dots = torch.randn(shape, generator=torch.Generator().manual_seed(n * 31 + k)) if kind == "normal" else awkward(shape, n + k)
+    dots = scores(lead, q, n, k, kind)
     before = dots.clone()
     got = triton_top_edges(dots, own_mask(q), k)
     assert torch.equal(dots.view(torch.int32), before.view(torch.int32))  # the scores are only read
