@@ -180,8 +180,7 @@ def count(population: int, model: ModelConfig = BASELINE_MODEL, batch_size: int 
     """Operators (kernels) of one training step of a population on the GPU code path, counted on the meta device."""
     meta = torch.device("meta")
     members = candidates(population)
-    with contextlib.ExitStack() as patches:
-        patch = patches.enter_context(_patching())
+    with _patching() as patch:
         patch(synaptic, "ReleaseNoise", _MetaNoise)
         if fused_attention:  # the real modules; only their kernels' launches stand in
             modules = _triton_modules()
