@@ -1,9 +1,10 @@
 """One prepared script for a lent GPU: CUDA batch invariance, throughput vs P, sequential ratio, memory, MFU, profile.
 
 Rows are labelled fp32 (IEEE float32 matmuls, the reference), tf32 (float32 with --matmul-precision high) and bf16
-(autocast), with "+compile" (TrainConfig.compile) and "+fused" (TrainConfig.fused_attention: the attention's Triton
-kernels) where those are on. Invariance rows also say whether two repeats of the same run gave bit-identical losses; the profile
-counts kernels per step, beside bench/count_kernels.py's count of the same step without a GPU.
+(autocast), with "+compile" (TrainConfig.compile) and "+fused" (TrainConfig.fused_attention: the attention and its
+state loop as Triton kernels) where those are on. Invariance rows also say whether two repeats of the same run gave
+bit-identical losses; the profiles count kernels per step, beside bench/count_kernels.py's count of the same step
+without a GPU.
 
     python bench/gpu_check.py --out gpu.json --budget-s 300      # a few minutes on an H100
     python bench/gpu_check.py --device cpu --smoke --out x.json  # seconds: the same code path on a tiny model
@@ -357,20 +358,23 @@ def main(argv: list[str] | None = None) -> dict:
     if fused_pops:
         phase("kernel_count_fused", lambda: emit("kernel_count_fused",
                                                  count_kernels.count(ratio_p, model, fused_attention=True)))
+    # The fused rows first: the fewest kernels per step, and their Triton kernels compile in seconds where
+    # torch.compile's first calls take minutes (a short lease's --budget-s skips what comes last).
+    for p in fused_pops:
+        for prec in fused_rows:
+            phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(
+                p, prec, model=FUSED_SMOKE_MODEL if args.smoke else model))
+    if fused_pops and not args.smoke:  # the fused step's kernels (counted: 1,894 at P = 32), then with --compile too
+        for name, prec in (("fused", "fp32+fused"), ("compile_fused", "fp32+compile+fused")):
+            phase(f"profile_{name}_P{ratio_p}", lambda prec=prec: (
+                profiles.append(profile_top_ops(ratio_p, model, corpus, dev, precision=prec)),
+                emit("profile", profiles)))
     for p in compile_pops:
         for prec in ("fp32+compile", "tf32+compile"):
             phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(p, prec))
     if compile_pops:
         phase(f"profile_compile_P{ratio_p}", lambda: (
             profiles.append(profile_top_ops(ratio_p, model, corpus, dev, precision="fp32+compile")),
-            emit("profile", profiles)))
-    for p in fused_pops:
-        for prec in fused_rows:
-            phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(
-                p, prec, model=FUSED_SMOKE_MODEL if args.smoke else model))
-    if fused_pops and not args.smoke:  # the fewest kernels a step can launch: compiled chains and fused attention
-        phase(f"profile_compile_fused_P{ratio_p}", lambda: (
-            profiles.append(profile_top_ops(ratio_p, model, corpus, dev, precision="fp32+compile+fused")),
             emit("profile", profiles)))
     for p in sorted(({p for p in pops if p >= 128} | {max(pops)}) - {ratio_p}):  # and the issue's P = 128 targets
         for prec in ("tf32", "bf16"):
