@@ -74,8 +74,9 @@ def add_training_args(group: argparse._ActionsContainer) -> None:
                             "state step, Hebbian update, optimizer step): a one-off compile of tens of seconds per "
                             "process; results differ from the default by rounding")
     group.add_argument("--fused-attention", action="store_true",
-                       help="on CUDA, the presynaptic attention's logits, softmax and p @ v as fused Triton kernels "
-                            "(no queries x keys tensor in memory); results differ from the default by rounding")
+                       help="on CUDA, the presynaptic attention as Triton kernels: its logits, softmax and p @ v (no "
+                            "queries x keys tensor in memory) and each chunk's state step (four launches instead of "
+                            "~150); results differ from the default by rounding")
 
 
 def model_config_from_args(args: argparse.Namespace) -> ModelConfig:
