@@ -23,7 +23,7 @@ dispatch mode that sees every aten operator below autograd:
 With --fused-attention (TrainConfig.fused_attention) the step runs the real modules of its Triton kernels
 (fused_attention.py, edges_triton.py, release_triton.py; this needs Triton installed), whose torch operators are
 counted as usual; only the kernels cannot run on meta tensors, so each `kernel[grid](...)` launch stands in as one
-operator (`count_kernels::triton_kernel`), and the release edges' operator (`nanochat::top_edges`) counts as one.
+operator (`count_kernels::triton_kernel`).
 
 The count does not grow with the population (one model serves P = 1 and P = N, with no Python loop over members),
 which the tests check; P = 1 launches one clone fewer in autograd.
@@ -88,6 +88,7 @@ def _fused_parts() -> dict:
         return {}
     return {
         m["edges_triton"].top_edges: "top-k edges",
+        m["release_triton"].state_step: "release step",  # its knob table, shared with the logit scale
         m["release_triton"].release: "release step",
         m["release_triton"].logit_scale: "logit scale (release probability of every key)",
         m["fused_attention"]._PresynapticAttention.forward: "fused attention kernels, forward",

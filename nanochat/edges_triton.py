@@ -15,8 +15,7 @@ hundred keys per row is a few passes over registers. A program holds a block of 
 the chosen keys, and a running count over the row gives each its slot in key order. Nothing depends on how the
 GPU schedules it: the edges are a function of the dots, as on the CPU, so stochastic release (which draws its
 uniforms per slot) sees the same edges on every device. It is used with `TrainConfig.fused_attention`
-(release_triton.state_step), registered as a torch operator, so that torch.compile and meta tensors
-(bench/count_kernels.py) see one call.
+(release_triton.state_step).
 """
 
 from __future__ import annotations
@@ -63,8 +62,11 @@ def _top_edges_kernel(DOTS, VALS, IDX, VALID, rows, n, q, K: tl.constexpr, BR: t
     tl.store(VALID + out, finite, mask=store)
 
 
-@torch.library.custom_op("nanochat::top_edges", mutates_args=())
-def _top_edges(dots: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def top_edges(dots: torch.Tensor, own: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(vals, idx, valid) of the chunk's queries, as edges.top_edges; `dots` float32, `own` the causal mask."""
+    if dots.dtype != torch.float32:
+        raise ValueError(f"dots must be float32 (the presynaptic state's dtype), got {dots.dtype}")
+    dots, k = dots.contiguous(), min(topk, dots.shape[-1])
     *lead, q, n = dots.shape
     rows = dots.numel() // n
     vals = dots.new_empty(*lead, q, k)
@@ -76,16 +78,3 @@ def _top_edges(dots: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, 
         _top_edges_kernel[(triton.cdiv(rows, block_r),)](dots, vals, idx, valid, rows, n, q, K=k, BR=block_r,
                                                           BN=block_n, num_warps=WARPS)
     return vals, idx, valid
-
-
-@_top_edges.register_fake
-def _(dots: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    shape = (*dots.shape[:-1], k)
-    return dots.new_empty(shape), dots.new_empty(shape, dtype=torch.int64), dots.new_empty(shape, dtype=torch.bool)
-
-
-def top_edges(dots: torch.Tensor, own: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(vals, idx, valid) of the chunk's queries, as edges.top_edges; `dots` float32, `own` the causal mask."""
-    if dots.dtype != torch.float32:
-        raise ValueError(f"dots must be float32 (the presynaptic state's dtype), got {dots.dtype}")
-    return _top_edges(dots.contiguous(), min(topk, dots.shape[-1]))

@@ -34,10 +34,7 @@ def native_release(lib, state, vals: torch.Tensor, idx: torch.Tensor, valid: tor
                            (sig := torch.empty(4, *vals.shape)).data_ptr()))
     for arg in sig:  # in place, each on a tensor of the torch step's shape
         torch.sigmoid(arg, out=arg)
-    row_u = u = None
-    if uniforms is not None:
-        row_u, u = (x if x.dtype == torch.float32 and x[0].is_contiguous() else x.float().contiguous()
-                    for x in uniforms)
+    row_u, u = member_draws(uniforms)
     sums, prod = torch.empty(3, P, B, H, n_keys), torch.empty_like(vals)
     _check(lib.edge_release(state.sn.data_ptr(), state.rrp.data_ptr(), state.amp.data_ptr(), T, idx.data_ptr(),
                             vals.data_ptr(), valid.view(torch.uint8).data_ptr(), sig.data_ptr(),
@@ -57,6 +54,14 @@ def knob_table(k) -> torch.Tensor:
     """The population's knobs (a Knobs) as one (P, len(KNOB_COLUMNS)) float32 table, in release.c's column order
     (release_triton.py's kernels read the same table)."""
     return torch.stack([getattr(k, name) for name in KNOB_COLUMNS], dim=1).contiguous()
+
+
+def member_draws(uniforms: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor | None, ...]:
+    """ReleaseNoise.draw_edges' (rows, per-edge uniforms) as float32 with each member's draws contiguous (a view
+    broadcast over members stays one, stride 0 between members), or (None, None) when no row is stochastic."""
+    if uniforms is None:
+        return None, None
+    return tuple(x if x.dtype == torch.float32 and x[0].is_contiguous() else x.float().contiguous() for x in uniforms)
 
 
 def usable(state, vals: torch.Tensor) -> bool:

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from .edges_triton import top_edges
-from .release_kernel import KNOB_COLUMNS, knob_table
+from .release_kernel import KNOB_COLUMNS, knob_table, member_draws
 
 # A row's key loop takes 8 keys at a time: each step compares every edge with each key (an (edges, 8) block, three
 # sums). Compiled for sm_90 with 256 edges per row: 106 registers on 8 warps, no spills; 16 or 32 keys at a time
@@ -223,36 +223,34 @@ def _state(state) -> tuple[torch.Tensor, ...]:
 
 
 def release(state, vals: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, n_keys: int, ema: torch.Tensor, k,
-            uniforms: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-    """PresynapticState.release (same arguments), advancing `state` and `ema` in place."""
+            uniforms: tuple[torch.Tensor, torch.Tensor] | None, table: torch.Tensor | None = None) -> None:
+    """PresynapticState.release (same arguments), advancing `state` and `ema` in place; `table` is knob_table(k)
+    when the caller has it."""
     P, B, H, Qc, K = vals.shape
     T, delay = state.c.shape[-1], k.structure.endo_delay
-    table = knob_table(k)
-    shares = vals.new_empty(P, B * H, 2)
-    if uniforms is None:
-        row_u = u = vals  # not read
-        strides = (0, 0)
-    else:
-        row_u, u = (x if x.dtype == torch.float32 and x[0].is_contiguous() else x.float().contiguous()
-                    for x in uniforms)
-        strides = (row_u.stride(0), u.stride(0))
-    _release_kernel[(P * B * H,)](*_state(state), idx.contiguous(), vals.contiguous(), valid.contiguous(), row_u, u,
-                                  table, shares, T, n_keys, Qc, B * H, *strides, K=K,
-                                  E=triton.next_power_of_2(Qc * K), DELAY=delay, DRAWS=uniforms is not None,
-                                  N_KNOBS=len(KNOB_COLUMNS), BK=KEY_BLOCK, num_warps=RELEASE_WARPS)
+    tensors = _state(state)
     if not ema.is_contiguous():
         raise ValueError("ema must be contiguous")
+    shares = vals.new_empty(P, B * H, 2)
+    row_u, u = member_draws(uniforms)
+    strides = (0, 0) if u is None else (row_u.stride(0), u.stride(0))
+    _release_kernel[(P * B * H,)](*tensors, idx.contiguous(), vals.contiguous(), valid.contiguous(),
+                                  vals if u is None else row_u, vals if u is None else u,  # vals: not read
+                                  knob_table(k) if table is None else table, shares, T, n_keys, Qc, B * H, *strides,
+                                  K=K, E=triton.next_power_of_2(Qc * K), DELAY=delay, DRAWS=u is not None,
+                                  N_KNOBS=len(KNOB_COLUMNS), BK=KEY_BLOCK, num_warps=RELEASE_WARPS)
     _running_mean_kernel[(P,)](shares, ema, B * H, BR=min(1024, triton.next_power_of_2(B * H)))
 
 
-def logit_scale(state, n_keys: int, ema: torch.Tensor, k) -> torch.Tensor:
-    """PresynapticState.logit_scale: p_j rrp_j amp_j / (ema + eps) for the first n_keys keys, (P, B, H, 1, n_keys)."""
+def logit_scale(state, n_keys: int, ema: torch.Tensor, k, table: torch.Tensor | None = None) -> torch.Tensor:
+    """PresynapticState.logit_scale: p_j rrp_j amp_j / (ema + eps) for the first n_keys keys, (P, B, H, 1, n_keys);
+    `table` is knob_table(k) when the caller has it."""
     P, B, H, T = state.c.shape
     out = state.c.new_empty(P, B, H, 1, n_keys)
     block = min(256, triton.next_power_of_2(n_keys))
     _logit_scale_kernel[(P * B * H, triton.cdiv(n_keys, block))](
-        state.c, state.rrp, state.sn, state.cl, state.amp, knob_table(k), (ema + k.release_eps).contiguous(), out, T,
-        n_keys, B * H, N_KNOBS=len(KNOB_COLUMNS), BL=block)
+        state.c, state.rrp, state.sn, state.cl, state.amp, knob_table(k) if table is None else table,
+        (ema + k.release_eps).contiguous(), out, T, n_keys, B * H, N_KNOBS=len(KNOB_COLUMNS), BL=block)
     return out
 
 
@@ -261,5 +259,6 @@ def state_step(state, d: torch.Tensor, own: torch.Tensor, n_keys: int, next_keys
     """synaptic._state_step on these kernels: the chunk's edges (from its raw dots d), their release, then the
     logit scale of the next chunk's first `next_keys` keys (None for 0)."""
     vals, idx, valid = top_edges(d, own, k.structure.attn_topk)
-    release(state, vals, idx, valid, n_keys, ema, k, uniforms)
-    return logit_scale(state, next_keys, ema, k) if next_keys else None
+    table = knob_table(k)  # once for both kernels
+    release(state, vals, idx, valid, n_keys, ema, k, uniforms, table)
+    return logit_scale(state, next_keys, ema, k, table) if next_keys else None

@@ -134,15 +134,8 @@ def test_the_triton_kernel_follows_the_rule(lead, q, n, k, kind):
 
 
 @needs_interpreter
-def test_the_triton_kernel_compiles_into_a_graph_and_refuses_other_dtypes():
-    """The compiled state step (TrainConfig.compile on CUDA) calls it inside torch.compile: one operator, no graph
-    break, with shapes that change from chunk to chunk."""
+def test_the_triton_kernel_refuses_other_dtypes():
     from nanochat.edges_triton import top_edges as triton_top_edges
 
-    compiled = torch.compile(lambda d, own: triton_top_edges(d * 1.0, own, 8), dynamic=True, fullgraph=True)
-    for n in (40, 72):
-        dots = awkward((2, 8, n), n)
-        for a, b in zip(compiled(dots, own_mask(8)), oracle(dots, 8)):
-            assert torch.equal(a, b)
     with pytest.raises(ValueError, match="dots must be float32"):
         triton_top_edges(torch.zeros(2, 4, 8, dtype=torch.float64), own_mask(4), 8)
