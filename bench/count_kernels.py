@@ -106,7 +106,7 @@ PARTS = {
     synaptic._logits_chain_backward: "logits chain, backward",
     synaptic._ChunkedPresynapticAttention.forward: "attention q.k and p.v, forward",
     synaptic._ChunkedPresynapticAttention.backward: "attention q.k and p.v, backward",
-    synaptic.SynapticLinear.hebbian_update: "Hebbian update",
+    synaptic.SynapticGPT.hebbian_update: "Hebbian update",
     PopulationOptimizer.step: "optimizer",
     synaptic._AttentionRun.scale_table: "state loop's q.k and scale table (fused attention)",
     synaptic.SynapticGPT.forward: "rest of the forward (projections, norms, MLP, loss)",

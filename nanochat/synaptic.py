@@ -22,6 +22,7 @@ from .abs_sums import abs_row_sums
 from .config import ConfigError, ModelConfig, SynapticConfig
 from .edges import top_edges
 from .fused import compiled
+from .hebbian import HebbianState
 from .native import library
 from .population import Knobs, PopulationLinear, bcast, member_mean, member_sum
 from .release_kernel import native_release, usable
@@ -557,8 +558,10 @@ class SynapticLinear(nn.Module):
     """y = x W + b, then y <- y * (1 + fast + slow) + (y U) V, with Hebbian fast/slow gains
     (MODEL.md: postsynaptic MLP).
 
-    `fast` and `slow` are per-member state vectors over output channels, changed by `hebbian_update` after each
-    training step (never by the optimizer). U (out x R) and V (R x out) are trainable, V starts at zero.
+    `fast` and `slow` are (P, 1, d_out) per-member state over output channels, views into the model's
+    `HebbianState` (`bind`), moved by its update after each training step (never by the optimizer); a training
+    forward records the activity the update reads (`take_activity`). U (out x R) and V (R x out) are trainable,
+    V starts at zero.
     """
 
     def __init__(self, population: int, d_in: int, d_out: int, rank: int, zero_init: bool = False):
@@ -566,10 +569,19 @@ class SynapticLinear(nn.Module):
         self.linear = PopulationLinear(population, d_in, d_out, bias=True, zero_init=zero_init)
         self.U = nn.Parameter(torch.empty(population, d_out, rank))
         self.V = nn.Parameter(torch.zeros(population, rank, d_out))
-        for name in ("fast", "slow", "post_trace", "camkii", "pp1", "bdnf"):
-            self.register_buffer(name, torch.zeros(population, 1, d_out))
-        self.register_buffer("pre_trace", torch.zeros(population))
+        self.d_out = d_out
+        self.fast: torch.Tensor | None = None
+        self.slow: torch.Tensor | None = None
         self._stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def bind(self, gains: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Use `gains` = (fast, slow), this layer's views of a HebbianState (`HebbianState.gains`)."""
+        self.fast, self.slow = gains
+
+    def take_activity(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The (pre (P,), post (P, 1, d_out)) activity of the last training forward, once; None if none since."""
+        stats, self._stats = self._stats, None
+        return stats
 
     def init_member(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         d_out, rank = self.U.shape[1:]
@@ -591,32 +603,6 @@ class SynapticLinear(nn.Module):
                 pre = abs_row_sums(x).sum(-1) / math.prod(x.shape[1:])  # mean |x|
                 self._stats = (pre, post)
         return torch.baddbmm(b_eff, x, w_eff)
-
-    @torch.no_grad()
-    def hebbian_update(self, k: Knobs, active: torch.Tensor) -> None:
-        """Traces -> co-activity delta -> fast gain; CaMKII/PP1/BDNF gate the slow gain. Frozen for failed members."""
-        if self._stats is None:
-            return
-        pre_act, post_act = self._stats
-        self._stats = None
-        keep = active.to(pre_act.dtype)
-        d = k.post_trace_decay
-        pre_trace = bcast(d, 1) * self.pre_trace + (1 - bcast(d, 1)) * pre_act
-        post_trace = bcast(d, 3) * self.post_trace + (1 - bcast(d, 3)) * post_act
-        # Co-activity of the traces, deliberately not normalised: its scale (set by hebb_gain) is what gives
-        # post_fast_lr and post_slow_lr their meaning across the seed ranges.
-        delta = bcast(k.hebb_gain, 3) * bcast(pre_trace, 3) * post_trace
-        level = post_trace.abs()
-        camkii = self.camkii + bcast(k.camkii_up, 3) * (torch.sigmoid(8.0 * (level - bcast(k.camkii_thr, 3))) - self.camkii)
-        pp1 = self.pp1 + (torch.sigmoid(8.0 * (bcast(k.pp1_thr, 3) - level)) - self.pp1) / bcast(k.pp1_tau, 3)
-        bdnf = self.bdnf + (camkii - self.bdnf) / bcast(k.bdnf_tau, 3)
-        gate = camkii - pp1  # LTP where CaMKII dominates, LTD where PP1 does
-        fast = bcast(k.post_fast_decay, 3) * self.fast + bcast(k.post_fast_lr, 3) * delta
-        slow = self.slow + bcast(k.post_slow_lr, 3) * (1 + bcast(k.bdnf_scale, 3) * bdnf) * delta * gate
-        for name, new in (("pre_trace", pre_trace), ("post_trace", post_trace), ("camkii", camkii), ("pp1", pp1),
-                          ("bdnf", bdnf), ("fast", fast), ("slow", slow)):
-            old = getattr(self, name)
-            old.copy_(torch.where(bcast(keep, old.dim()) > 0, new, old))
 
 
 class _ReluSquared(torch.autograd.Function):
@@ -692,6 +678,10 @@ class SynapticGPT(nn.Module):
         self.register_buffer("sin", angles.sin(), persistent=False)
         self._init_weights()
         self.to(device)
+        linears = self._synaptic_linears()
+        self.hebbian = HebbianState(P, [m.d_out for m in linears], device)  # every layer's gains, side by side
+        for i, module in enumerate(linears):
+            module.bind(self.hebbian.gains(i))
         self.noise = ReleaseNoise(self.seeds, self.knobs.host["stochastic_train_frac"], device)
 
     @torch.no_grad()
@@ -734,11 +724,16 @@ class SynapticGPT(nn.Module):
         ce = F.cross_entropy(logits.reshape(P * B * T, V), targets.reshape(-1).repeat(P), reduction="none")
         return member_mean(ce.view(P, B * T))
 
+    def _synaptic_linears(self) -> list[SynapticLinear]:
+        return [m for m in self.modules() if isinstance(m, SynapticLinear)]
+
     @torch.no_grad()
     def hebbian_update(self, active: torch.Tensor) -> None:
-        for module in self.modules():
-            if isinstance(module, SynapticLinear):
-                module.hebbian_update(self.knobs, active)
+        """The Hebbian rule after a training step, once for all layers (HebbianState); failed members stay frozen."""
+        activity = [m.take_activity() for m in self._synaptic_linears()]
+        if any(a is None for a in activity):  # no training forward since the last update
+            return
+        self.hebbian.update(self.knobs, activity, active)
 
     def estimate_flops(self) -> int:
         return estimate_flops(self.mcfg, self.knobs.structure.post_rank)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nanochat.config import ModelConfig, SynapticConfig
+from nanochat.hebbian import HebbianState
 from nanochat.hostmem import keep_freed_memory
 from nanochat.population import Knobs
 from helpers import rotary
@@ -18,6 +19,7 @@ def test_synaptic_linear_folded_weight_matches_the_spec_formula():
     torch.manual_seed(0)
     P, N, d_in, d_out, R = 3, 10, 16, 24, 4
     layer = SynapticLinear(P, d_in, d_out, R).double().train()
+    layer.bind(HebbianState(P, [d_out], dtype=torch.float64).gains(0))
     with torch.no_grad():
         for t in (layer.linear.weight, layer.linear.bias, layer.U, layer.V, layer.fast, layer.slow):
             t.copy_(torch.randn_like(t) * 0.3)
@@ -26,7 +28,7 @@ def test_synaptic_linear_folded_weight_matches_the_spec_formula():
 
     out = layer(x)
     got_grads = torch.autograd.grad((out * out.detach().cos()).sum(), params)
-    pre, post = layer._stats
+    pre, post = layer.take_activity()
 
     # MODEL.md (postsynaptic MLP): y = x W + b, then y <- y (1 + fast + slow) + (y U) V.
     y = torch.baddbmm(layer.linear.bias, x, layer.linear.weight)
@@ -38,6 +40,52 @@ def test_synaptic_linear_folded_weight_matches_the_spec_formula():
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(pre, x.detach().abs().mean(dim=(1, 2)))  # Hebbian pre activity: mean |x|
     torch.testing.assert_close(post, y.detach().mean(dim=1, keepdim=True))  # post activity: mean y over tokens
+
+
+def test_hebbian_update_is_the_spec_rule_layer_by_layer_bit_for_bit_and_spares_failed_members():
+    # MODEL.md's "Hebbian rule", written per layer and per member as a scalar trace times a channel vector; the
+    # state runs all layers side by side in one update and must give the same bits.
+    P, widths = 4, [24, 8, 16]
+    configs = [SynapticConfig(hebb_gain=4.0 + i, post_trace_decay=0.5 + 0.1 * i, camkii_thr=0.05 * i,
+                              pp1_tau=5.0 + i, bdnf_scale=0.5 * i) for i in range(P)]
+    k = Knobs(configs, torch.device("cpu"))
+    state = HebbianState(P, widths)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name in ("fast", "slow", "post_trace", "camkii", "pp1", "bdnf"):
+            getattr(state, name).copy_(torch.randn(getattr(state, name).shape, generator=g) * 0.3)
+    pre_trace = [torch.rand(P, generator=g) for _ in widths]  # one value per layer and member
+    for i, t in enumerate(pre_trace):
+        state.pre_trace[..., sum(widths[:i]):sum(widths[:i + 1])] = t.view(P, 1, 1)
+    activity = [(torch.rand(P, generator=g), torch.randn(P, 1, w, generator=g)) for w in widths]
+    active = torch.tensor([True, False, True, True])
+    before = {name: getattr(state, name).clone() for name in ("fast", "slow", "pre_trace", "post_trace", "camkii",
+                                                              "pp1", "bdnf")}
+
+    state.update(k, activity, active)
+
+    b = lambda v: v.view(P, 1, 1)  # noqa: E731 - a (P,) knob against (P, 1, width)
+    for i, ((pre, post), w) in enumerate(zip(activity, widths)):
+        ch = slice(sum(widths[:i]), sum(widths[:i]) + w)
+        old = {name: t[..., ch] for name, t in before.items()}
+        d = k.post_trace_decay
+        pre_tr = d * pre_trace[i] + (1 - d) * pre
+        post_tr = b(d) * old["post_trace"] + (1 - b(d)) * post
+        delta = b(k.hebb_gain * pre_tr) * post_tr
+        level = post_tr.abs()
+        camkii = old["camkii"] + b(k.camkii_up) * (torch.sigmoid(8.0 * (level - b(k.camkii_thr))) - old["camkii"])
+        pp1 = old["pp1"] + (torch.sigmoid(8.0 * (b(k.pp1_thr) - level)) - old["pp1"]) / b(k.pp1_tau)
+        bdnf = old["bdnf"] + (camkii - old["bdnf"]) / b(k.bdnf_tau)
+        fast = b(k.post_fast_decay) * old["fast"] + b(k.post_fast_lr) * delta
+        slow = old["slow"] + b(k.post_slow_lr) * (1 + b(k.bdnf_scale) * bdnf) * delta * (camkii - pp1)
+        expected = {"pre_trace": b(pre_tr).expand(P, 1, w), "post_trace": post_tr, "camkii": camkii, "pp1": pp1,
+                    "bdnf": bdnf, "fast": fast, "slow": slow}
+        for name, value in expected.items():
+            got = getattr(state, name)[..., ch]
+            assert torch.equal(got[active], value[active]), (i, name)
+            assert torch.equal(got[~active], old[name][~active]), (i, name)  # the failed member keeps its state
+    fast, slow = state.gains(1)
+    assert torch.equal(fast, state.fast[..., 24:32]) and fast.data_ptr() == state.fast[..., 24:].data_ptr()
 
 
 def test_relu_squared_matches_autograd_and_gradcheck():
