@@ -88,7 +88,7 @@ def _fused_parts() -> dict:
         return {}
     return {
         m["edges_triton"].top_edges: "top-k edges",
-        m["release_triton"].state_step: "release step",  # its knob table, shared with the logit scale
+        m["release_triton"].state_step: "release step",
         m["release_triton"].release: "release step",
         m["release_triton"].logit_scale: "logit scale (release probability of every key)",
         m["fused_attention"]._PresynapticAttention.forward: "fused attention kernels, forward",

@@ -41,6 +41,7 @@ class Knobs:
 
     `knobs.tau_c` is a (P,) tensor; `knobs.structure.attn_topk` is an int. Continuous values stay on the host too
     (`knobs.host`) for decisions that must not sync the device (e.g. "does any member draw stochastic releases?").
+    Knobs are fixed for the life of a model: nothing writes to them, so `table` builds each table of knobs once.
     """
 
     def __init__(self, configs: list[SynapticConfig], device: torch.device):
@@ -55,6 +56,14 @@ class Knobs:
             values = [float(getattr(c, f.name)) for c in configs]
             self.host[f.name] = values
             setattr(self, f.name, torch.tensor(values, dtype=torch.float32, device=device))
+        self._tables: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def table(self, columns: tuple[str, ...]) -> torch.Tensor:
+        """The named knobs side by side, one contiguous (P, len(columns)) float32 tensor, built on the first call
+        (a kernel reads a member's knobs as one row) and the same tensor after."""
+        if columns not in self._tables:
+            self._tables[columns] = torch.stack([getattr(self, name) for name in columns], dim=1).contiguous()
+        return self._tables[columns]
 
 
 class PopulationLinear(nn.Module):

@@ -52,8 +52,8 @@ def native_release(lib, state, vals: torch.Tensor, idx: torch.Tensor, valid: tor
 
 def knob_table(k) -> torch.Tensor:
     """The population's knobs (a Knobs) as one (P, len(KNOB_COLUMNS)) float32 table, in release.c's column order
-    (release_triton.py's kernels read the same table)."""
-    return torch.stack([getattr(k, name) for name in KNOB_COLUMNS], dim=1).contiguous()
+    (release_triton.py's kernels read the same table); built once per Knobs."""
+    return k.table(KNOB_COLUMNS)
 
 
 def member_draws(uniforms: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor | None, ...]:

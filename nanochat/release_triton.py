@@ -1,5 +1,5 @@
 """A chunk's presynaptic state step as Triton kernels, for the GPU: its release edges, the release, and the next
-chunk's logit scale in four launches and a few small torch ops, where the torch definition takes ~150.
+chunk's logit scale in four launches, where the torch definition takes ~150 operators.
 
     scale = state_step(state, d, own, n_keys, next_keys, ema, knobs, uniforms)   # as synaptic._state_step
 
@@ -202,7 +202,7 @@ def _running_mean_kernel(SHARES, EMA, rows_per_member, BR: tl.constexpr):
 
 
 @triton.jit
-def _logit_scale_kernel(C, RRP, SN, CL, AMP, KNOBS, DENOM, OUT, T, n, rows_per_member, N_KNOBS: tl.constexpr,
+def _logit_scale_kernel(C, RRP, SN, CL, AMP, KNOBS, EMA, EPS, OUT, T, n, rows_per_member, N_KNOBS: tl.constexpr,
                         BL: tl.constexpr):
     row = tl.program_id(0)
     member = row // rows_per_member
@@ -212,7 +212,12 @@ def _logit_scale_kernel(C, RRP, SN, CL, AMP, KNOBS, DENOM, OUT, T, n, rows_per_m
     p = _release_probability(tl.load(C + at, mask=keys, other=0.0), tl.load(CL + at, mask=keys, other=0.0),
                              tl.load(SN + at, mask=keys, other=0.0), KNOBS, member, N_KNOBS)
     scale = p * tl.load(RRP + at, mask=keys, other=0.0) * tl.load(AMP + at, mask=keys, other=0.0)
-    tl.store(OUT + row.to(tl.int64) * n + key, scale / tl.load(DENOM + member), mask=keys)
+    tl.store(OUT + row.to(tl.int64) * n + key, scale / (tl.load(EMA + member) + tl.load(EPS + member)), mask=keys)
+
+
+def _check_ema(ema: torch.Tensor) -> None:
+    if not (ema.is_contiguous() and ema.dtype == torch.float32):
+        raise ValueError(f"ema must be contiguous float32, got {ema.dtype} with strides {ema.stride()}")
 
 
 def _state(state) -> tuple[torch.Tensor, ...]:
@@ -223,34 +228,32 @@ def _state(state) -> tuple[torch.Tensor, ...]:
 
 
 def release(state, vals: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, n_keys: int, ema: torch.Tensor, k,
-            uniforms: tuple[torch.Tensor, torch.Tensor] | None, table: torch.Tensor | None = None) -> None:
-    """PresynapticState.release (same arguments), advancing `state` and `ema` in place; `table` is knob_table(k)
-    when the caller has it."""
+            uniforms: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """PresynapticState.release (same arguments), advancing `state` and `ema` in place."""
     P, B, H, Qc, K = vals.shape
     T, delay = state.c.shape[-1], k.structure.endo_delay
     tensors = _state(state)
-    if not ema.is_contiguous():
-        raise ValueError("ema must be contiguous")
+    _check_ema(ema)
     shares = vals.new_empty(P, B * H, 2)
     row_u, u = member_draws(uniforms)
     strides = (0, 0) if u is None else (row_u.stride(0), u.stride(0))
     _release_kernel[(P * B * H,)](*tensors, idx.contiguous(), vals.contiguous(), valid.contiguous(),
                                   vals if u is None else row_u, vals if u is None else u,  # vals: not read
-                                  knob_table(k) if table is None else table, shares, T, n_keys, Qc, B * H, *strides,
+                                  knob_table(k), shares, T, n_keys, Qc, B * H, *strides,
                                   K=K, E=triton.next_power_of_2(Qc * K), DELAY=delay, DRAWS=u is not None,
                                   N_KNOBS=len(KNOB_COLUMNS), BK=KEY_BLOCK, num_warps=RELEASE_WARPS)
     _running_mean_kernel[(P,)](shares, ema, B * H, BR=min(1024, triton.next_power_of_2(B * H)))
 
 
-def logit_scale(state, n_keys: int, ema: torch.Tensor, k, table: torch.Tensor | None = None) -> torch.Tensor:
-    """PresynapticState.logit_scale: p_j rrp_j amp_j / (ema + eps) for the first n_keys keys, (P, B, H, 1, n_keys);
-    `table` is knob_table(k) when the caller has it."""
+def logit_scale(state, n_keys: int, ema: torch.Tensor, k) -> torch.Tensor:
+    """PresynapticState.logit_scale: p_j rrp_j amp_j / (ema + eps) for the first n_keys keys, (P, B, H, 1, n_keys)."""
     P, B, H, T = state.c.shape
+    _check_ema(ema)
     out = state.c.new_empty(P, B, H, 1, n_keys)
     block = min(256, triton.next_power_of_2(n_keys))
     _logit_scale_kernel[(P * B * H, triton.cdiv(n_keys, block))](
-        state.c, state.rrp, state.sn, state.cl, state.amp, knob_table(k) if table is None else table,
-        (ema + k.release_eps).contiguous(), out, T, n_keys, B * H, N_KNOBS=len(KNOB_COLUMNS), BL=block)
+        state.c, state.rrp, state.sn, state.cl, state.amp, knob_table(k), ema, k.release_eps, out, T, n_keys, B * H,
+        N_KNOBS=len(KNOB_COLUMNS), BL=block)
     return out
 
 
@@ -259,6 +262,5 @@ def state_step(state, d: torch.Tensor, own: torch.Tensor, n_keys: int, next_keys
     """synaptic._state_step on these kernels: the chunk's edges (from its raw dots d), their release, then the
     logit scale of the next chunk's first `next_keys` keys (None for 0)."""
     vals, idx, valid = top_edges(d, own, k.structure.attn_topk)
-    table = knob_table(k)  # once for both kernels
-    release(state, vals, idx, valid, n_keys, ema, k, uniforms, table)
-    return logit_scale(state, next_keys, ema, k, table) if next_keys else None
+    release(state, vals, idx, valid, n_keys, ema, k, uniforms)
+    return logit_scale(state, next_keys, ema, k) if next_keys else None
