@@ -59,6 +59,9 @@ class PopulationOptimizer:
         device = self.adam_params[0].device if self.adam_params else self.muon_params[0].device
         scalar = lambda: torch.zeros((), dtype=torch.float64, device=device)  # noqa: E731
         self._adam_lr, self._muon_lr, self._bias1, self._bias2 = scalar(), scalar(), scalar(), scalar()
+        # What a failed member's gradients become: one device zero, not a Python 0.0 that torch.where turns into a
+        # fresh device scalar (a fill kernel) for every parameter.
+        self._zero = torch.zeros((), device=device)
 
     def set_schedule(self, lr_scale: float) -> None:
         """Advance the step count and write this step's learning rates and bias corrections (outside any graph)."""
@@ -84,7 +87,7 @@ class PopulationOptimizer:
         params = [self.adam_params[i] for i in live]
         ms, vs = [self.adam_state[i][0] for i in live], [self.adam_state[i][1] for i in live]
         b1, b2 = self.betas
-        grads = [torch.where(bcast(active, p.dim()), p.grad, 0.0) for p in params]
+        grads = [torch.where(bcast(active, p.dim()), p.grad, self._zero) for p in params]
         torch._foreach_mul_(ms, b1)
         torch._foreach_add_(ms, grads, alpha=1 - b1)
         torch._foreach_mul_(vs, b2)
@@ -105,7 +108,7 @@ class PopulationOptimizer:
         if not live:
             return
         params, bufs = [self.muon_params[i] for i in live], [self.muon_state[i] for i in live]
-        grads = [torch.where(bcast(active, p.dim()), p.grad, 0.0) for p in params]
+        grads = [torch.where(bcast(active, p.dim()), p.grad, self._zero) for p in params]
         torch._foreach_mul_(bufs, self.momentum)
         torch._foreach_add_(bufs, grads)
         nesterov = torch._foreach_add(grads, bufs, alpha=self.momentum)

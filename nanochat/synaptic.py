@@ -10,6 +10,7 @@ Shapes: P members, B batch rows, T positions, C = n_embd, H heads of size D, Q =
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Callable
@@ -85,6 +86,10 @@ def release_probability(c: torch.Tensor, cl: torch.Tensor, sn: torch.Tensor, k: 
     return (sensors * unclamp * sn).clamp(0.0, 0.999)
 
 
+_INITIAL_POOLS = (("rrp", "init_rrp"), ("res", "init_reserve"), ("sn", "init_snare"), ("cl", "init_clamp"),
+                  ("amp", "init_amp"), ("en", "init_energy"))  # (PresynapticState field, the knob it starts at)
+
+
 class PresynapticState:
     """Per (member, row, head, key position) presynaptic state of one attention layer for one sequence.
 
@@ -94,14 +99,12 @@ class PresynapticState:
 
     def __init__(self, shape: tuple[int, int, int, int], k: Knobs, device: torch.device, dtype: torch.dtype):
         P, B, H, T = shape
-        full = lambda v: bcast(v, 4).to(dtype).expand(P, B, H, T).clone()  # noqa: E731
         self.c = torch.zeros(P, B, H, T, device=device, dtype=dtype)
-        self.rrp = full(k.init_rrp)
-        self.res = full(k.init_reserve)
-        self.sn = full(k.init_snare)
-        self.cl = full(k.init_clamp)
-        self.amp = full(k.init_amp)
-        self.en = full(k.init_energy)
+        # The six pools that start at a knob's value, written in one copy; each is a contiguous (P, B, H, T) slice.
+        pools = torch.empty(len(_INITIAL_POOLS), P, B, H, T, device=device, dtype=dtype)
+        pools.copy_(k.table(tuple(knob for _, knob in _INITIAL_POOLS)).t()[..., None, None, None].expand_as(pools))
+        for (name, _), pool in zip(_INITIAL_POOLS, pools):
+            setattr(self, name, pool)
         self.queue = torch.zeros(P, B, H, T, k.structure.endo_delay, device=device, dtype=dtype)  # endocytosis delay
 
     def logit_scale(self, n_keys: int, ema: torch.Tensor, k: Knobs) -> torch.Tensor:
@@ -473,13 +476,19 @@ class _AttentionRun:
         self.state, self.ema, self.knobs, self.noise, self.training = state, ema, knobs, noise, training
         self.chains = chains
         self.chunk, self.state_dtype = Q, dtype
-        positions = torch.arange(T, device=device)
-        self.allowed = positions[None, :] <= positions[:, None]  # (T queries, T keys), causal
-        # Barrier distance in chunks (not fractions of T) so that barrier_strength <= 0.5 moves logits.
-        distance = (positions[:, None] - positions[None, :]).abs().to(dtype) / Q
-        self.bias = (-bcast(knobs.barrier_strength, 5).to(dtype) * distance).masked_fill(~self.allowed, float("-inf"))
+        self.positions = torch.arange(T, device=device)
+        self.allowed = self.positions[None, :] <= self.positions[:, None]  # (T queries, T keys), causal
         self.lam = bcast(knobs.lambda_loge, 5).to(dtype)
         self.eps = bcast(knobs.release_eps, 5).to(dtype)
+
+    @functools.cached_property
+    def bias(self) -> torch.Tensor:
+        """The barrier and causal mask, (P, 1, 1, T, T): built when the chunked attention first reads it (the fused
+        kernel computes it in place)."""
+        # Barrier distance in chunks (not fractions of T) so that barrier_strength <= 0.5 moves logits.
+        distance = (self.positions[:, None] - self.positions[None, :]).abs().to(self.state_dtype) / self.chunk
+        strength = bcast(self.knobs.barrier_strength, 5).to(self.state_dtype)
+        return (-strength * distance).masked_fill(~self.allowed, float("-inf"))
 
     def advance(self, d: torch.Tensor, start: int, stop: int, T: int) -> torch.Tensor | None:
         """The state step after the chunk of queries [start, stop), from its raw dots d (which it may overwrite):
