@@ -16,9 +16,9 @@ import pytest
 
 from count_kernels import count
 
-EAGER_CEILING = 7_028  # P = 32, this build
+EAGER_CEILING = 7_019  # P = 32, this build
 OUTSIDE_COMPILED_CEILING = 1_371
-FUSED_EAGER_CEILING = 1_284  # with fused_attention: its attention and state step as Triton kernels
+FUSED_EAGER_CEILING = 1_275  # with fused_attention: its attention and state step as Triton kernels
 FUSED_OUTSIDE_COMPILED_CEILING = 1_023  # ... and compile (the Hebbian update and the optimizer compiled)
 
 

@@ -66,4 +66,4 @@ class HebbianState(nn.Module):
         for name, new in (("pre_trace", pre_trace), ("post_trace", post_trace), ("camkii", camkii), ("pp1", pp1),
                           ("bdnf", bdnf), ("fast", fast), ("slow", slow)):
             old = getattr(self, name)
-            old.copy_(torch.where(keep, new, old))
+            torch.where(keep, new, old, out=old)

@@ -129,7 +129,8 @@ class PopulationOptimizer:
         # scale keeps the update's RMS comparable for tall and wide matrices.
         scales = [max(1.0, p.shape[-2] / p.shape[-1]) ** 0.5 for p in params]
         update = torch._foreach_mul([orthogonal[j] for j in range(len(params))], scales)
-        torch._foreach_add_(update, torch._foreach_mul(params, self.wd))
+        if self.wd:
+            torch._foreach_add_(update, torch._foreach_mul(params, self.wd))
         torch._foreach_mul_(update, [bcast(rate, p.dim()) for p in params])
         torch._foreach_sub_(params, update)
 
