@@ -1,6 +1,6 @@
 """Count the kernels one training step launches on the GPU code path, without a GPU, by part of the model.
 
-    python bench/count_kernels.py --population 32 [--fused-attention] [--out counts.json]
+    python bench/count_kernels.py --population 32 [--fused-attention] [--by-line 20] [--out counts.json]
 
 The model is built on PyTorch's `meta` device: tensors with shapes and no data, so a step costs only Python and any
 population size is free. Every device check in nanochat is "CPU or not", so a meta step takes the CUDA branches
@@ -137,6 +137,7 @@ class _Counter(TorchDispatchMode):
         super().__init__()
         self.ops: collections.Counter = collections.Counter()
         self.parts: collections.Counter = collections.Counter()
+        self.lines: collections.Counter = collections.Counter()  # "synaptic.py:123 aten::mul" -> kernels
         self.inside_regions = 0
         self.region_calls: dict[int, object] = {}  # holding each call's frame keeps its id unique
 
@@ -147,6 +148,7 @@ class _Counter(TorchDispatchMode):
             self.ops[name] += n
             part, region = _where(sys._getframe(1))
             self.parts[part] += n
+            self.lines[f"{_nanochat_line(sys._getframe(1))} {name}"] += n
             if region is not None:
                 self.inside_regions += n
                 self.region_calls[id(region)] = region
@@ -162,6 +164,19 @@ def _kernels(name: str, args: tuple) -> int:
     first = lists[0]
     same = all(len(other) == len(first) and all(t.shape == f.shape for t, f in zip(other, first)) for other in lists)
     return 1 if same else len(first)
+
+
+_NANOCHAT_DIR = os.path.dirname(synaptic.__file__)
+
+
+def _nanochat_line(frame) -> str:
+    """The innermost line of nanochat's code on the stack ("synaptic.py:123"), or "autograd" (a backward op)."""
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if os.path.dirname(path) == _NANOCHAT_DIR:
+            return f"{os.path.basename(path)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "autograd"
 
 
 def _where(frame) -> tuple[str, object]:
@@ -232,6 +247,7 @@ def _count_step(net, model: ModelConfig, population: int, batch_size: int, fused
         "kernels_per_step": total,
         "parts": dict(counter.parts.most_common()),
         "ops": dict(counter.ops.most_common()),
+        "lines": dict(counter.lines.most_common()),
         "compiled_regions": {"calls": len(counter.region_calls), "ops_inside": counter.inside_regions,
                              "ops_outside": total - counter.inside_regions},
     }
@@ -241,6 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--population", type=int, default=32)
     ap.add_argument("--fused-attention", action="store_true", help="count a step with TrainConfig.fused_attention")
+    ap.add_argument("--by-line", type=int, default=0, metavar="N",
+                    help="also print the N source lines (and operators) that launch the most kernels")
     ap.add_argument("--out", default=None, help="also write the counts as JSON")
     args = ap.parse_args(argv)
     if args.population < 1:
@@ -249,6 +267,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"P = {report['population']}: {report['kernels_per_step']} kernels per training step (GPU code path)")
     for part, n in report["parts"].items():
         print(f"  {n:6d}  {n / report['kernels_per_step']:6.1%}  {part}")
+    if args.by_line:
+        print(f"the {args.by_line} lines of nanochat that launch the most:")
+        for line, n in list(report["lines"].items())[:args.by_line]:
+            print(f"  {n:6d}  {line}")
     regions = report["compiled_regions"]
     print(f"with TrainConfig.compile: {regions['ops_inside']} of them in {regions['calls']} calls of compiled "
           f"functions (a few fused kernels each), {regions['ops_outside']} still launched one by one")

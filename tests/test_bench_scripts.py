@@ -122,6 +122,11 @@ def test_count_kernels_takes_the_gpu_path_and_does_not_grow_with_the_population(
     assert fused["ops"]["count_kernels::triton_kernel"] == 3 * layers + 4 * chunks * layers
     assert fused["parts"]["top-k edges"] == chunks * layers and "aten::topk" not in fused["ops"]
     assert fused["parts"]["fused attention kernels, forward"] == layers
-    assert fused["parts"]["release step"] == 3 * chunks * layers  # the knob table, the kernel, the running mean
+    assert fused["parts"]["release step"] == 2 * chunks * layers  # the release kernel and the running mean
+    # by source line: every kernel once; the Hebbian rule runs once for all layers (no per-layer line repeats it)
+    assert sum(fused["lines"].values()) == fused["kernels_per_step"]
+    hebbian_sigmoids = sum(n for line, n in fused["lines"].items()
+                           if line.startswith("hebbian.py:") and line.endswith(" aten::sigmoid"))
+    assert hebbian_sigmoids == 2  # CaMKII's and PP1's, whatever the number of layers
     assert not any(part.startswith("logits chain") for part in fused["parts"])
     assert fused["kernels_per_step"] < two["kernels_per_step"] - two["parts"]["release step"]
