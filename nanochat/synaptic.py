@@ -601,6 +601,8 @@ class SynapticLinear(nn.Module):
         # y (1 + fast + slow) + (y U) V  =  x W_eff + b_eff  with  M = diag(1 + fast + slow) + U V,  W_eff = W M,
         # b_eff = b M. Folding M into the (in x out) weight costs O(in * out * R) per member instead of four extra
         # passes over the (N x out) activations forward and more backward (they dominated the CPU profile).
+        if self.fast is None:
+            raise RuntimeError("SynapticLinear has no Hebbian gains yet: bind() it to a HebbianState's gains")
         gain = 1.0 + self.fast + self.slow  # (P, 1, out), state, not trained
         w, b = self.linear.weight, self.linear.bias
         w_eff = w * gain + torch.bmm(torch.bmm(w, self.U), self.V)
