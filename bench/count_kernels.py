@@ -75,9 +75,10 @@ class _Launch:
 
 def _triton_modules() -> dict:
     """The modules of TrainConfig.fused_attention, by name (they import Triton)."""
-    from nanochat import edges_triton, fused_attention, release_triton
+    from nanochat import edges_triton, fused_attention, release_triton, rotary_triton
 
-    return {"edges_triton": edges_triton, "fused_attention": fused_attention, "release_triton": release_triton}
+    return {"edges_triton": edges_triton, "fused_attention": fused_attention, "release_triton": release_triton,
+            "rotary_triton": rotary_triton}
 
 
 def _fused_parts() -> dict:
@@ -93,6 +94,8 @@ def _fused_parts() -> dict:
         m["release_triton"].logit_scale: "logit scale (release probability of every key)",
         m["fused_attention"]._PresynapticAttention.forward: "fused attention kernels, forward",
         m["fused_attention"]._PresynapticAttention.backward: "fused attention kernels, backward",
+        m["rotary_triton"]._NormRotary.forward: "q and k norm and rotary kernels",
+        m["rotary_triton"]._NormRotary.backward: "q and k norm and rotary kernels",
     }
 
 
@@ -206,7 +209,7 @@ def count(population: int, model: ModelConfig = BASELINE_MODEL, batch_size: int 
                         patch(module, name, _Launch(name))
             patch(synaptic, "fused_attention_kernels", lambda device: (
                 modules["fused_attention"].presynaptic_attention, modules["release_triton"].state_step,
-                modules["release_triton"].logit_scale))
+                modules["release_triton"].logit_scale, modules["rotary_triton"].norm_rotary))
         net = SynapticGPT(model, [m.synaptic for m in members], [m.seed for m in members], meta,
                           fused_attention=fused_attention).train()
         return _count_step(net, model, population, batch_size, fused_attention)

@@ -75,8 +75,8 @@ def add_training_args(group: argparse._ActionsContainer) -> None:
                             "process; results differ from the default by rounding")
     group.add_argument("--fused-attention", action="store_true",
                        help="on CUDA, the presynaptic attention as Triton kernels: its logits, softmax and p @ v (no "
-                            "queries x keys tensor in memory) and each chunk's state step (four launches instead of "
-                            "~150); results differ from the default by rounding")
+                            "queries x keys tensor in memory), each chunk's state step (four launches instead of "
+                            "~150) and q and k's norm and rotation; results differ from the default by rounding")
 
 
 def model_config_from_args(args: argparse.Namespace) -> ModelConfig:

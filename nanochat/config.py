@@ -315,7 +315,7 @@ class TrainConfig:
     cuda_graph: bool = True  # on CUDA, replay the training step as one CUDA graph after two eager steps
     matmul_precision: str = "highest"  # one of MATMUL_PRECISIONS; set for the run only, restored after
     compile: bool = False  # torch.compile the small-kernel parts of a step (nanochat/fused.py says which)
-    fused_attention: bool = False  # CUDA: the attention and its state loop as Triton kernels (synaptic.AttentionChains)
+    fused_attention: bool = False  # CUDA: the attention, its state loop and qk-norm as Triton kernels (AttentionChains)
 
     def __post_init__(self) -> None:
         # Types first, so a string or bool from an API caller is a ConfigError naming the field, not a TypeError

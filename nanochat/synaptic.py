@@ -367,15 +367,16 @@ class AttentionChains:
 
     With `fused_attention` (CUDA) Triton kernels take over: `kernel` (nanochat/fused_attention.py) replaces the
     chunked logits, softmax and p @ v (and so the two chains) once the state loop has run, and the state loop's
-    `state_step` and `logit_scale` are nanochat/release_triton.py's (four launches per chunk instead of ~150);
-    without it `kernel` is None and the state step is the torch definition's.
+    `state_step` and `logit_scale` are nanochat/release_triton.py's (four launches per chunk instead of ~150), and
+    `norm_rotary` (q and k's norm, rotation and scale) is nanochat/rotary_triton.py's (one launch each way instead of
+    ~20); without it `kernel` is None and the rest are the torch definitions.
     """
 
     def __init__(self, fuse: bool, device: torch.device, fused_attention: bool = False):
         self.forward, self.backward, self.state_step = _logits_chain, _logits_chain_backward, _state_step
-        self.logit_scale, self.kernel = PresynapticState.logit_scale, None
+        self.logit_scale, self.kernel, self.norm_rotary = PresynapticState.logit_scale, None, norm_rotary
         if fused_attention:
-            self.kernel, self.state_step, self.logit_scale = fused_attention_kernels(device)
+            self.kernel, self.state_step, self.logit_scale, self.norm_rotary = fused_attention_kernels(device)
         if fuse:
             self.forward = compiled(_logits_chain)
             self.backward = compiled(_logits_chain_backward)
@@ -383,19 +384,19 @@ class AttentionChains:
                 self.state_step = compiled(_state_step)
 
 
-def fused_attention_kernels(device: torch.device) -> tuple[Callable, Callable, Callable]:
-    """(`fused_attention.presynaptic_attention`, `release_triton.state_step`, `release_triton.logit_scale`) for
-    `TrainConfig.fused_attention`, or a ConfigError saying why they cannot run here: they need Triton, and a CUDA
-    device or Triton's CPU interpreter (TRITON_INTERPRET=1)."""
+def fused_attention_kernels(device: torch.device) -> tuple[Callable, Callable, Callable, Callable]:
+    """(`fused_attention.presynaptic_attention`, `release_triton.state_step`, `release_triton.logit_scale`,
+    `rotary_triton.norm_rotary`) for `TrainConfig.fused_attention`, or a ConfigError saying why they cannot run here:
+    they need Triton, and a CUDA device or Triton's CPU interpreter (TRITON_INTERPRET=1)."""
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError.about("fused_attention", f"needs a CUDA device, got {device.type!r} (its Triton kernels "
                                                    "run on a CPU only in Triton's slow interpreter, TRITON_INTERPRET=1)")
     try:
-        from . import release_triton
+        from . import release_triton, rotary_triton
         from .fused_attention import presynaptic_attention
     except ImportError as e:
         raise ConfigError.about("fused_attention", f"needs Triton, which does not import here ({e})") from None
-    return presynaptic_attention, release_triton.state_step, release_triton.logit_scale
+    return presynaptic_attention, release_triton.state_step, release_triton.logit_scale, rotary_triton.norm_rotary
 
 
 def _state_step(state: PresynapticState, d: torch.Tensor, own: torch.Tensor, n_keys: int, next_keys: int,
@@ -538,8 +539,8 @@ class PresynapticAttention(nn.Module):
         P, B, T, C = x.shape
         H, D = self.n_head, self.head_dim
         flat = x.reshape(P, B * T, C)
-        q = norm_rotary(self.c_q(flat), H, cos, sin, 1.0 / math.sqrt(D))  # qk-norm, rotary, 1/sqrt(D)
-        key = norm_rotary(self.c_k(flat), self.n_kv_head, cos, sin)
+        q = self.chains.norm_rotary(self.c_q(flat), H, cos, sin, 1.0 / math.sqrt(D))  # qk-norm, rotary, 1/sqrt(D)
+        key = self.chains.norm_rotary(self.c_k(flat), self.n_kv_head, cos, sin)
         v = self.c_v(flat).view(P, B, T, self.n_kv_head, D).transpose(2, 3)
         if self.n_kv_head != H:
             key = key.repeat_interleave(H // self.n_kv_head, dim=2)

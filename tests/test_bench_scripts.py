@@ -117,9 +117,10 @@ def test_count_kernels_takes_the_gpu_path_and_does_not_grow_with_the_population(
     # The Triton modules, their kernels' launches standing in (one operator each).
     fused = count(2, TRAINER_MODEL, batch_size=2, fused_attention=True)
     layers, chunks = TRAINER_MODEL.n_layer, 2
-    # per layer the attention's forward, dk/dv and dq; per chunk the edges, the release, the running mean and a
-    # logit scale
-    assert fused["ops"]["count_kernels::triton_kernel"] == 3 * layers + 4 * chunks * layers
+    # per layer the attention's forward, dk/dv and dq, and q's and k's norm and rotation each way; per chunk the
+    # edges, the release, the running mean and a logit scale
+    assert fused["ops"]["count_kernels::triton_kernel"] == 3 * layers + 4 * layers + 4 * chunks * layers
+    assert fused["parts"]["q and k norm and rotary kernels"] == 4 * layers
     assert fused["parts"]["top-k edges"] == chunks * layers and "aten::topk" not in fused["ops"]
     assert fused["parts"]["fused attention kernels, forward"] == layers
     assert fused["parts"]["release step"] == 2 * chunks * layers  # the release kernel and the running mean

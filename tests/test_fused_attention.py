@@ -197,17 +197,18 @@ COMPILE_FOR_HOPPER = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from nanochat import edges_triton as et, fused_attention as fa, release_triton as rt
+from nanochat import edges_triton as et, fused_attention as fa, release_triton as rt, rotary_triton as ro
 
 INTEGERS = {"T", "D", "rows_per_member", "n_chunks", "chunk", "rows", "n", "q", "n_keys", "Qc", "row_u_stride",
-            "u_stride"}
+            "u_stride", "n_rows", "tokens", "H", "B"}
+FLOATS = {"scale", "eps"}
 
 
 def build(kernel, constants, pointers=None, warps=4):
     # Pointers are float32 unless `pointers` says otherwise; the named constants are compile-time.
     names = kernel.arg_names
-    signature = {n: "constexpr" if n in constants else "i32" if n in INTEGERS else (pointers or {}).get(n, "*fp32")
-                 for n in names}
+    signature = {n: "constexpr" if n in constants else "i32" if n in INTEGERS else "fp32" if n in FLOATS
+                 else (pointers or {}).get(n, "*fp32") for n in names}
     source = ASTSource(kernel, signature, constexprs={(names.index(k),): v for k, v in constants.items()})
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
     assert compiled.asm["cubin"], kernel
@@ -226,14 +227,17 @@ for draws in (False, True):  # the release step, with and without stochastic row
           {"IDX": "*i64", "VALID": "*i1"}, rt.RELEASE_WARPS)
 build(rt._running_mean_kernel, {"BR": 32})
 build(rt._logit_scale_kernel, {"N_KNOBS": 19, "BL": 256})
+for dtype in ("fp32", "bf16"):  # q and k's norm and rotation, from float32 or 16-bit projections
+    for kernel in (ro._forward_kernel, ro._backward_kernel):
+        build(kernel, {"BR": ro.ROWS_PER_PROGRAM, "BD": 32}, {"X": "*" + dtype})
 """
 
 
 def test_kernels_compile_for_a_hopper_gpu_without_one():
     """The interpreter does not compile anything: here Triton's compiler builds every Triton kernel of
     `fused_attention` for sm_90 (an H100/H200) down to a cubin, as a GPU's first step would: the attention's three
-    in float32 with TF32 products and in bfloat16, the release edges' (nanochat/edges_triton.py) and the state
-    step's (nanochat/release_triton.py)."""
+    in float32 with TF32 products and in bfloat16, the release edges' (nanochat/edges_triton.py), the state
+    step's (nanochat/release_triton.py) and q and k's norm and rotation (nanochat/rotary_triton.py)."""
     if importlib.util.find_spec("triton") is None:
         pytest.skip("needs Triton (the test extra installs it on Linux x86-64)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -241,4 +245,4 @@ def test_kernels_compile_for_a_hopper_gpu_without_one():
     done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(done.stdout.splitlines()) == 6 + 2 + 2 + 2
+    assert len(done.stdout.splitlines()) == 6 + 2 + 2 + 2 + 4
