@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> dict:
         for prec in fused_rows:
             phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(
                 p, prec, model=FUSED_SMOKE_MODEL if args.smoke else model))
-    if fused_pops and not args.smoke:  # the fused step's kernels (counted: 1,275 at P = 32), then with --compile too
+    if fused_pops and not args.smoke:  # the fused step's kernels (counted: 1,075 at P = 32), then with --compile too
         for name, prec in (("fused", "fp32+fused"), ("compile_fused", "fp32+compile+fused")):
             phase(f"profile_{name}_P{ratio_p}", lambda prec=prec: (
                 profiles.append(profile_top_ops(ratio_p, model, corpus, dev, precision=prec)),
