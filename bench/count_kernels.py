@@ -1,6 +1,6 @@
 """Count the kernels one training step launches on the GPU code path, without a GPU, by part of the model.
 
-    python bench/count_kernels.py --population 32 [--fused-attention] [--by-line 20] [--out counts.json]
+    python bench/count_kernels.py --population 32 [--fused-attention] [--by-line 20] [--bandwidth-tbs 4.8] [--out counts.json]
 
 The model is built on PyTorch's `meta` device: tensors with shapes and no data, so a step costs only Python and any
 population size is free. Every device check in nanochat is "CPU or not", so a meta step takes the CUDA branches
@@ -27,6 +27,11 @@ operator (`count_kernels::triton_kernel`).
 
 The count does not grow with the population (one model serves P = 1 and P = N, with no Python loop over members),
 which the tests check; P = 1 launches one clone fewer in autograd.
+
+It also adds up each operator's operand bytes (every input read once, every output written once, a broadcast
+dimension counted once): an estimate of the step's memory traffic, not a measurement, which --bandwidth-tbs turns
+into a floor on the step's time on a card (a GEMM that keeps its tiles in cache moves less; a gather moves only
+what it indexes, and a Triton launch is charged each tensor it is passed once).
 """
 
 from __future__ import annotations
@@ -56,11 +61,11 @@ def _code(fn):
 
 
 @torch.library.custom_op("count_kernels::triton_kernel", mutates_args=())
-def _triton_launch(anchor: torch.Tensor, kernel: str) -> None:
+def _triton_launch(operands: list[torch.Tensor], kernel: str) -> None:
     raise NotImplementedError("a stand-in for counting on the meta device")
 
 
-_triton_launch.register_fake(lambda anchor, kernel: None)
+_triton_launch.register_fake(lambda operands, kernel: None)
 
 
 class _Launch:
@@ -70,7 +75,11 @@ class _Launch:
         self.name = name
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: _triton_launch(next(a for a in args if isinstance(a, torch.Tensor)), self.name)
+        def launch(*args, **kwargs):
+            operands = list({id(a): a for a in args if isinstance(a, torch.Tensor)}.values())  # each tensor once
+            _triton_launch(operands, self.name)
+
+        return launch
 
 
 def _triton_modules() -> dict:
@@ -141,21 +150,44 @@ class _Counter(TorchDispatchMode):
         self.ops: collections.Counter = collections.Counter()
         self.parts: collections.Counter = collections.Counter()
         self.lines: collections.Counter = collections.Counter()  # "synaptic.py:123 aten::mul" -> kernels
+        self.part_bytes: collections.Counter = collections.Counter()  # operand bytes, by part
         self.inside_regions = 0
         self.region_calls: dict[int, object] = {}  # holding each call's frame keeps its id unique
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.name().split(".")[0]  # "aten::add", "count_kernels::fused_attention_forward"
+        result = func(*args, **(kwargs or {}))
         if not func.is_view and name not in NO_KERNEL:
             n = _kernels(name, args)
             self.ops[name] += n
             part, region = _where(sys._getframe(1))
             self.parts[part] += n
+            self.part_bytes[part] += _operand_bytes(args, kwargs or {}, result)
             self.lines[f"{_nanochat_line(sys._getframe(1))} {name}"] += n
             if region is not None:
                 self.inside_regions += n
                 self.region_calls[id(region)] = region
-        return func(*args, **(kwargs or {}))
+        return result
+
+
+def _span(t: torch.Tensor) -> int:
+    """Bytes of the elements a tensor holds, a broadcast (stride 0) dimension counted once."""
+    if t.numel() == 0:
+        return 0
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()) if size > 1 and stride > 0)
+    return min(extent, t.numel()) * t.element_size()
+
+
+def _operand_bytes(args: tuple, kwargs: dict, result) -> int:
+    """What an operator reads and writes, counted from its operands: every input tensor read once, every output
+    written once (an in-place operator reads and writes its tensor). An estimate of its memory traffic, not a
+    measurement: a matmul that fits in cache reads less, a gather reads only what it indexes; a Triton launch
+    counts each tensor it is passed once."""
+    leaves = torch.utils._pytree.tree_leaves
+    reads = {id(t): t for t in leaves((args, {k: v for k, v in kwargs.items() if k != "out"}))
+             if isinstance(t, torch.Tensor)}  # x * x reads x once
+    writes = [t for t in leaves(result) if isinstance(t, torch.Tensor)]
+    return sum(_span(t) for t in [*reads.values(), *writes])
 
 
 def _kernels(name: str, args: tuple) -> int:
@@ -251,6 +283,7 @@ def _count_step(net, model: ModelConfig, population: int, batch_size: int, fused
         "parts": dict(counter.parts.most_common()),
         "ops": dict(counter.ops.most_common()),
         "lines": dict(counter.lines.most_common()),
+        "operand_bytes": {"total": sum(counter.part_bytes.values()), "parts": dict(counter.part_bytes.most_common())},
         "compiled_regions": {"calls": len(counter.region_calls), "ops_inside": counter.inside_regions,
                              "ops_outside": total - counter.inside_regions},
     }
@@ -262,10 +295,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--fused-attention", action="store_true", help="count a step with TrainConfig.fused_attention")
     ap.add_argument("--by-line", type=int, default=0, metavar="N",
                     help="also print the N source lines (and operators) that launch the most kernels")
+    ap.add_argument("--bandwidth-tbs", type=float, default=4.8,
+                    help="memory bandwidth (TB/s) to turn operand bytes into a floor on step time; default 4.8, the "
+                         "H200's specification (an H100 SXM's is 3.35)")
     ap.add_argument("--out", default=None, help="also write the counts as JSON")
     args = ap.parse_args(argv)
     if args.population < 1:
         ap.error(f"--population must be at least 1, got {args.population}")
+    if not args.bandwidth_tbs > 0:
+        ap.error(f"--bandwidth-tbs must be > 0, got {args.bandwidth_tbs}")
     report = count(args.population, fused_attention=args.fused_attention)
     print(f"P = {report['population']}: {report['kernels_per_step']} kernels per training step (GPU code path)")
     for part, n in report["parts"].items():
@@ -277,6 +315,13 @@ def main(argv: list[str] | None = None) -> dict:
     regions = report["compiled_regions"]
     print(f"with TrainConfig.compile: {regions['ops_inside']} of them in {regions['calls']} calls of compiled "
           f"functions (a few fused kernels each), {regions['ops_outside']} still launched one by one")
+    moved = report["operand_bytes"]
+    floor_s = moved["total"] / (args.bandwidth_tbs * 1e12)
+    print(f"operand bytes per step: {moved['total'] / 1e9:.1f} GB ({moved['total'] / 1e6 / args.population:.0f} MB "
+          f"per member-step); at {args.bandwidth_tbs:g} TB/s at least {floor_s * 1e3:.1f} ms per step, at most "
+          f"{args.population / floor_s:,.0f} member-steps/s if memory traffic were all that limited it")
+    for part, n in list(moved["parts"].items())[:8]:
+        print(f"  {n / 1e9:8.2f} GB  {n / moved['total']:6.1%}  {part}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)

@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import torch
+
 from helpers import triton_interpreter_missing
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -97,12 +99,25 @@ def test_attention_probe_smoke_on_cpu():
     assert "flex_fwd_bwd_s" not in report  # CUDA only
 
 
+def test_count_kernels_counts_a_tensors_bytes_once_however_it_is_viewed():
+    span = load_bench("count_kernels")._span
+    x = torch.empty(4, 6, device="meta")
+    assert span(x) == span(x.t()) == 4 * 6 * 4
+    assert span(torch.empty(6, device="meta").expand(4, 6)) == 6 * 4  # a broadcast row is read once
+    assert span(x[:, :2]) == 4 * 2 * 4  # a slice: its own elements
+    assert span(x[:0]) == 0
+
+
 def test_count_kernels_takes_the_gpu_path_and_does_not_grow_with_the_population():
     from tiny import TRAINER_MODEL  # 2 layers, sequences of 64: two presynaptic chunks of 32 per layer
 
     count = load_bench("count_kernels").count
     two, five = count(2, TRAINER_MODEL, batch_size=2), count(5, TRAINER_MODEL, batch_size=2)
     assert two["kernels_per_step"] == five["kernels_per_step"] > 500  # no Python loop over members
+    # ... while the bytes the operators move grow with it (per-member activations, weights and state)
+    moved = two["operand_bytes"]
+    assert moved["total"] == sum(moved["parts"].values()) > 0
+    assert five["operand_bytes"]["total"] > 2 * moved["total"]
     assert sum(two["parts"].values()) == two["kernels_per_step"]
     assert {"aten::topk", "aten::scatter_"} <= set(two["ops"])  # CUDA's top-k and dense per-key sums
     assert "aten::scatter_add_" not in two["ops"] and "aten::empty" not in two["ops"]
