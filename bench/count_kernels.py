@@ -21,7 +21,7 @@ dispatch mode that sees every aten operator below autograd:
   launches one by one.
 
 With --fused-attention (TrainConfig.fused_attention) the step runs the real modules of its Triton kernels
-(fused_attention.py, edges_triton.py, release_triton.py; this needs Triton installed), whose torch operators are
+(fused_attention.py, edges_triton.py, release_triton.py, rotary_triton.py; this needs Triton installed), whose torch operators are
 counted as usual; only the kernels cannot run on meta tensors, so each `kernel[grid](...)` launch stands in as one
 operator (`count_kernels::triton_kernel`).
 
@@ -155,7 +155,7 @@ class _Counter(TorchDispatchMode):
         self.region_calls: dict[int, object] = {}  # holding each call's frame keeps its id unique
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.name().split(".")[0]  # "aten::add", "count_kernels::fused_attention_forward"
+        name = func.name().split(".")[0]  # "aten::add", "count_kernels::triton_kernel"
         result = func(*args, **(kwargs or {}))
         if not func.is_view and name not in NO_KERNEL:
             n = _kernels(name, args)
@@ -239,9 +239,8 @@ def count(population: int, model: ModelConfig = BASELINE_MODEL, batch_size: int 
                 for name, value in vars(module).items():
                     if type(value).__name__ in ("JITFunction", "InterpretedFunction"):  # @triton.jit (interpreted)
                         patch(module, name, _Launch(name))
-            patch(synaptic, "fused_attention_kernels", lambda device: (
-                modules["fused_attention"].presynaptic_attention, modules["release_triton"].state_step,
-                modules["release_triton"].logit_scale, modules["rotary_triton"].norm_rotary))
+            real = synaptic.fused_attention_kernels  # what the flag uses, past its "needs CUDA" check
+            patch(synaptic, "fused_attention_kernels", lambda device: real(torch.device("cuda")))
         net = SynapticGPT(model, [m.synaptic for m in members], [m.seed for m in members], meta,
                           fused_attention=fused_attention).train()
         return _count_step(net, model, population, batch_size, fused_attention)

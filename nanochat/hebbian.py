@@ -62,8 +62,9 @@ class HebbianState(nn.Module):
         gate = camkii - pp1  # LTP where CaMKII dominates, LTD where PP1 does
         fast = bcast(k.post_fast_decay, 3) * self.fast + bcast(k.post_fast_lr, 3) * delta
         slow = self.slow + bcast(k.post_slow_lr, 3) * (1 + bcast(k.bdnf_scale, 3) * bdnf) * delta * gate
+        new = {"fast": fast, "slow": slow, "pre_trace": pre_trace, "post_trace": post_trace, "camkii": camkii,
+               "pp1": pp1, "bdnf": bdnf}
         keep = bcast(active, 3)  # bool (P,)
-        for name, new in (("pre_trace", pre_trace), ("post_trace", post_trace), ("camkii", camkii), ("pp1", pp1),
-                          ("bdnf", bdnf), ("fast", fast), ("slow", slow)):
+        for name in FIELDS:
             old = getattr(self, name)
-            torch.where(keep, new, old, out=old)
+            torch.where(keep, new[name], old, out=old)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from nanochat.config import ModelConfig, SynapticConfig
-from nanochat.hebbian import HebbianState
+from nanochat.hebbian import FIELDS, HebbianState
 from nanochat.hostmem import keep_freed_memory
 from nanochat.population import Knobs
 from helpers import rotary
@@ -59,8 +59,7 @@ def test_hebbian_update_is_the_spec_rule_layer_by_layer_bit_for_bit_and_spares_f
         state.pre_trace[..., sum(widths[:i]):sum(widths[:i + 1])] = t.view(P, 1, 1)
     activity = [(torch.rand(P, generator=g), torch.randn(P, 1, w, generator=g)) for w in widths]
     active = torch.tensor([True, False, True, True])
-    before = {name: getattr(state, name).clone() for name in ("fast", "slow", "pre_trace", "post_trace", "camkii",
-                                                              "pp1", "bdnf")}
+    before = {name: getattr(state, name).clone() for name in FIELDS}
 
     state.update(k, activity, active)
 
