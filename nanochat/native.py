@@ -13,7 +13,10 @@ or torch headers are involved: the kernels read and write raw buffers passed by 
 The flags keep torch's arithmetic: -ffp-contract=off keeps every multiply and add a separate IEEE operation (no
 fused multiply-add), and no -ffast-math option that reorders or approximates is used. -fno-trapping-math only
 declares that floating-point exception flags are not read, which lets the compiler vectorise selects; no value
-changes.
+changes. A source with an OpenMP pragma (topk.c) is built with -fopenmp where the compiler has it: the library then
+asks for libgomp.so.1, which resolves to the OpenMP runtime torch has already loaded, so the kernel's threads are
+torch's own CPU threads rather than more threads competing with them (topk.c's header); elsewhere it is built
+without, and uses threads of its own.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ SIGNATURES: dict[str, dict[str, list]] = {
     "abs_sums": {"abs_row_sums": [_PTR, _I64, _I64, _PTR]},
 }
 FLAGS = ("-O3", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
+# Added for a source with an OpenMP pragma, where the compiler supports it; without it the source's own threads run.
+OPENMP = "-fopenmp"
 
 
 class BuildError(RuntimeError):
@@ -65,19 +70,23 @@ def build(source: Path, out_dir: Path, compiler: str | None = None) -> Path:
     compiler = compiler or find_compiler()
     if not compiler:
         raise BuildError("no C compiler found (set CC, or install cc/gcc/clang)")
-    digest = hashlib.sha256(source.read_bytes() + repr((FLAGS, platform.machine(), sys.platform)).encode())
+    digest = hashlib.sha256(source.read_bytes() + repr((FLAGS, OPENMP, platform.machine(), sys.platform)).encode())
     target = out_dir / f"{source.stem}-{digest.hexdigest()[:16]}.so"
     if target.is_file():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{source.stem}-", suffix=".so", dir=out_dir)
     os.close(fd)
+    attempts = [(*FLAGS, OPENMP), FLAGS] if b"#pragma omp" in source.read_bytes() else [FLAGS]
     try:
-        try:
-            proc = subprocess.run([compiler, *FLAGS, str(source), "-o", tmp], capture_output=True, text=True,
-                                  timeout=300)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise BuildError(f"{compiler}: {exc}") from None
+        for flags in attempts:  # the first that compiles
+            try:
+                proc = subprocess.run([compiler, *flags, str(source), "-o", tmp], capture_output=True, text=True,
+                                      timeout=300)
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise BuildError(f"{compiler}: {exc}") from None
+            if proc.returncode == 0:
+                break
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["exit status %d" % proc.returncode])[-1]
             raise BuildError(f"{compiler} failed on {source.name}: {last}")

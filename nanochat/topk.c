@@ -20,7 +20,9 @@
  *      also emits them in ascending position.
  * Rows with a NaN, short rows and other k take the exact insertion path (the same order, O(m k)).
  */
+#ifndef _OPENMP
 #include <pthread.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,77 +107,93 @@ static int64_t candidates8(const float *row, int64_t m, int32_t *pos) {
     return np;
 }
 
+/* Threads: rows are claimed in blocks of BLOCK_ROWS from a shared counter, by whichever thread is free. Built with
+   OpenMP (native.py passes -fopenmp where the compiler has it), the threads are those of the OpenMP runtime that
+   torch's CPU kernels already run on (the library asks for libgomp.so.1, the one torch has loaded): after each
+   parallel torch op its worker threads spin for a while waiting for more work, so they pick this up at once. Threads
+   of our own (pthreads, the build without OpenMP) would share the cores with those spinning workers, and the edges
+   of a chunk computed right after a torch op took twice as long with 2 such threads as with the calling thread
+   alone (2 cores). Each row's output depends only on its own scores, so the split cannot change a bit. */
+#define BLOCK_ROWS 64
+
 typedef struct {
     const float *dots;
-    int64_t first, last, n, k, q;
+    int64_t rows, n, k, q;
+    int64_t next; /* the first row not yet claimed; taken with an atomic add */
     float *vals;
     int64_t *idx;
     uint8_t *valid;
-    int failed;
 } job_t;
 
-static void run_rows(job_t *job) {
+static void edges_of_row(const job_t *job, int64_t r, int32_t *pos) {
     const int64_t n = job->n, k = job->k, q = job->q;
-    int32_t *pos = malloc((size_t)n * sizeof *pos);
-    if (!pos) { job->failed = 1; return; }
     int32_t chosen[MAX_K];
-    for (int64_t r = job->first; r < job->last; r++) {
-        const float *row = job->dots + r * n;
-        const int64_t m = n - (q - 1 - r % q);
-        int64_t np = 0, c;
-        if (k == 8 && m > 16) {
-            np = candidates8(row, m, pos);
+    const float *row = job->dots + r * n;
+    const int64_t m = n - (q - 1 - r % q);
+    int64_t np = 0, c;
+    if (k == 8 && m > 16) {
+        np = candidates8(row, m, pos);
+    } else {
+        for (int64_t x = 0; x < m; x++) pos[np++] = (int32_t)x;
+    }
+    c = np <= MAX_RANKED ? select_by_rank(row, pos, np, k, chosen) : select_by_insertion(row, pos, np, k, chosen);
+    float *vals = job->vals + r * k;
+    int64_t *idx = job->idx + r * k;
+    uint8_t *valid = job->valid + r * k;
+    for (int64_t s = 0; s < k; s++) {
+        if (s < c) {
+            float f = row[chosen[s]];
+            int finite = f - f == 0.0f;
+            vals[s] = finite ? f : 0.0f;
+            idx[s] = chosen[s];
+            valid[s] = (uint8_t)finite;
         } else {
-            for (int64_t x = 0; x < m; x++) pos[np++] = (int32_t)x;
+            vals[s] = 0.0f;
+            idx[s] = s;
+            valid[s] = 0;
         }
-        c = np <= MAX_RANKED ? select_by_rank(row, pos, np, k, chosen) : select_by_insertion(row, pos, np, k, chosen);
-        float *vals = job->vals + r * k;
-        int64_t *idx = job->idx + r * k;
-        uint8_t *valid = job->valid + r * k;
-        for (int64_t s = 0; s < k; s++) {
-            if (s < c) {
-                float f = row[chosen[s]];
-                int finite = f - f == 0.0f;
-                vals[s] = finite ? f : 0.0f;
-                idx[s] = chosen[s];
-                valid[s] = (uint8_t)finite;
-            } else {
-                vals[s] = 0.0f;
-                idx[s] = s;
-                valid[s] = 0;
-            }
-        }
+    }
+}
+
+/* Claims blocks of rows until none is left; claims none when out of memory. */
+static void run_rows(job_t *job) {
+    int32_t *pos = malloc((size_t)job->n * sizeof *pos);
+    if (!pos) return;
+    for (;;) {
+        int64_t first = __atomic_fetch_add(&job->next, BLOCK_ROWS, __ATOMIC_RELAXED);
+        if (first >= job->rows) break;
+        int64_t last = first + BLOCK_ROWS < job->rows ? first + BLOCK_ROWS : job->rows;
+        for (int64_t r = first; r < last; r++) edges_of_row(job, r, pos);
     }
     free(pos);
 }
 
+#ifndef _OPENMP
 static void *run_thread(void *job) {
     run_rows((job_t *)job);
     return NULL;
 }
+#endif
 
-/* The entry point: rows split over `threads` threads. Returns 0, or -1 for bad arguments or no memory. */
+/* The entry point: rows shared by up to `threads` threads (the calling thread and threads - 1 more).
+   Returns 0, or -1 for bad arguments or no memory. */
 int top_edges(const float *dots, int64_t rows, int64_t n, int64_t k, int64_t q, float *vals, int64_t *idx,
               uint8_t *valid, int threads) {
     if (k < 1 || k > MAX_K || q < 1 || q > n || n > INT32_MAX || rows < 0) return -1;
+    job_t job = {dots, rows, n, k, q, 0, vals, idx, valid};
+    if (threads < 1) threads = 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+    run_rows(&job);
+#else
     enum { MAX_THREADS = 64 };
-    job_t jobs[MAX_THREADS];
     pthread_t handles[MAX_THREADS];
     int started[MAX_THREADS] = {0};
-    if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
-    int64_t per = (rows + threads - 1) / threads;
-    for (int t = 0; t < threads; t++) {
-        int64_t first = t * per < rows ? t * per : rows, last = first + per < rows ? first + per : rows;
-        jobs[t] = (job_t){dots, first, last, n, k, q, vals, idx, valid, 0};
-    }
-    for (int t = 1; t < threads; t++) started[t] = pthread_create(&handles[t], NULL, run_thread, &jobs[t]) == 0;
-    run_rows(&jobs[0]);
-    for (int t = 1; t < threads; t++) {
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&handles[t], NULL, run_thread, &job) == 0;
+    run_rows(&job);
+    for (int t = 1; t < threads; t++)
         if (started[t]) pthread_join(handles[t], NULL);
-        else run_rows(&jobs[t]); /* no thread: do its rows here */
-    }
-    for (int t = 0; t < threads; t++)
-        if (jobs[t].failed) return -1;
-    return 0;
+#endif
+    return job.next >= rows ? 0 : -1; /* a thread finishes every block it claims; none claims without memory */
 }

@@ -4,8 +4,11 @@ warning, and training gives the same losses, bit for bit, with all kernels, with
 
 import ctypes
 import shutil
+import subprocess
+import sys
 
 import pytest
+import torch
 
 from nanochat import native
 from nanochat.trainer import train_population
@@ -75,6 +78,55 @@ def test_without_a_compiler_the_library_is_none_with_a_warning(monkeypatch, name
     monkeypatch.setattr(native, "build", no_compiler)
     with pytest.warns(RuntimeWarning, match=f"C kernel {name}.c is not available .*no C compiler found"):
         assert native.library.__wrapped__(name) is None
+
+
+def compiler_has_openmp(tmp_path) -> bool:
+    src = tmp_path / "omp.c"
+    src.write_text("int f(void) { int s = 0;\n#pragma omp parallel reduction(+:s)\ns += 1;\nreturn s; }\n")
+    cmd = [native.find_compiler(), *native.FLAGS, native.OPENMP, str(src), "-o", str(tmp_path / "omp.so")]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+def top_edges_of(lib, dots: torch.Tensor, threads: int):
+    rows, n = dots.numel() // dots.shape[-1], dots.shape[-1]
+    out = (torch.empty(rows, 8), torch.empty(rows, 8, dtype=torch.int64), torch.empty(rows, 8, dtype=torch.bool))
+    assert lib.top_edges(dots.data_ptr(), rows, n, 8, 32, *(t.data_ptr() for t in out), threads) == 0
+    return out
+
+
+@needs_compiler
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_topk_runs_on_torchs_openmp_threads_and_the_same_without_openmp(tmp_path, monkeypatch):
+    """topk.c has an OpenMP pragma: built with -fopenmp it needs libgomp.so.1, and loaded after torch that is the
+    runtime torch already uses, not a second one. Where -fopenmp fails the build goes on without it (its own
+    threads), and the edges are the same bits either way, with any number of threads."""
+    if not compiler_has_openmp(tmp_path):
+        pytest.skip("this compiler has no OpenMP")
+    src = tmp_path / "topk.c"
+    shutil.copy(native.source("topk"), src)
+    with_openmp = native.build(src, tmp_path / "omp")
+    assert b"libgomp.so.1" in with_openmp.read_bytes()  # its DT_NEEDED entry
+    lib = ctypes.CDLL(str(with_openmp))
+    lib.top_edges.argtypes = native.SIGNATURES["topk"]["top_edges"]
+    gomp = {line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line}
+    if "OpenMP" in torch.__config__.parallel_info():
+        assert len(gomp) == 1, f"two OpenMP runtimes loaded: {gomp}"
+
+    monkeypatch.setattr(native, "OPENMP", "-fno-such-option-at-all")  # a compiler without OpenMP rejects -fopenmp
+    without = native.build(src, tmp_path / "plain")
+    assert b"libgomp" not in without.read_bytes()
+    plain = ctypes.CDLL(str(without))
+    plain.top_edges.argtypes = native.SIGNATURES["topk"]["top_edges"]
+
+    g = torch.Generator().manual_seed(3)
+    dots = torch.randn(16 * 32, 160, generator=g).round(decimals=1)  # ties
+    dots[5, 3] = float("nan")
+    dots[40, :] = 0.0
+    want = top_edges_of(lib, dots, 1)
+    for kernel in (lib, plain):
+        for threads in (1, 2, 3, 9):
+            got = top_edges_of(kernel, dots, threads)
+            assert all(torch.equal(a, b) for a, b in zip(got, want)), (kernel, threads)
 
 
 @needs_compiler
