@@ -6,7 +6,8 @@
  * vector_norm(ord=1) on a float CPU tensor adds |x| one element after another along each row (checked: a plain
  * sequential float32 sum gives the same bits, any other order does not), so each add waits for the one before:
  * ~57 ms of a training step at P = 8. Here eight rows are summed side by side, each still strictly in order, so the
- * adds of different rows overlap; the result is bit for bit the sequential sum of each row.
+ * adds of different rows overlap; the result is bit for bit the sequential sum of each row. Blocks of rows are
+ * shared out over torch's OpenMP threads (native.py builds with -fopenmp where it can; see topk.c).
  */
 #include <math.h> /* fabsf: clears the sign bit, inlined */
 #include <stdint.h>
@@ -17,15 +18,17 @@
  * contiguous (rows, n) x. */
 int abs_row_sums(const float *x, int64_t rows, int64_t n, float *out) {
     if (rows < 0 || n < 0) return -1;
-    int64_t r = 0;
-    for (; r + LANES <= rows; r += LANES) {
+    const int64_t blocks = rows / LANES;
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int64_t blk = 0; blk < blocks; blk++) {
+        const int64_t r = blk * LANES;
         float acc[LANES] = {0.0f};
         const float *row = x + r * n;
         for (int64_t i = 0; i < n; i++)
             for (int l = 0; l < LANES; l++) acc[l] += fabsf(row[l * n + i]);
         for (int l = 0; l < LANES; l++) out[r + l] = acc[l];
     }
-    for (; r < rows; r++) {
+    for (int64_t r = blocks * LANES; r < rows; r++) {
         float acc = 0.0f;
         for (int64_t i = 0; i < n; i++) acc += fabsf(x[r * n + i]);
         out[r] = acc;

@@ -13,10 +13,11 @@ or torch headers are involved: the kernels read and write raw buffers passed by 
 The flags keep torch's arithmetic: -ffp-contract=off keeps every multiply and add a separate IEEE operation (no
 fused multiply-add), and no -ffast-math option that reorders or approximates is used. -fno-trapping-math only
 declares that floating-point exception flags are not read, which lets the compiler vectorise selects; no value
-changes. A source with an OpenMP pragma (topk.c) is built with -fopenmp where the compiler has it: the library then
-asks for libgomp.so.1, which resolves to the OpenMP runtime torch has already loaded, so the kernel's threads are
-torch's own CPU threads rather than more threads competing with them (topk.c's header); elsewhere it is built
-without, and uses threads of its own.
+changes. A source with an OpenMP pragma (all three share their rows out over threads) is built with -fopenmp where
+the compiler has it: the library then asks for libgomp.so.1, which resolves to the OpenMP runtime torch has already
+loaded, so the kernels run on torch's own CPU threads, which spin between torch ops waiting for work, rather than on
+more threads competing with them for the cores (topk.c's header). Without OpenMP the build goes on without the flag:
+topk.c then starts threads of its own, and the others run on the calling thread.
 """
 
 from __future__ import annotations

@@ -19,8 +19,10 @@
  *
  * Layout: rows = P x B x H (member-major), each with T key positions of state (c, rrp, ...: (rows, T) float32) and
  * E = Qc x K edges (idx int64 < n_keys, vals float32, valid uint8). Per-member knobs are one (P, N_KNOBS) table in
- * the order of the enum below; a row's member is row / rows_per_member. One thread: splitting the rows over two
- * made the step slower at P = 8 and at P = 16 on 2 cores, where torch's OpenMP workers spin between ops.
+ * the order of the enum below; a row's member is row / rows_per_member. Rows are independent, so each pass shares
+ * them out over an OpenMP team (torch's own CPU threads: see topk.c and native.py; native.py builds without OpenMP
+ * where the compiler has none, and the pragmas are then ignored) without changing a bit. Threads of our own made
+ * the step slower at P = 8 and P = 16 on 2 cores: torch's OpenMP workers spin between ops, and took the cores.
  */
 #include <math.h> /* fabsf: clears the sign bit, inlined */
 #include <stdint.h>
@@ -33,6 +35,7 @@ enum {
 };
 
 #define MAX_BINOMIAL_N 8
+#define ROWS_PER_CLAIM 4 /* rows a thread takes at a time: whichever thread is free takes the next */
 
 /* ATen's clamp / clamp_min / minimum on floats: NaN passes through, and a value equal to a bound is kept (so -0
  * stays -0). Written as selects the compiler turns into min/max/blend instructions: a branch on the data here
@@ -75,6 +78,7 @@ typedef struct {
 
 static void sensor_args_rows(const Job *j) {
     const int64_t E = j->E, N = j->n_edges;
+#pragma omp parallel for schedule(dynamic, ROWS_PER_CLAIM)
     for (int64_t r = 0; r < j->rows; r++) {
         const float *kn = j->knobs + (r / j->rows_per_member) * N_KNOBS;
         const float tau = kn[K_TAU_C], alpha = kn[K_ALPHA_C], syt1 = kn[K_SYT1], syt7 = kn[K_SYT7];
@@ -101,8 +105,9 @@ static void sensor_args_rows(const Job *j) {
  * order. */
 static void edge_release_rows(const Job *j) {
     const int64_t N = j->n_edges, E = j->E, Qc = j->Qc, K = j->K, nk = j->n_keys, rows = j->rows;
-    float g_sn[EDGE_BLOCK], g_rrp[EDGE_BLOCK], g_amp[EDGE_BLOCK], prob[EDGE_BLOCK], rel[EDGE_BLOCK];
+#pragma omp parallel for schedule(dynamic, ROWS_PER_CLAIM)
     for (int64_t r = 0; r < j->rows; r++) {
+        float g_sn[EDGE_BLOCK], g_rrp[EDGE_BLOCK], g_amp[EDGE_BLOCK], prob[EDGE_BLOCK], rel[EDGE_BLOCK];
         const int64_t member = r / j->rows_per_member, in_member = r % j->rows_per_member;
         const float *kn = j->knobs + member * N_KNOBS;
         const float doc2 = kn[K_DOC2], frac = kn[K_STOCHASTIC_FRAC];
@@ -188,8 +193,9 @@ static inline void key_block(const KeyKnobs *kk, int64_t n, int queued, const fl
 
 static void key_update_rows(const Job *j) {
     const int64_t nk = j->n_keys, D = j->endo_delay, R = j->rows, T = j->T;
-    float head[KEY_BLOCK], rel[KEY_BLOCK];
+#pragma omp parallel for schedule(dynamic, ROWS_PER_CLAIM)
     for (int64_t r = 0; r < j->rows; r++) {
+        float head[KEY_BLOCK], rel[KEY_BLOCK];
         const float *kn = j->knobs + (r / j->rows_per_member) * N_KNOBS;
         const KeyKnobs kk = {kn[K_TAU_C], (1.0f - kn[K_TAU_C]) * kn[K_ALPHA_C], kn[K_REC_RATE], kn[K_INIT_RRP],
                              kn[K_PRIME_RATE], kn[K_UNPRIME], kn[K_NSF_RECOVER], kn[K_INIT_CLAMP], kn[K_AMP_LOAD],

@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from nanochat.data import load_corpus
 from helpers import one_thread as single_thread
@@ -40,6 +41,17 @@ def one_thread():
     """The test runs with one torch thread (and one OpenMP thread in its subprocesses): see helpers.one_thread."""
     with single_thread():
         yield
+
+
+@pytest.fixture(params=[1, 3], ids=lambda n: f"{n}-threads")
+def torch_threads(request):
+    """The test runs with 1, then 3 torch (OpenMP) threads: the C kernels share their rows out over them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    try:
+        yield request.param
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from nanochat.abs_sums import abs_row_sums
 
 @pytest.mark.skipif(native.find_compiler() is None, reason="no C compiler on this machine")
 @pytest.mark.parametrize("shape", [(8, 2048, 128), (3, 37, 512), (5, 7), (13,), (2, 0, 4), (4, 0), (9, 3, 1)])
-def test_c_row_sums_are_vector_norms_bits(shape):
+def test_c_row_sums_are_vector_norms_bits(shape, torch_threads):
     g = torch.Generator().manual_seed(sum(shape))
     x = torch.randn(shape, generator=g) ** 3 * 1e3  # a wide range of magnitudes: the order of the adds shows
     flat = x.view(-1)

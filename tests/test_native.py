@@ -95,6 +95,14 @@ def top_edges_of(lib, dots: torch.Tensor, threads: int):
 
 
 @needs_compiler
+@pytest.mark.parametrize("name", sorted(native.SIGNATURES))
+def test_every_kernel_is_built_with_openmp_where_the_compiler_has_it(tmp_path, name):
+    if not compiler_has_openmp(tmp_path):
+        pytest.skip("this compiler has no OpenMP")
+    assert b"libgomp.so.1" in native.build(native.source(name), tmp_path / "cache").read_bytes()
+
+
+@needs_compiler
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
 def test_topk_runs_on_torchs_openmp_threads_and_the_same_without_openmp(tmp_path, monkeypatch):
     """topk.c has an OpenMP pragma: built with -fopenmp it needs libgomp.so.1, and loaded after torch that is the

@@ -84,7 +84,8 @@ CASES = [  # (B, H, T, Qc, n_keys, k, endo_delay, stochastic, shared draws)
 
 @needs_compiler
 @pytest.mark.parametrize("B, H, T, q, n_keys, topk, delay, stochastic, shared", CASES)
-def test_c_release_is_the_torch_release_bit_for_bit(B, H, T, q, n_keys, topk, delay, stochastic, shared):
+def test_c_release_is_the_torch_release_bit_for_bit(B, H, T, q, n_keys, topk, delay, stochastic, shared,
+                                                    torch_threads):
     k = population_knobs(delay, stochastic)
     shape = (3, B, H, T)
     lib = native.library("release")
