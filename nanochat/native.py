@@ -14,10 +14,11 @@ The flags keep torch's arithmetic: -ffp-contract=off keeps every multiply and ad
 fused multiply-add), and no -ffast-math option that reorders or approximates is used. -fno-trapping-math only
 declares that floating-point exception flags are not read, which lets the compiler vectorise selects; no value
 changes. A source with an OpenMP pragma (all three share their rows out over threads) is built with -fopenmp where
-the compiler has it: the library then asks for libgomp.so.1, which resolves to the OpenMP runtime torch has already
-loaded, so the kernels run on torch's own CPU threads, which spin between torch ops waiting for work, rather than on
-more threads competing with them for the cores (topk.c's header). Without OpenMP the build goes on without the flag:
-topk.c then starts threads of its own, and the others run on the calling thread.
+torch runs on GNU OpenMP (its Linux wheels) and the compiler links that: the library then asks for libgomp.so.1,
+which resolves to the runtime torch has already loaded, so the kernels run on torch's own CPU threads, which spin
+between torch ops waiting for work, rather than on more threads competing with them for the cores (topk.c's
+header). Elsewhere the build goes on without the flag: topk.c then starts threads of its own, and the others run on
+the calling thread.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ SIGNATURES: dict[str, dict[str, list]] = {
     "abs_sums": {"abs_row_sums": [_PTR, _I64, _I64, _PTR]},
 }
 FLAGS = ("-O3", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC", "-pthread")
-# Added for a source with an OpenMP pragma, where the compiler supports it; without it the source's own threads run.
+# Added for a source with an OpenMP pragma when torch runs on GNU OpenMP here and the build links that runtime.
 OPENMP = "-fopenmp"
+_GNU_OPENMP = b"libgomp.so.1"
 
 
 class BuildError(RuntimeError):
@@ -65,28 +67,43 @@ def find_compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
 
+def torch_uses_gnu_openmp() -> bool:
+    """Whether GNU OpenMP (libgomp) is loaded in this process, as torch's Linux wheels load it for their CPU threads
+    (read from /proc/self/maps; False where there is none to read)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return any("libgomp" in line for line in maps)
+    except OSError:
+        return False
+
+
 def build(source: Path, out_dir: Path, compiler: str | None = None) -> Path:
     """The shared library of `source` in out_dir, compiled now unless a library of the same source and flags is
-    already there. Raises BuildError when it cannot be compiled."""
+    already there. Raises BuildError when it cannot be compiled.
+
+    A source with an OpenMP pragma is built with OPENMP when torch runs on GNU OpenMP here, and kept only if the
+    library asks for libgomp.so.1 (then it shares torch's threads); otherwise (no OpenMP in the compiler, or another
+    runtime such as clang's libomp, whose threads would spin beside torch's) it is built without."""
     compiler = compiler or find_compiler()
     if not compiler:
         raise BuildError("no C compiler found (set CC, or install cc/gcc/clang)")
-    digest = hashlib.sha256(source.read_bytes() + repr((FLAGS, OPENMP, platform.machine(), sys.platform)).encode())
+    code = source.read_bytes()
+    openmp = b"#pragma omp" in code and torch_uses_gnu_openmp()
+    digest = hashlib.sha256(code + repr((FLAGS, openmp and OPENMP, platform.machine(), sys.platform)).encode())
     target = out_dir / f"{source.stem}-{digest.hexdigest()[:16]}.so"
     if target.is_file():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{source.stem}-", suffix=".so", dir=out_dir)
     os.close(fd)
-    attempts = [(*FLAGS, OPENMP), FLAGS] if b"#pragma omp" in source.read_bytes() else [FLAGS]
     try:
-        for flags in attempts:  # the first that compiles
+        for flags in [(*FLAGS, OPENMP), FLAGS] if openmp else [FLAGS]:  # the first that builds what it should
             try:
                 proc = subprocess.run([compiler, *flags, str(source), "-o", tmp], capture_output=True, text=True,
                                       timeout=300)
             except (OSError, subprocess.SubprocessError) as exc:
                 raise BuildError(f"{compiler}: {exc}") from None
-            if proc.returncode == 0:
+            if proc.returncode == 0 and (OPENMP not in flags or _GNU_OPENMP in Path(tmp).read_bytes()):
                 break
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["exit status %d" % proc.returncode])[-1]

@@ -5,7 +5,6 @@ warning, and training gives the same losses, bit for bit, with all kernels, with
 import ctypes
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -80,11 +79,13 @@ def test_without_a_compiler_the_library_is_none_with_a_warning(monkeypatch, name
         assert native.library.__wrapped__(name) is None
 
 
-def compiler_has_openmp(tmp_path) -> bool:
-    src = tmp_path / "omp.c"
+def gnu_openmp_here(tmp_path) -> bool:
+    """torch runs on GNU OpenMP in this process, and the compiler builds a library that links it."""
+    src, out = tmp_path / "omp.c", tmp_path / "omp.so"
     src.write_text("int f(void) { int s = 0;\n#pragma omp parallel reduction(+:s)\ns += 1;\nreturn s; }\n")
-    cmd = [native.find_compiler(), *native.FLAGS, native.OPENMP, str(src), "-o", str(tmp_path / "omp.so")]
-    return subprocess.run(cmd, capture_output=True).returncode == 0
+    cmd = [native.find_compiler(), *native.FLAGS, native.OPENMP, str(src), "-o", str(out)]
+    return (native.torch_uses_gnu_openmp() and subprocess.run(cmd, capture_output=True).returncode == 0
+            and b"libgomp.so.1" in out.read_bytes())
 
 
 def top_edges_of(lib, dots: torch.Tensor, threads: int):
@@ -94,44 +95,47 @@ def top_edges_of(lib, dots: torch.Tensor, threads: int):
     return out
 
 
+def load_topk(path):
+    lib = ctypes.CDLL(str(path))
+    lib.top_edges.argtypes = native.SIGNATURES["topk"]["top_edges"]
+    return lib
+
+
 @needs_compiler
 @pytest.mark.parametrize("name", sorted(native.SIGNATURES))
-def test_every_kernel_is_built_with_openmp_where_the_compiler_has_it(tmp_path, name):
-    if not compiler_has_openmp(tmp_path):
-        pytest.skip("this compiler has no OpenMP")
+def test_every_kernel_is_built_on_torchs_openmp_where_it_can_be(tmp_path, name):
+    if not gnu_openmp_here(tmp_path):
+        pytest.skip("torch does not run on GNU OpenMP here, or the compiler does not link it")
     assert b"libgomp.so.1" in native.build(native.source(name), tmp_path / "cache").read_bytes()
 
 
 @needs_compiler
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
-def test_topk_runs_on_torchs_openmp_threads_and_the_same_without_openmp(tmp_path, monkeypatch):
-    """topk.c has an OpenMP pragma: built with -fopenmp it needs libgomp.so.1, and loaded after torch that is the
-    runtime torch already uses, not a second one. Where -fopenmp fails the build goes on without it (its own
-    threads), and the edges are the same bits either way, with any number of threads."""
-    if not compiler_has_openmp(tmp_path):
-        pytest.skip("this compiler has no OpenMP")
+def test_topk_runs_on_torchs_openmp_threads_and_gives_the_same_edges_without(tmp_path, monkeypatch):
+    """Built with -fopenmp, topk.c needs libgomp.so.1, and loaded after torch that is the runtime torch already
+    uses, not a second one. Where -fopenmp fails, where it links another runtime, or where torch has no GNU OpenMP,
+    the build goes on without it (threads of its own). The edges are the same bits every way, with any threads."""
+    if not gnu_openmp_here(tmp_path):
+        pytest.skip("torch does not run on GNU OpenMP here, or the compiler does not link it")
     src = tmp_path / "topk.c"
     shutil.copy(native.source("topk"), src)
-    with_openmp = native.build(src, tmp_path / "omp")
-    assert b"libgomp.so.1" in with_openmp.read_bytes()  # its DT_NEEDED entry
-    lib = ctypes.CDLL(str(with_openmp))
-    lib.top_edges.argtypes = native.SIGNATURES["topk"]["top_edges"]
+    kernels = [load_topk(native.build(src, tmp_path / "omp"))]
     gomp = {line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line}
-    if "OpenMP" in torch.__config__.parallel_info():
-        assert len(gomp) == 1, f"two OpenMP runtimes loaded: {gomp}"
-
-    monkeypatch.setattr(native, "OPENMP", "-fno-such-option-at-all")  # a compiler without OpenMP rejects -fopenmp
-    without = native.build(src, tmp_path / "plain")
-    assert b"libgomp" not in without.read_bytes()
-    plain = ctypes.CDLL(str(without))
-    plain.top_edges.argtypes = native.SIGNATURES["topk"]["top_edges"]
+    assert len(gomp) == 1, f"two OpenMP runtimes loaded: {gomp}"
+    for name, value in [("OPENMP", "-fno-such-option-at-all"),  # a compiler without OpenMP rejects -fopenmp
+                        ("_GNU_OPENMP", b"libomp-of-another-kind.so"),  # it links a runtime torch does not use
+                        ("torch_uses_gnu_openmp", lambda: False)]:  # torch has no GNU OpenMP here
+        with monkeypatch.context() as patch:
+            patch.setattr(native, name, value)
+            without = native.build(src, tmp_path / name)
+        assert b"libgomp" not in without.read_bytes(), name
+        kernels.append(load_topk(without))
 
     g = torch.Generator().manual_seed(3)
     dots = torch.randn(16 * 32, 160, generator=g).round(decimals=1)  # ties
     dots[5, 3] = float("nan")
     dots[40, :] = 0.0
-    want = top_edges_of(lib, dots, 1)
-    for kernel in (lib, plain):
+    want = top_edges_of(kernels[0], dots, 1)
+    for kernel in kernels:
         for threads in (1, 2, 3, 9):
             got = top_edges_of(kernel, dots, threads)
             assert all(torch.equal(a, b) for a, b in zip(got, want)), (kernel, threads)
