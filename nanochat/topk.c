@@ -108,12 +108,12 @@ static int64_t candidates8(const float *row, int64_t m, int32_t *pos) {
 }
 
 /* Threads: rows are claimed in blocks of BLOCK_ROWS from a shared counter, by whichever thread is free. Built with
-   OpenMP (native.py passes -fopenmp where the compiler has it), the threads are those of the OpenMP runtime that
-   torch's CPU kernels already run on (the library asks for libgomp.so.1, the one torch has loaded): after each
-   parallel torch op its worker threads spin for a while waiting for more work, so they pick this up at once. Threads
-   of our own (pthreads, the build without OpenMP) would share the cores with those spinning workers, and the edges
-   of a chunk computed right after a torch op took twice as long with 2 such threads as with the calling thread
-   alone (2 cores). Each row's output depends only on its own scores, so the split cannot change a bit. */
+   OpenMP (native.py passes -fopenmp where torch runs on GNU OpenMP), the threads are those of the OpenMP runtime
+   that torch's CPU kernels already run on (the library asks for libgomp.so.1, the one torch has loaded): after each
+   parallel torch op its worker threads spin for a while waiting for more work, so they pick this up at once.
+   Threads of our own (pthreads, the build without OpenMP) would share the cores with those spinning workers, and
+   the edges of a chunk computed right after a torch op took twice as long with 2 such threads as with the calling
+   thread alone (2 cores). Each row's output depends only on its own scores, so the split cannot change a bit. */
 #define BLOCK_ROWS 64
 
 typedef struct {
