@@ -1,6 +1,7 @@
 """Count the kernels one training step launches on the GPU code path, without a GPU, by part of the model.
 
-    python bench/count_kernels.py --population 32 [--fused-attention] [--by-line 20] [--bandwidth-tbs 4.8] [--out counts.json]
+    python bench/count_kernels.py --population 32 [--fused-attention] [--by-line 20] [--bandwidth-tbs 4.8]
+        [--out counts.json]
 
 The model is built on PyTorch's `meta` device: tensors with shapes and no data, so a step costs only Python and any
 population size is free. Every device check in nanochat is "CPU or not", so a meta step takes the CUDA branches
@@ -21,9 +22,9 @@ dispatch mode that sees every aten operator below autograd:
   launches one by one.
 
 With --fused-attention (TrainConfig.fused_attention) the step runs the real modules of its Triton kernels
-(fused_attention.py, edges_triton.py, release_triton.py, rotary_triton.py; this needs Triton installed), whose torch operators are
-counted as usual; only the kernels cannot run on meta tensors, so each `kernel[grid](...)` launch stands in as one
-operator (`count_kernels::triton_kernel`).
+(fused_attention.py, edges_triton.py, release_triton.py, rotary_triton.py; this needs Triton installed), whose
+torch operators are counted as usual; only the kernels cannot run on meta tensors, so each `kernel[grid](...)`
+launch stands in as one operator (`count_kernels::triton_kernel`).
 
 The count does not grow with the population (one model serves P = 1 and P = N, with no Python loop over members),
 which the tests check; P = 1 launches one clone fewer in autograd.

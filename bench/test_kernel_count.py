@@ -4,9 +4,8 @@ The issue's target is at most 2,000 kernels per step, measured on a GPU. Default
 TrainConfig.compile the operators left outside the compiled functions set the floor; TrainConfig.fused_attention
 replaces the attention's chains and matmuls with three Triton kernels per layer, q and k's norm and rotation with
 one kernel each way, and the state step's ~150 operators per chunk with four Triton kernels (counted with their
-launches standing in). The counts
-are exact (they do not depend on the machine), so a change that adds kernels fails here; one that removes kernels
-should lower the ceilings with it.
+launches standing in). The counts are exact (they do not depend on the machine), so a change that adds kernels fails
+here; one that removes kernels should lower the ceilings with it.
 """
 
 from __future__ import annotations
