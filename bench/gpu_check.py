@@ -310,15 +310,18 @@ def main(argv: list[str] | None = None) -> dict:
     # Smoke runs on the CPU take the kernels through Triton's interpreter (TRITON_INTERPRET=1), which is slow and
     # multiplies bfloat16 wrongly: one float32 row of each kind, on small populations.
     fused_pops = [1] if args.smoke and fused_pops else fused_pops
-    fused_rows = ("fp32+fused",) if args.smoke else ("tf32+fused", "bf16+fused", "tf32+compile+fused")
+    fused_rows = ("fp32+fused",) if args.smoke else ("tf32+fused", "bf16+fused", "fp32+fused")
     fused_invariance = ("fp32+fused",) if args.smoke else ("fp32+fused", "tf32+fused", "bf16+fused")
-    for prec in ("fp32", "tf32", "bf16") + (("fp32+compile",) if compile_pops else ()) + (
-            fused_invariance if fused_pops else ()):
+
+    def check_invariance(prec: str) -> None:
         small = args.smoke and "fused" in prec
         size, inv_model = (2, FUSED_SMOKE_MODEL) if small else (8, INVARIANCE_MODEL)
-        phase(f"invariance_{prec}", lambda prec=prec, size=size, inv_model=inv_model: (
+        phase(f"invariance_{prec}", lambda: (
             invariance_rows.append(invariance(corpus, dev, prec, inv_steps, size, inv_model)),
             emit("invariance", invariance_rows)))
+
+    for prec in ("fp32", "tf32", "bf16") + (fused_invariance if fused_pops else ()):
+        check_invariance(prec)
     phase("warm_up", lambda: run(candidates(1), model, corpus, dev, 2))  # CUDA context, cuBLAS handles, allocator
     rows: list = []
 
@@ -326,10 +329,34 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(throughput_row(p, model, corpus, dev, args.steps, precision, peaks, graph))
         emit("throughput", rows)
 
+    # The phases that decide issue 12 first (each takes seconds on a GPU), every torch.compile phase last (its first
+    # calls take minutes): a short lease's --budget-s skips what comes last.
     for p in pops:
         phase(f"throughput_fp32_P{p}", lambda p=p: throughput(p, "fp32"))
+    for p in fused_pops:
+        for prec in fused_rows:
+            phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(
+                p, prec, model=FUSED_SMOKE_MODEL if args.smoke else model))
+    for p in [ratio_p] + sorted(({p for p in pops if p >= 128} | {max(pops)}) - {ratio_p}):  # P = 128: the targets
+        for prec in ("bf16", "tf32"):
+            phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(p, prec))
     for p in eager_pops:
         phase(f"throughput_fp32_eager_P{p}", lambda p=p: throughput(p, "fp32", graph=False))
+    profiles: list = []
+
+    def profile(name: str, p: int, precision: str) -> None:
+        phase(name, lambda: (profiles.append(profile_top_ops(p, model, corpus, dev, precision=precision)),
+                             emit("profile", profiles)))
+
+    profile(f"profile_P{ratio_p}", ratio_p, "fp32")
+    if fused_pops and not args.smoke:  # the fused step's kernels (counted: 1,075 at P = 32), and where P = 128's go
+        profile(f"profile_fused_P{ratio_p}", ratio_p, "fp32+fused")
+        profile(f"profile_fused_P{max(fused_pops)}", max(fused_pops), "tf32+fused")
+    # The same steps' kernels counted on the meta device (bench/count_kernels.py), to set beside the profiles'.
+    phase("kernel_count", lambda: emit("kernel_count", count_kernels.count(ratio_p, model)))
+    if fused_pops:
+        phase("kernel_count_fused", lambda: emit("kernel_count_fused",
+                                                 count_kernels.count(ratio_p, model, fused_attention=True)))
 
     def ratio() -> None:
         # The headline ratio: the same ratio_p candidates as one population vs one after another, same steps, paired.
@@ -348,37 +375,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     if not args.no_ratio:
         phase("batched_vs_sequential", ratio)
-    for prec in ("bf16", "tf32"):
-        phase(f"throughput_{prec}_P{ratio_p}", lambda prec=prec: throughput(ratio_p, prec))
-    profiles: list = []
-    phase(f"profile_P{ratio_p}", lambda: (profiles.append(profile_top_ops(ratio_p, model, corpus, dev)),
-                                          emit("profile", profiles)))
-    # The same step's kernels counted on the meta device (bench/count_kernels.py), to set beside the profile's.
-    phase("kernel_count", lambda: emit("kernel_count", count_kernels.count(ratio_p, model)))
-    if fused_pops:
-        phase("kernel_count_fused", lambda: emit("kernel_count_fused",
-                                                 count_kernels.count(ratio_p, model, fused_attention=True)))
-    # The fused rows first: the fewest kernels per step, and their Triton kernels compile in seconds where
-    # torch.compile's first calls take minutes (a short lease's --budget-s skips what comes last).
-    for p in fused_pops:
-        for prec in fused_rows:
-            phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(
-                p, prec, model=FUSED_SMOKE_MODEL if args.smoke else model))
-    if fused_pops and not args.smoke:  # the fused step's kernels (counted: 1,075 at P = 32), then with --compile too
-        for name, prec in (("fused", "fp32+fused"), ("compile_fused", "fp32+compile+fused")):
-            phase(f"profile_{name}_P{ratio_p}", lambda prec=prec: (
-                profiles.append(profile_top_ops(ratio_p, model, corpus, dev, precision=prec)),
-                emit("profile", profiles)))
-    for p in compile_pops:
-        for prec in ("fp32+compile", "tf32+compile"):
-            phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(p, prec))
     if compile_pops:
-        phase(f"profile_compile_P{ratio_p}", lambda: (
-            profiles.append(profile_top_ops(ratio_p, model, corpus, dev, precision="fp32+compile")),
-            emit("profile", profiles)))
-    for p in sorted(({p for p in pops if p >= 128} | {max(pops)}) - {ratio_p}):  # and the issue's P = 128 targets
-        for prec in ("tf32", "bf16"):
-            phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(p, prec))
+        if fused_pops and not args.smoke:
+            for p in compile_pops:
+                phase(f"throughput_tf32+compile+fused_P{p}", lambda p=p: throughput(p, "tf32+compile+fused"))
+            profile(f"profile_compile_fused_P{ratio_p}", ratio_p, "fp32+compile+fused")
+        check_invariance("fp32+compile")
+        for p in compile_pops:
+            for prec in ("fp32+compile", "tf32+compile"):
+                phase(f"throughput_{prec}_P{p}", lambda p=p, prec=prec: throughput(p, prec))
+        profile(f"profile_compile_P{ratio_p}", ratio_p, "fp32+compile")
     if args.pilot != "none":
         import tempfile
 
