@@ -24,10 +24,19 @@ import torch
 import triton
 import triton.language as tl
 
-# A program takes as many whole rows as fit in 1,024 keys (at least one row), on 8 warps: compiled for sm_90, no
-# register spills up to 4,096 keys per row (ptxas); 2,048 keys on 4 warps spilled.
-KEYS_PER_PROGRAM = 1024
-WARPS = 8
+# A program takes as many whole rows as fit in 256 keys (at least one row), on one warp per 256 of its keys (at most
+# 8). Timed on an H200 at P = 128, rows of 32 to 256 keys (bench/tune_state_kernels.py): of seven settings this was
+# the fastest, a training step of 76.1 ms against 79.4 ms with the former 1,024 keys on 8 warps (one per 128 keys).
+# Compiled for sm_90 (ptxas): 145 registers for a 256-key row on 1 warp, no spills; longer rows get more warps (1
+# warp spills from 1,024 keys; 2,048 keys on 8 warps use 90 registers), not timed on a GPU.
+KEYS_PER_PROGRAM = 256
+KEYS_PER_WARP = 256
+MAX_WARPS = 8
+
+
+def warps_for(keys: int) -> int:
+    """Warps for a program of `keys` keys: one per KEYS_PER_WARP, 1 to MAX_WARPS."""
+    return min(MAX_WARPS, max(1, keys // KEYS_PER_WARP))
 
 
 @triton.jit
@@ -76,5 +85,5 @@ def top_edges(dots: torch.Tensor, own: torch.Tensor, topk: int) -> tuple[torch.T
         block_n = triton.next_power_of_2(n)
         block_r = max(1, KEYS_PER_PROGRAM // block_n)
         _top_edges_kernel[(triton.cdiv(rows, block_r),)](dots, vals, idx, valid, rows, n, q, K=k, BR=block_r,
-                                                          BN=block_n, num_warps=WARPS)
+                                                          BN=block_n, num_warps=warps_for(block_r * block_n))
     return vals, idx, valid

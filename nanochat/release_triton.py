@@ -32,11 +32,20 @@ import triton.language as tl
 from .edges_triton import top_edges
 from .release_kernel import KNOB_COLUMNS, knob_table, member_draws
 
-# A row's key loop takes 8 keys at a time: each step compares every edge with each key (an (edges, 8) block, three
-# sums). Compiled for sm_90 with 256 edges per row: 106 registers on 8 warps, no spills; 16 or 32 keys at a time
-# used 181-255 registers (spilling on 4 warps), which leaves one program per SM.
-KEY_BLOCK = 8
-RELEASE_WARPS = 8
+# A row's key loop takes 4 keys at a time: each step compares every edge with each key (an (edges, 4) block, three
+# sums), on one warp per 256 edges (at most 8), so that a step's sums stay inside a warp. Timed on an H200 at P = 128,
+# 256 edges a row (bench/tune_state_kernels.py): of twelve settings this was the fastest, a training step of 76.1 ms
+# against 93.5 ms with the former 8 keys on 8 warps (32 edges a warp). Compiled for sm_90 (ptxas), 256 edges on 1
+# warp use 251 registers without stochastic draws and 255 with them, spilling 1.1 KB, and still ran fastest; rows
+# of more edges get more warps (512 on 1 warp spill 7 KB with draws), not timed on a GPU.
+KEY_BLOCK = 4
+EDGES_PER_WARP = 256
+MAX_WARPS = 8
+
+
+def warps_for(edges: int) -> int:
+    """Warps for a release program over a row of `edges` edges: one per EDGES_PER_WARP, 1 to MAX_WARPS."""
+    return min(MAX_WARPS, max(1, edges // EDGES_PER_WARP))
 
 
 @triton.jit
@@ -237,11 +246,12 @@ def release(state, vals: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, n
     shares = vals.new_empty(P, B * H, 2)
     row_u, u = member_draws(uniforms)
     strides = (0, 0) if u is None else (row_u.stride(0), u.stride(0))
+    edges = triton.next_power_of_2(Qc * K)
     _release_kernel[(P * B * H,)](*tensors, idx.contiguous(), vals.contiguous(), valid.contiguous(),
                                   vals if u is None else row_u, vals if u is None else u,  # vals: not read
                                   knob_table(k), shares, T, n_keys, Qc, B * H, *strides,
-                                  K=K, E=triton.next_power_of_2(Qc * K), DELAY=delay, DRAWS=u is not None,
-                                  N_KNOBS=len(KNOB_COLUMNS), BK=KEY_BLOCK, num_warps=RELEASE_WARPS)
+                                  K=K, E=edges, DELAY=delay, DRAWS=u is not None, N_KNOBS=len(KNOB_COLUMNS),
+                                  BK=KEY_BLOCK, num_warps=warps_for(edges))
     _running_mean_kernel[(P,)](shares, ema, B * H, BR=min(1024, triton.next_power_of_2(B * H)))
 
 

@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from helpers import triton_interpreter_missing
@@ -98,6 +99,26 @@ def test_attention_probe_smoke_on_cpu():
     assert set(report["topk_s"]) == {"topk", "top_edges", "two_stage", "two_stage_sorted_by_key", "sort_rows",
                                      "rounds_of_max"} | ({"triton_top_edges"} if fused else set())
     assert "flex_fwd_bwd_s" not in report  # CUDA only
+
+
+@pytest.mark.skipif(bool(triton_interpreter_missing()), reason=triton_interpreter_missing() or "runs")
+def test_tune_state_kernels_smoke_times_each_setting_and_restores_the_constants(tmp_path):
+    from nanochat import edges_triton, release_triton
+
+    before = (release_triton.KEY_BLOCK, release_triton.EDGES_PER_WARP, edges_triton.KEYS_PER_PROGRAM,
+              edges_triton.KEYS_PER_WARP)
+    tune = load_bench("tune_state_kernels")
+    report = tune.main(["--device", "cpu", "--smoke", "--steps", "2", "--out", str(tmp_path / "tune.json")])
+    assert [r["release"] for r in report["release_rows"]] == [list(s) for s in tune.RELEASE_SETTINGS[:2]]
+    assert [r["top_k"] for r in report["top_k_rows"]] == [list(tune.TOP_K_SETTINGS[0])]
+    assert report["best"]["release"] in [r["release"] for r in report["release_rows"]]
+    # The settings change no edge and, on one member, no sum: the same losses from every row.
+    losses = {tuple(r["last_losses"]) for r in report["release_rows"] + report["top_k_rows"] + report["best_rows"]}
+    assert len(losses) == 1
+    assert report["best_invariance"]["passed"] and report["best_invariance"]["bit_identical_repeat"]
+    assert (release_triton.KEY_BLOCK, release_triton.EDGES_PER_WARP, edges_triton.KEYS_PER_PROGRAM,
+            edges_triton.KEYS_PER_WARP) == before
+    assert json.loads((tmp_path / "tune.json").read_text()) == json.loads(json.dumps(report))
 
 
 def test_count_kernels_counts_a_tensors_bytes_once_however_it_is_viewed():

@@ -220,11 +220,12 @@ for dtype, precision in (("fp32", "tf32"), ("bf16", "ieee")):  # the attention, 
     for kernel in (fa._forward_kernel, fa._backward_dkdv_kernel, fa._backward_dq_kernel):
         build(kernel, {"PREC": precision, "BM": fa.BLOCK_M, "BN": fa.BLOCK_N, "BD": 32}, inputs)
 for keys in (256, 2048):  # the release edges, rows of 256 and 2,048 keys
-    build(et._top_edges_kernel, {"K": 8, "BR": max(1, et.KEYS_PER_PROGRAM // keys), "BN": keys},
-          {"IDX": "*i64", "VALID": "*i1"}, et.WARPS)
+    rows = max(1, et.KEYS_PER_PROGRAM // keys)
+    build(et._top_edges_kernel, {"K": 8, "BR": rows, "BN": keys}, {"IDX": "*i64", "VALID": "*i1"},
+          et.warps_for(rows * keys))
 for draws in (False, True):  # the release step, with and without stochastic rows
     build(rt._release_kernel, {"K": 8, "E": 256, "DELAY": 2, "DRAWS": draws, "N_KNOBS": 19, "BK": rt.KEY_BLOCK},
-          {"IDX": "*i64", "VALID": "*i1"}, rt.RELEASE_WARPS)
+          {"IDX": "*i64", "VALID": "*i1"}, rt.warps_for(256))
 build(rt._running_mean_kernel, {"BR": 32})
 build(rt._logit_scale_kernel, {"N_KNOBS": 19, "BL": 256})
 for dtype in ("fp32", "bf16"):  # q and k's norm and rotation, from float32 or 16-bit projections
