@@ -311,7 +311,9 @@ def main(argv: list[str] | None = None) -> dict:
     # multiplies bfloat16 wrongly: one float32 row of each kind, on small populations.
     fused_pops = [1] if args.smoke and fused_pops else fused_pops
     fused_rows = ("fp32+fused",) if args.smoke else ("tf32+fused", "bf16+fused", "fp32+fused")
-    fused_invariance = ("fp32+fused",) if args.smoke else ("fp32+fused", "tf32+fused", "bf16+fused")
+    # (The smoke leaves out the fused invariance rows: the same function as the others' rows, and minutes in the
+    # interpreter; tests/test_fused_attention.py checks the fused training's invariance there.)
+    fused_invariance = () if args.smoke else ("fp32+fused", "tf32+fused", "bf16+fused")
 
     def check_invariance(prec: str) -> None:
         small = args.smoke and "fused" in prec

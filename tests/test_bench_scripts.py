@@ -24,12 +24,11 @@ def test_gpu_check_smoke_on_cpu_writes_a_complete_report(tmp_path):
     # On the CPU the fused attention's kernels run in Triton's interpreter (conftest.py): one small row of each kind,
     # where that interpreter can run them.
     fused = not triton_interpreter_missing()
-    report = load_bench("gpu_check").main(["--device", "cpu", "--smoke", "--steps", "3", "--out", str(out)] +
+    report = load_bench("gpu_check").main(["--device", "cpu", "--smoke", "--steps", "2", "--out", str(out)] +
                                           ([] if fused else ["--fused-populations", ""]))
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     # The order is the lease's priority: the rows first, torch.compile's (minutes to compile) last.
-    assert [r["precision"] for r in report["invariance"]] == ["fp32", "tf32", "bf16"] + (
-        ["fp32+fused"] if fused else []) + ["fp32+compile"]
+    assert [r["precision"] for r in report["invariance"]] == ["fp32", "tf32", "bf16", "fp32+compile"]
     assert all(r["passed"] and r["bit_identical_repeat"] and r["all_ok"] for r in report["invariance"])
     rows = report["throughput"]
     assert [(r["population"], r["precision"], r["cuda_graph"]) for r in rows] == [
@@ -84,7 +83,7 @@ def test_gpu_check_runs_only_the_phases_asked_for():
                                            "--phases", "^throughput_fp32_P1$|^kernel_count$"])
     assert [(r["population"], r["precision"]) for r in report["throughput"]] == [(1, "fp32")]
     assert set(report["phase_seconds"]) == {"throughput_fp32_P1", "kernel_count"}
-    assert {"graph_equivalence", "invariance_fp32+fused", "warm_up", "kernel_count_fused"} <= set(
+    assert {"graph_equivalence", "throughput_fp32+fused_P1", "warm_up", "kernel_count_fused"} <= set(
         report["not_selected"])
     assert report["errors"] == {} and report["skipped"] == []
 
@@ -119,7 +118,6 @@ def test_tune_state_kernels_smoke_times_each_setting_and_restores_the_constants(
         (1, list(tune.RELEASE_SETTINGS[0])), (1, report["best"]["release"])]
     losses = {tuple(r["last_losses"]) for key in ("release_rows", "top_k_rows", "compare_rows") for r in report[key]}
     assert len(losses) == 1
-    assert report["best_invariance"]["passed"] and report["best_invariance"]["bit_identical_repeat"]
     assert (release_triton.KEY_BLOCK, release_triton.EDGES_PER_WARP, edges_triton.KEYS_PER_PROGRAM,
             edges_triton.KEYS_PER_WARP) == before
     assert json.loads((tmp_path / "tune.json").read_text()) == json.loads(json.dumps(report))
