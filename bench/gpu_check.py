@@ -150,6 +150,12 @@ def run(members, model, corpus, dev, steps: int, precision: str = "fp32", graph:
     return time.perf_counter() - t0, result.step_times_s, result.execution
 
 
+def steady_step_s(step_times: list[float]) -> float:
+    """The median step once steady: the two eager warm-up steps and the graph's capture step are left out (on every
+    path, to compare alike), unless the run had no more steps than those."""
+    return statistics.median(step_times[3:] if len(step_times) > 3 else step_times)
+
+
 def throughput_row(p: int, model, corpus, dev, steps: int, precision: str, peak_tflops: dict, graph: bool) -> dict:
     row: dict = {"population": p, "precision": precision, "cuda_graph": graph}
     if dev.type == "cuda":
@@ -160,8 +166,7 @@ def throughput_row(p: int, model, corpus, dev, steps: int, precision: str, peak_
     except torch.OutOfMemoryError:
         row["status"] = "oom"
         return row
-    # Steady state: the two eager warm-up steps and the capture step are excluded (for both paths, to compare alike).
-    steady = statistics.median(step_times[3:]) if len(step_times) > 3 else statistics.median(step_times)
+    steady = steady_step_s(step_times)
     flops_per_member_step = estimate_flops(model, 8) * 8 * model.sequence_len
     row.update(status="ok", execution=execution, wall_s=wall, median_step_s=steady, member_steps_per_s=p / steady,
                mfu=p * flops_per_member_step / steady / (peak_tflops[precision.split("+")[0]] * 1e12),

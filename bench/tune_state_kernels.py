@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -60,15 +59,14 @@ def launch_settings(release: tuple[int, int], top_k: tuple[int, int]):
 
 
 def timed_run(p: int, model, corpus, dev, steps: int, precision: str, release, top_k, batch_size: int = 8) -> dict:
-    """One training run with these settings: its median step (steps 4 on), member-steps/s and last losses."""
+    """One training run with these settings: its steady median step, member-steps/s and last losses."""
     train = TrainConfig(batch_size=batch_size, max_steps=steps, warmup_steps=1, **gpu_check.settings(precision))
     with launch_settings(release, top_k):
         sync(dev)
         t0 = time.perf_counter()
         result = train_population(candidates(p), model, train, corpus, dev)
         sync(dev)
-    times = result.step_times_s
-    step = statistics.median(times[3:] if len(times) > 3 else times)
+    step = gpu_check.steady_step_s(result.step_times_s)
     return {"population": p, "precision": precision, "release": list(release), "top_k": list(top_k),
             "wall_s": time.perf_counter() - t0, "median_step_s": step, "member_steps_per_s": p / step,
             "execution": result.execution, "last_losses": [m.losses[-1] for m in result.members[:4]]}
