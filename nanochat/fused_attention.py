@@ -24,12 +24,31 @@ on CPU tensors, slowly; the tests check them that way against float64 references
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
-BLOCK_M = 64  # queries per program
-BLOCK_N = 32  # keys per inner step
+
+class Launch(NamedTuple):
+    """One kernel's launch settings: a block's queries and keys, the program's warps and its pipeline stages."""
+
+    queries: int
+    keys: int
+    warps: int = 4
+    stages: int = 3
+
+
+# The forward and the dq kernel give a program a block of queries and walk the causal keys a block at a time; the
+# dk/dv kernel gives a program a block of keys and walks the query blocks that see them. All three use 64 queries
+# and 32 keys on Triton's default 4 warps and 3 stages, the settings they were written with; none was tuned on a GPU
+# (bench/tune_kernels.py times alternatives). Compiled for sm_90 in TF32 they take 220 (forward), 236 (dk/dv) and
+# 255 registers, the last spilling 40 bytes (bench/tune_kernels.py --resources). Fixed numbers, not
+# triton.autotune: a block's size sets the order of its sums, so a run must not pick one by timing.
+FORWARD = Launch(64, 32)
+BACKWARD_DKDV = Launch(64, 32)
+BACKWARD_DQ = Launch(64, 32)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -162,11 +181,12 @@ def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DQ, T, D, ro
              mask=(offs_m < T)[:, None] & (offs_d < D)[None, :])
 
 
-def _launch(kernel, grid_dim: int, args: tuple, T: int, D: int, R: int, rows_per_member: int, n_chunks: int,
-            chunk: int, precision: str) -> None:
+def _launch(kernel, launch: Launch, blocks: int, args: tuple, T: int, D: int, R: int, rows_per_member: int,
+            n_chunks: int, chunk: int, precision: str) -> None:
+    """kernel over R rows x `blocks` blocks of each row's queries (forward, dq) or keys (dk/dv)."""
     block_d = max(16, triton.next_power_of_2(D))  # tl.dot needs 16 or more
-    kernel[(R, grid_dim)](*args, T, D, rows_per_member, n_chunks, chunk, PREC=precision, BM=BLOCK_M, BN=BLOCK_N,
-                          BD=block_d)
+    kernel[(R, blocks)](*args, T, D, rows_per_member, n_chunks, chunk, PREC=precision, BM=launch.queries,
+                        BN=launch.keys, BD=block_d, num_warps=launch.warps, num_stages=launch.stages)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -181,8 +201,8 @@ class _PresynapticAttention(torch.autograd.Function):
         out = torch.empty_like(q)
         lse = torch.empty(R, T, device=q.device, dtype=torch.float32)
         precision = _precision(q.dtype)
-        _launch(_forward_kernel, triton.cdiv(T, BLOCK_M), (q, key, v, scales, lam, eps, barrier, out, lse),
-                T, D, R, B * H, n_chunks, chunk, precision)
+        _launch(_forward_kernel, FORWARD, triton.cdiv(T, FORWARD.queries),
+                (q, key, v, scales, lam, eps, barrier, out, lse), T, D, R, B * H, n_chunks, chunk, precision)
         ctx.save_for_backward(q, key, v, scales, lam, eps, barrier, out, lse)
         ctx.chunk, ctx.precision = chunk, precision
         return out
@@ -196,9 +216,9 @@ class _PresynapticAttention(torch.autograd.Function):
         delta = (grad_out.float() * out.float()).sum(-1)  # sum_j p_ij dp_ij, per query row
         dq, dk, dv = torch.empty_like(q), torch.empty_like(key), torch.empty_like(v)
         common = (T, D, R, B * H, n_chunks, ctx.chunk, ctx.precision)
-        _launch(_backward_dkdv_kernel, triton.cdiv(T, BLOCK_N),
+        _launch(_backward_dkdv_kernel, BACKWARD_DKDV, triton.cdiv(T, BACKWARD_DKDV.keys),
                 (q, key, v, scales, lam, eps, barrier, grad_out, lse, delta, dk, dv), *common)
-        _launch(_backward_dq_kernel, triton.cdiv(T, BLOCK_M),
+        _launch(_backward_dq_kernel, BACKWARD_DQ, triton.cdiv(T, BACKWARD_DQ.queries),
                 (q, key, v, scales, lam, eps, barrier, grad_out, lse, delta, dq), *common)
         return dq, dk, dv, None, None, None, None, None
 

@@ -75,6 +75,20 @@ def test_kernel_matches_a_float64_reference_values_and_gradients(interpreted, T,
         assert (a.double() - b).abs().max() <= 1e-5 * b.abs().max(), name
 
 
+@pytest.mark.parametrize("forward, dkdv, dq", [((32, 16), (16, 64), (16, 32)), ((128, 64), (32, 32), (32, 64))])
+def test_other_block_shapes_compute_the_same_attention(interpreted, monkeypatch, forward, dkdv, dq):
+    """bench/tune_kernels.py times other blocks of queries and keys: more keys than queries, blocks past T (40)
+    and chunk boundaries inside a block give the float64 reference's values and gradients too."""
+    for name, blocks in (("FORWARD", forward), ("BACKWARD_DKDV", dkdv), ("BACKWARD_DQ", dq)):
+        monkeypatch.setattr(interpreted, name, interpreted.Launch(*blocks))
+    inputs = _inputs(2, 1, 2, 40, 16, 8)
+    grad_out = torch.randn(2, 1, 2, 40, 16, generator=torch.Generator().manual_seed(1))
+    ref = _values_and_grads(lambda *a: _reference(*a, 8), inputs, grad_out, torch.float64)
+    got = _values_and_grads(lambda *a: interpreted.presynaptic_attention(*a, 8), inputs, grad_out, torch.float32)
+    for name, a, b in zip(("y", "dq", "dk", "dv"), got, ref):
+        assert (a.double() - b).abs().max() <= 1e-5 * b.abs().max(), name
+
+
 def test_kernel_in_half_precision_is_close_to_the_reference(interpreted):
     """16-bit inputs (products in 16 bits, sums in float32). Float16 here: Triton 3.9's interpreter multiplies
     bfloat16 wrongly (a 16 x 16 bf16 dot comes out ~1e10 off), so bfloat16 is checked on a GPU (bench/gpu_check.py)."""
@@ -194,37 +208,31 @@ def test_both_clis_refuse_the_fused_attention_on_a_cpu_before_writing(tmp_path, 
 
 
 COMPILE_FOR_HOPPER = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+import sys
+sys.path.insert(0, BENCH)
+from tune_kernels import compile_for_hopper
 from nanochat import edges_triton as et, fused_attention as fa, release_triton as rt, rotary_triton as ro
 
-INTEGERS = {"T", "D", "rows_per_member", "n_chunks", "chunk", "rows", "n", "q", "n_keys", "Qc", "row_u_stride",
-            "u_stride", "n_rows", "tokens", "H", "B"}
-FLOATS = {"scale", "eps"}
 
-
-def build(kernel, constants, pointers=None, warps=4):
-    # Pointers are float32 unless `pointers` says otherwise; the named constants are compile-time.
-    names = kernel.arg_names
-    signature = {n: "constexpr" if n in constants else "i32" if n in INTEGERS else "fp32" if n in FLOATS
-                 else (pointers or {}).get(n, "*fp32") for n in names}
-    source = ASTSource(kernel, signature, constexprs={(names.index(k),): v for k, v in constants.items()})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+def build(kernel, constants, pointers=None, warps=4, stages=3):
+    compiled = compile_for_hopper(kernel, constants, pointers, warps, stages)
     assert compiled.asm["cubin"], kernel
     print(kernel.fn.__name__, constants, compiled.metadata.shared)
 
 
 for dtype, precision in (("fp32", "tf32"), ("bf16", "ieee")):  # the attention, q/k/v/out and their grads in dtype
     inputs = {n: "*" + dtype for n in ("Q", "K", "V", "OUT", "DO", "DK", "DV", "DQ")}
-    for kernel in (fa._forward_kernel, fa._backward_dkdv_kernel, fa._backward_dq_kernel):
-        build(kernel, {"PREC": precision, "BM": fa.BLOCK_M, "BN": fa.BLOCK_N, "BD": 32}, inputs)
+    for kernel, launch in ((fa._forward_kernel, fa.FORWARD), (fa._backward_dkdv_kernel, fa.BACKWARD_DKDV),
+                           (fa._backward_dq_kernel, fa.BACKWARD_DQ)):
+        build(kernel, {"PREC": precision, "BM": launch.queries, "BN": launch.keys, "BD": 32}, inputs, launch.warps,
+              launch.stages)
 for keys in (256, 2048):  # the release edges, rows of 256 and 2,048 keys
     rows = max(1, et.KEYS_PER_PROGRAM // keys)
     build(et._top_edges_kernel, {"K": 8, "BR": rows, "BN": keys}, {"IDX": "*i64", "VALID": "*i1"},
           et.warps_for(rows * keys))
 for draws in (False, True):  # the release step, with and without stochastic rows
-    build(rt._release_kernel, {"K": 8, "E": 256, "DELAY": 2, "DRAWS": draws, "N_KNOBS": 19, "BK": rt.KEY_BLOCK},
+    build(rt._release_kernel, {"K": 8, "E": 256, "DELAY": 2, "DRAWS": draws, "N_KNOBS": 19, "BK": rt.KEY_BLOCK,
+                               "SUMS_FIRST": rt.SUMS_FIRST, "BL": rt.UPDATE_BLOCK},
           {"IDX": "*i64", "VALID": "*i1"}, rt.warps_for(256))
 build(rt._running_mean_kernel, {"BR": 32})
 build(rt._logit_scale_kernel, {"N_KNOBS": 19, "BL": 256})
@@ -243,7 +251,8 @@ def test_kernels_compile_for_a_hopper_gpu_without_one():
         pytest.skip("needs Triton (the test extra installs it on Linux x86-64)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"  # Triton 3.9's default, stated (it warns when unset)
-    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], env=env, capture_output=True, text=True,
-                          timeout=600)
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+    done = subprocess.run([sys.executable, "-c", f"BENCH = {bench!r}\n" + COMPILE_FOR_HOPPER], env=env,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(done.stdout.splitlines()) == 6 + 2 + 2 + 2 + 4
