@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 # A program takes as many whole rows as fit in 256 keys (at least one row), on one warp per 256 of its keys (at most
-# 8). Timed on an H200 at P = 128, rows of 32 to 256 keys (bench/tune_state_kernels.py): of seven settings this was
+# 8). Timed on an H200 at P = 128, rows of 32 to 256 keys (bench/tune_kernels.py): of seven settings this was
 # the fastest, a training step of 76.1 ms against 79.4 ms with the former 1,024 keys on 8 warps (one per 128 keys).
 # Compiled for sm_90 (ptxas): 145 registers for a 256-key row on 1 warp, no spills; longer rows get more warps (1
 # warp spills from 1,024 keys; 2,048 keys on 8 warps use 90 registers), not timed on a GPU.

@@ -34,13 +34,19 @@ from .release_kernel import KNOB_COLUMNS, knob_table, member_draws
 
 # A row's key loop takes 4 keys at a time: each step compares every edge with each key (an (edges, 4) block, three
 # sums), on one warp per 256 edges (at most 8), so that a step's sums stay inside a warp. Timed on an H200 at P = 128,
-# 256 edges a row (bench/tune_state_kernels.py): of twelve settings this was the fastest, a training step of 76.1 ms
+# 256 edges a row (bench/tune_kernels.py): of twelve settings this was the fastest, a training step of 76.1 ms
 # against 93.5 ms with the former 8 keys on 8 warps (32 edges a warp). Compiled for sm_90 (ptxas), 256 edges on 1
 # warp use 251 registers without stochastic draws and 255 with them, spilling 1.1 KB, and still ran fastest; rows
 # of more edges get more warps (512 on 1 warp spill 7 KB with draws), not timed on a GPU.
 KEY_BLOCK = 4
 EDGES_PER_WARP = 256
 MAX_WARPS = 8
+# With SUMS_FIRST the key loop only sums (BK keys a step) and writes the sums to a scratch row; the keys' state is then
+# read, updated and written UPDATE_BLOCK keys at a time. The loop above waits at each step on loads of its 4 keys'
+# state, one after another; this one has no load to wait on. The same sums and the same update, so the same numbers
+# bit for bit; for the GPU to decide (bench/tune_kernels.py), not yet timed on one, so off.
+SUMS_FIRST = False
+UPDATE_BLOCK = 256
 
 
 def warps_for(edges: int) -> int:
@@ -108,9 +114,54 @@ def _round_half_even(x):
 
 
 @triton.jit
-def _release_kernel(C, RRP, RES, SN, CL, AMP, EN, QUEUE, IDX, VALS, VALID, ROW_U, U, KNOBS, SHARES, T, n_keys, Qc,
-                    rows_per_member, row_u_stride, u_stride, K: tl.constexpr, E: tl.constexpr,
-                    DELAY: tl.constexpr, DRAWS: tl.constexpr, N_KNOBS: tl.constexpr, BK: tl.constexpr):
+def _key_sums(idx, live, r_e, vals, valid, key):
+    """Each of a block of keys' release, drive and valid edges: sums over the row's edges that point to it."""
+    match = (idx[:, None] == key[None, :]) & live[:, None]
+    released = tl.sum(tl.where(match, r_e[:, None], 0.0), 0)
+    drive = tl.sum(tl.where(match, vals[:, None], 0.0), 0)
+    count = tl.sum(tl.where(match, valid[:, None], 0.0), 0)
+    return released, drive, count
+
+
+@triton.jit
+def _update_keys(C, RRP, RES, SN, CL, AMP, EN, QUEUE, at_key, keys, released, drive, count, tau, rate, rec,
+                 init_rrp, prime, unprime, nsf, init_clamp, amp_load, amp_leak, init_amp, fill, use,
+                 DELAY: tl.constexpr):
+    """A block of keys' pools, calcium, SNAREs, clamp, amplitude, energy and endocytosis queue, advanced in place
+    from their edges' sums and the member's knobs (PresynapticState.release's update)."""
+    rrp = tl.load(RRP + at_key, mask=keys, other=0.0)
+    rel = _minimum(released, rrp)  # no more than the pool holds
+    c = tl.load(C + at_key, mask=keys, other=0.0)
+    tl.store(C + at_key, tau * c + rate * _softplus(drive) * (count > 0.0).to(tl.float32), mask=keys)
+    pool = rrp - rel
+    res = tl.load(RES + at_key, mask=keys, other=0.0)
+    if DELAY > 0:  # the oldest endocytosed vesicles join the reserve; the queue moves up; this release enters
+        slot = at_key.to(tl.int64) * DELAY
+        reserve = res + tl.load(QUEUE + slot, mask=keys, other=0.0)
+        for d in tl.static_range(DELAY - 1):
+            tl.store(QUEUE + slot + d, tl.load(QUEUE + slot + d + 1, mask=keys, other=0.0), mask=keys)
+        tl.store(QUEUE + slot + DELAY - 1, rec * rel, mask=keys)
+    else:
+        reserve = res + rec * rel
+    room = _clamp_min(1.0 - pool / init_rrp, 0.0)
+    energy = tl.load(EN + at_key, mask=keys, other=0.0)
+    flux = _minimum(prime * reserve * room * energy, reserve)
+    tl.store(RES + at_key, reserve - flux, mask=keys)
+    tl.store(RRP + at_key, pool + flux, mask=keys)
+    s = tl.load(SN + at_key, mask=keys, other=0.0)
+    tl.store(SN + at_key, _clamp(s - unprime * rel + nsf * (1.0 - s), 0.0, 1.0), mask=keys)
+    h = tl.load(CL + at_key, mask=keys, other=0.0)
+    tl.store(CL + at_key, _clamp_min(h + nsf * (init_clamp - h) - unprime * rel * h, 0.0), mask=keys)
+    a = tl.load(AMP + at_key, mask=keys, other=0.0)
+    tl.store(AMP + at_key, _clamp_min(a + amp_load * rel - amp_leak * (a - init_amp), 0.0), mask=keys)
+    tl.store(EN + at_key, _clamp(energy + fill * (1.0 - energy) - use * rel, 0.0, 1.0), mask=keys)
+
+
+@triton.jit
+def _release_kernel(C, RRP, RES, SN, CL, AMP, EN, QUEUE, IDX, VALS, VALID, ROW_U, U, KNOBS, SHARES, SUMS, T, n_keys,
+                    Qc, rows_per_member, row_u_stride, u_stride, K: tl.constexpr, E: tl.constexpr,
+                    DELAY: tl.constexpr, DRAWS: tl.constexpr, N_KNOBS: tl.constexpr, BK: tl.constexpr,
+                    SUMS_FIRST: tl.constexpr, BL: tl.constexpr):
     row = tl.program_id(0)
     member, in_member = row // rows_per_member, row % rows_per_member
     state = row.to(tl.int64) * T
@@ -157,40 +208,30 @@ def _release_kernel(C, RRP, RES, SN, CL, AMP, EN, QUEUE, IDX, VALS, VALID, ROW_U
     init_amp = _knob(KNOBS, member, 16, N_KNOBS)
     fill = _knob(KNOBS, member, 17, N_KNOBS)
     use = _knob(KNOBS, member, 18, N_KNOBS)
-    for k0 in range(0, n_keys, BK):
-        key = k0 + tl.arange(0, BK)
-        keys = key < n_keys
-        match = (idx[:, None] == key[None, :]) & live[:, None]
-        released = tl.sum(tl.where(match, r_e[:, None], 0.0), 0)
-        drive = tl.sum(tl.where(match, vals[:, None], 0.0), 0)
-        count = tl.sum(tl.where(match, valid[:, None], 0.0), 0)
-        at_key = state + key
-        rrp = tl.load(RRP + at_key, mask=keys, other=0.0)
-        rel = _minimum(released, rrp)  # no more than the pool holds
-        c = tl.load(C + at_key, mask=keys, other=0.0)
-        tl.store(C + at_key, tau * c + rate * _softplus(drive) * (count > 0.0).to(tl.float32), mask=keys)
-        pool = rrp - rel
-        res = tl.load(RES + at_key, mask=keys, other=0.0)
-        if DELAY > 0:  # the oldest endocytosed vesicles join the reserve; the queue moves up; this release enters
-            slot = at_key.to(tl.int64) * DELAY
-            reserve = res + tl.load(QUEUE + slot, mask=keys, other=0.0)
-            for d in tl.static_range(DELAY - 1):
-                tl.store(QUEUE + slot + d, tl.load(QUEUE + slot + d + 1, mask=keys, other=0.0), mask=keys)
-            tl.store(QUEUE + slot + DELAY - 1, rec * rel, mask=keys)
-        else:
-            reserve = res + rec * rel
-        room = _clamp_min(1.0 - pool / init_rrp, 0.0)
-        energy = tl.load(EN + at_key, mask=keys, other=0.0)
-        flux = _minimum(prime * reserve * room * energy, reserve)
-        tl.store(RES + at_key, reserve - flux, mask=keys)
-        tl.store(RRP + at_key, pool + flux, mask=keys)
-        s = tl.load(SN + at_key, mask=keys, other=0.0)
-        tl.store(SN + at_key, _clamp(s - unprime * rel + nsf * (1.0 - s), 0.0, 1.0), mask=keys)
-        h = tl.load(CL + at_key, mask=keys, other=0.0)
-        tl.store(CL + at_key, _clamp_min(h + nsf * (init_clamp - h) - unprime * rel * h, 0.0), mask=keys)
-        a = tl.load(AMP + at_key, mask=keys, other=0.0)
-        tl.store(AMP + at_key, _clamp_min(a + amp_load * rel - amp_leak * (a - init_amp), 0.0), mask=keys)
-        tl.store(EN + at_key, _clamp(energy + fill * (1.0 - energy) - use * rel, 0.0, 1.0), mask=keys)
+    if SUMS_FIRST:  # all the sums into SUMS first, then the keys' update BL keys at a time (no load in the sum loop)
+        sums = row.to(tl.int64) * 3 * T
+        for k0 in range(0, n_keys, BK):
+            key = k0 + tl.arange(0, BK)
+            released, drive, count = _key_sums(idx, live, r_e, vals, valid, key)
+            tl.store(SUMS + sums + key, released, mask=key < n_keys)
+            tl.store(SUMS + sums + T + key, drive, mask=key < n_keys)
+            tl.store(SUMS + sums + 2 * T + key, count, mask=key < n_keys)
+        tl.debug_barrier()  # every sum is written before it is read
+        for k0 in range(0, n_keys, BL):
+            key = k0 + tl.arange(0, BL)
+            keys = key < n_keys
+            _update_keys(C, RRP, RES, SN, CL, AMP, EN, QUEUE, state + key, keys,
+                         tl.load(SUMS + sums + key, mask=keys, other=0.0),
+                         tl.load(SUMS + sums + T + key, mask=keys, other=0.0),
+                         tl.load(SUMS + sums + 2 * T + key, mask=keys, other=0.0), tau, rate, rec, init_rrp, prime,
+                         unprime, nsf, init_clamp, amp_load, amp_leak, init_amp, fill, use, DELAY)
+    else:  # each step of the key loop sums BK keys' edges and updates those keys
+        for k0 in range(0, n_keys, BK):
+            key = k0 + tl.arange(0, BK)
+            released, drive, count = _key_sums(idx, live, r_e, vals, valid, key)
+            _update_keys(C, RRP, RES, SN, CL, AMP, EN, QUEUE, state + key, key < n_keys, released, drive, count, tau,
+                         rate, rec, init_rrp, prime, unprime, nsf, init_clamp, amp_load, amp_leak, init_amp, fill,
+                         use, DELAY)
 
 
 @triton.jit
@@ -244,14 +285,15 @@ def release(state, vals: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, n
     tensors = _state(state)
     _check_ema(ema)
     shares = vals.new_empty(P, B * H, 2)
+    sums = vals.new_empty(P * B * H, 3, T) if SUMS_FIRST else shares  # shares: not read
     row_u, u = member_draws(uniforms)
     strides = (0, 0) if u is None else (row_u.stride(0), u.stride(0))
     edges = triton.next_power_of_2(Qc * K)
     _release_kernel[(P * B * H,)](*tensors, idx.contiguous(), vals.contiguous(), valid.contiguous(),
                                   vals if u is None else row_u, vals if u is None else u,  # vals: not read
-                                  knob_table(k), shares, T, n_keys, Qc, B * H, *strides,
+                                  knob_table(k), shares, sums, T, n_keys, Qc, B * H, *strides,
                                   K=K, E=edges, DELAY=delay, DRAWS=u is not None, N_KNOBS=len(KNOB_COLUMNS),
-                                  BK=KEY_BLOCK, num_warps=warps_for(edges))
+                                  BK=KEY_BLOCK, SUMS_FIRST=SUMS_FIRST, BL=UPDATE_BLOCK, num_warps=warps_for(edges))
     _running_mean_kernel[(P,)](shares, ema, B * H, BR=min(1024, triton.next_power_of_2(B * H)))
 
 
