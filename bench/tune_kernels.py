@@ -1,18 +1,29 @@
-"""Launch settings of the state step's Triton kernels, timed as whole training steps on a GPU.
+"""Launch settings of the fused path's Triton kernels: what each compiles to, and its time in whole training steps.
 
-    python bench/tune_state_kernels.py --population 128 --out tune.json
-    python bench/tune_state_kernels.py --device cpu --smoke     # Triton's interpreter: checks the script, not a GPU
+    python bench/tune_kernels.py --population 128 --budget-s 420 --out tune.json   # a GPU: about 7 minutes
+    python bench/tune_kernels.py --resources --out resources.json    # no GPU needed: registers, spills, shared memory
+    python bench/tune_kernels.py --device cpu --smoke                # Triton's interpreter: checks the script only
 
-Two kernels of `--fused-attention` take their launch settings from module constants: the release
-(nanochat/release_triton.py: KEY_BLOCK keys per step of its key loop, one warp per EDGES_PER_WARP edges of a row) and
-the release edges' top-k (nanochat/edges_triton.py: KEYS_PER_PROGRAM keys per program, one warp per KEYS_PER_WARP of
-them). On an H200 at P = 128 they were the step's two largest kernels (about 23 and 11 ms of a 94 ms step), far from
-the memory traffic they need. Each setting here is one training run of the baseline model at `--population` (TF32,
-CUDA graph), timed by its median step: the release kernel's settings first, then the top-k's with the fastest release
-setting, then the fastest pair at P = 1, 32 and 128 in TF32 and bf16, the settings before tuning beside the fastest
-pair at small populations (`--compare-populations`), and the fastest pair's batch invariance. A setting changes only
-the order of the release's per-key sums (the top-k selects the same edges), so every row's final losses are reported:
-they may differ by float rounding, and any larger difference shows there. The report is rewritten after each row.
+`--fused-attention` takes five kernels' launch settings from module constants (`PHASES`):
+
+  dkdv, dq, forward  the attention's backward and forward (nanochat/fused_attention.py: BACKWARD_DKDV, BACKWARD_DQ,
+                     FORWARD, each a Launch: queries and keys a block, warps, pipeline stages);
+  release            the state step's release (nanochat/release_triton.py: KEY_BLOCK, EDGES_PER_WARP, SUMS_FIRST,
+                     UPDATE_BLOCK);
+  top_k              the release edges' top-k (nanochat/edges_triton.py: KEYS_PER_PROGRAM, KEYS_PER_WARP).
+
+Timing (a GPU). Each phase in `--phases` order times its settings, the one in force first, each as one training run
+of the baseline model at `--population` (TF32, CUDA graph) read by its median step; the fastest setting of a phase
+stays in force for the phases after it. Then the fastest set at P = 1, 32 and `--population` in TF32 and bf16, the
+settings in force beside the fastest set at small populations (`--compare-populations`), and the fastest set's
+batch invariance. A setting changes the order of some sums (a block's size), never what is computed, so each row's
+final losses are reported: they agree to float rounding, and anything more shows there. The report is rewritten
+after each row; `--budget-s` skips the rows that would start after it.
+
+Resources (`--resources`, the CPU is enough). Triton's compiler builds every setting for sm_90 (an H100 or H200), and
+cuobjdump (shipped in Triton's wheel) reads each cubin's registers per thread and its stack, where spilled registers
+go; the shared memory is Triton's. At 255 registers a program spills; at many, fewer programs fit on an SM. That is
+how the settings below were chosen (those that spill were left out); which of them is fastest, only a GPU says.
 """
 
 from __future__ import annotations
@@ -21,55 +32,162 @@ import argparse
 import contextlib
 import json
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
+import triton
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_check  # noqa: E402
 from common import BASELINE_MODEL, candidates, sync  # noqa: E402
 
-from nanochat import edges_triton, release_triton  # noqa: E402
+from nanochat import edges_triton, fused_attention, release_triton  # noqa: E402
 from nanochat.config import TrainConfig  # noqa: E402
 from nanochat.data import load_corpus  # noqa: E402
 from nanochat.trainer import train_population  # noqa: E402
 
-# (KEY_BLOCK, EDGES_PER_WARP): the baseline's rows have 256 edges, so 32 edges a warp is 8 warps. The first is the
-# setting before tuning.
-RELEASE_SETTINGS = [(8, 32), (8, 64), (8, 128), (8, 256), (4, 64), (4, 128), (4, 256), (2, 128), (2, 256), (1, 256),
-                    (16, 64), (16, 32)]
-# (KEYS_PER_PROGRAM, KEYS_PER_WARP): rows of up to 256 keys share a program up to KEYS_PER_PROGRAM keys.
-TOP_K_SETTINGS = [(1024, 128), (1024, 256), (512, 128), (512, 256), (256, 128), (256, 256), (2048, 256)]
+Launch = fused_attention.Launch
+
+# A phase: the module, the constants it sets, and the settings it times; the first is the setting in force (a test
+# checks that). Every candidate after it compiles for sm_90 without spilling (--resources; the release with its
+# stochastic draws too, except SUMS_FIRST on 1 warp, kept to time the restructure alone). The release's rows hold 256
+# edges, so EDGES_PER_WARP 128 is 2 warps; its loop without SUMS_FIRST on 2 warps was timed on the H200 (slower).
+PHASES: dict[str, tuple[object, tuple[str, ...], list[tuple]]] = {
+    "dkdv": (fused_attention, ("BACKWARD_DKDV",), [
+        (Launch(64, 32, 4, 3),), (Launch(64, 32, 8, 3),), (Launch(64, 32, 4, 1),), (Launch(64, 16, 4, 3),),
+        (Launch(32, 32, 4, 2),), (Launch(32, 16, 2, 2),), (Launch(16, 32, 2, 2),), (Launch(32, 64, 8, 2),)]),
+    "dq": (fused_attention, ("BACKWARD_DQ",), [
+        (Launch(64, 32, 4, 3),), (Launch(64, 32, 8, 3),), (Launch(64, 16, 4, 3),), (Launch(32, 32, 4, 3),),
+        (Launch(16, 32, 2, 2),), (Launch(16, 64, 2, 2),), (Launch(64, 32, 4, 1),)]),
+    "forward": (fused_attention, ("FORWARD",), [
+        (Launch(64, 32, 4, 3),), (Launch(64, 32, 8, 3),), (Launch(64, 16, 4, 3),), (Launch(64, 32, 4, 1),),
+        (Launch(32, 32, 4, 2),), (Launch(128, 32, 8, 3),), (Launch(16, 32, 2, 2),)]),
+    "release": (release_triton, ("KEY_BLOCK", "EDGES_PER_WARP", "SUMS_FIRST", "UPDATE_BLOCK"), [
+        (4, 256, False, 256), (4, 256, True, 256), (4, 128, True, 256), (8, 128, True, 256), (4, 64, True, 256)]),
+    "top_k": (edges_triton, ("KEYS_PER_PROGRAM", "KEYS_PER_WARP"), [(256, 256), (512, 256), (1024, 128)]),
+}
+DEFAULT_PHASES = "dkdv,dq,forward,release"  # the top-k was tuned on an H200 (2026-11-28); name it to time it again
+
+
+def in_force() -> dict[str, list]:
+    """Each phase's constants as they are now, as JSON lists."""
+    return {name: _plain(tuple(getattr(module, c) for c in names)) for name, (module, names, _) in PHASES.items()}
+
+
+def _plain(setting: tuple) -> list:
+    """A phase's setting as a JSON list: a one-constant Launch as its four numbers."""
+    return list(setting[0]) if len(setting) == 1 and isinstance(setting[0], tuple) else list(setting)
+
+
+def _setting(phase: str, values: list) -> tuple:
+    """A JSON list back as the phase's constants."""
+    names = PHASES[phase][1]
+    return (Launch(*values),) if len(names) == 1 else tuple(values)
 
 
 @contextlib.contextmanager
-def launch_settings(release: tuple[int, int], top_k: tuple[int, int]):
-    """The kernels' module constants set for one run, restored afterwards."""
-    names = ((release_triton, "KEY_BLOCK"), (release_triton, "EDGES_PER_WARP"), (edges_triton, "KEYS_PER_PROGRAM"),
-             (edges_triton, "KEYS_PER_WARP"))
-    saved = [getattr(module, name) for module, name in names]
-    for (module, name), value in zip(names, (*release, *top_k)):
-        setattr(module, name, value)
+def launch_settings(chosen: dict[str, list]):
+    """The named phases' constants set for one run (JSON lists, as in_force gives them), restored afterwards."""
+    saved = []
     try:
+        for phase, values in chosen.items():
+            module, names, _ = PHASES[phase]
+            for name, value in zip(names, _setting(phase, values)):
+                saved.append((module, name, getattr(module, name)))
+                setattr(module, name, value)
         yield
     finally:
-        for (module, name), value in zip(names, saved):
+        for module, name, value in reversed(saved):
             setattr(module, name, value)
 
 
-def timed_run(p: int, model, corpus, dev, steps: int, precision: str, release, top_k, batch_size: int = 8) -> dict:
+def timed_run(p: int, model, corpus, dev, steps: int, precision: str, chosen: dict[str, list],
+              batch_size: int = 8) -> dict:
     """One training run with these settings: its steady median step, member-steps/s and last losses."""
     train = TrainConfig(batch_size=batch_size, max_steps=steps, warmup_steps=1, **gpu_check.settings(precision))
-    with launch_settings(release, top_k):
+    with launch_settings(chosen):
         sync(dev)
         t0 = time.perf_counter()
         result = train_population(candidates(p), model, train, corpus, dev)
         sync(dev)
     step = gpu_check.steady_step_s(result.step_times_s)
-    return {"population": p, "precision": precision, "release": list(release), "top_k": list(top_k),
-            "wall_s": time.perf_counter() - t0, "median_step_s": step, "member_steps_per_s": p / step,
-            "execution": result.execution, "last_losses": [m.losses[-1] for m in result.members[:4]]}
+    return {"population": p, "precision": precision, "settings": chosen, "wall_s": time.perf_counter() - t0,
+            "median_step_s": step, "member_steps_per_s": p / step, "execution": result.execution,
+            "last_losses": [m.losses[-1] for m in result.members[:4]]}
+
+
+# --- resources: each setting compiled for sm_90 on the CPU -------------------------------------------------------
+
+_INTEGERS = {"T", "D", "rows_per_member", "n_chunks", "chunk", "rows", "n", "q", "n_keys", "Qc", "row_u_stride",
+             "u_stride", "n_rows", "tokens", "H", "B"}
+_FLOATS = {"scale", "eps"}
+
+
+def compile_for_hopper(kernel, constants: dict, pointers: dict | None = None, warps: int = 4, stages: int = 3):
+    """`kernel` compiled by Triton for sm_90 without a GPU; pointers are float32 unless `pointers` names them, the
+    `constants` are compile-time. Returns Triton's compiled kernel (its cubin in .asm["cubin"])."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    signature = {n: "constexpr" if n in constants else "i32" if n in _INTEGERS else "fp32" if n in _FLOATS
+                 else (pointers or {}).get(n, "*fp32") for n in names}
+    source = ASTSource(kernel, signature, constexprs={(names.index(k),): v for k, v in constants.items()})
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+
+
+def resource_usage(compiled) -> dict:
+    """Registers per thread and stack bytes (spills) of a compiled kernel's cubin (cuobjdump), and shared memory."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        out = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+    return {"registers": int(re.search(r"REG:(\d+)", out).group(1)),
+            "stack_bytes": int(re.search(r"STACK:(\d+)", out).group(1)), "shared_bytes": compiled.metadata.shared}
+
+
+def _builds(phase: str, setting: tuple):
+    """(variant, kernel, constants, pointers, warps, stages) of one phase's setting at the baseline's shapes: heads
+    of 32, release rows of 256 edges (a chunk's 32 queries x their top 8) and top-k rows of up to 256 keys."""
+    if phase in ("dkdv", "dq", "forward"):
+        kernel = {"dkdv": fused_attention._backward_dkdv_kernel, "dq": fused_attention._backward_dq_kernel,
+                  "forward": fused_attention._forward_kernel}[phase]
+        launch = setting[0]
+        for dtype, precision in (("fp32", "tf32"), ("bf16", "ieee")):
+            pointers = {n: "*" + dtype for n in ("Q", "K", "V", "OUT", "DO", "DK", "DV", "DQ")}
+            yield (dtype, kernel, {"PREC": precision, "BM": launch.queries, "BN": launch.keys, "BD": 32}, pointers,
+                   launch.warps, launch.stages)
+    elif phase == "release":
+        key_block, edges_per_warp, sums_first, update_block = setting
+        warps = min(release_triton.MAX_WARPS, max(1, 256 // edges_per_warp))
+        for draws in (False, True):
+            yield ("draws" if draws else "no draws", release_triton._release_kernel,
+                   {"K": 8, "E": 256, "DELAY": 2, "DRAWS": draws, "N_KNOBS": 19, "BK": key_block,
+                    "SUMS_FIRST": sums_first, "BL": update_block}, {"IDX": "*i64", "VALID": "*i1"}, warps, 3)
+    else:
+        keys_per_program, keys_per_warp = setting
+        rows = max(1, keys_per_program // 256)
+        warps = min(edges_triton.MAX_WARPS, max(1, rows * 256 // keys_per_warp))
+        yield ("256 keys", edges_triton._top_edges_kernel, {"K": 8, "BR": rows, "BN": 256},
+               {"IDX": "*i64", "VALID": "*i1"}, warps, 3)
+
+
+def resources(phases: list[str]) -> list[dict]:
+    rows = []
+    for phase in phases:
+        for setting in PHASES[phase][2]:
+            for variant, kernel, constants, pointers, warps, stages in _builds(phase, setting):
+                usage = resource_usage(compile_for_hopper(kernel, constants, pointers, warps, stages))
+                row = {"phase": phase, "setting": _plain(setting), "variant": variant, "warps": warps, **usage}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,27 +195,22 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--population", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--phases", default=DEFAULT_PHASES, help=f"comma-separated, of {', '.join(PHASES)}")
     ap.add_argument("--budget-s", type=float, default=None, help="skip the rows that would start after this")
     ap.add_argument("--compare-populations", default="1,4,8,32",
-                    help="populations at which the settings before tuning (each list's first) and the fastest pair "
-                         "are timed side by side, TF32: where a small grid wants more warps ('' for none)")
+                    help="populations at which the settings in force and the fastest set are timed side by side, "
+                         "TF32 ('' for none)")
+    ap.add_argument("--resources", action="store_true",
+                    help="compile every setting for sm_90 and report registers, spills and shared memory (no GPU)")
     ap.add_argument("--smoke", action="store_true",
-                    help="tiny model and batch, a few settings, P = 1, no invariance (Triton's interpreter)")
+                    help="tiny model and batch, each phase's first two settings, P = 1 (Triton's interpreter)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    dev = torch.device(args.device)
-    model = gpu_check.FUSED_SMOKE_MODEL if args.smoke else BASELINE_MODEL
-    release_settings = RELEASE_SETTINGS[:2] if args.smoke else RELEASE_SETTINGS
-    top_k_settings = TOP_K_SETTINGS[:1] if args.smoke else TOP_K_SETTINGS
-    final_pops = [] if args.smoke else [1, 32, args.population]  # the smoke's compare rows time the fastest pair
-    compare_pops = [1] if args.smoke else [int(x) for x in args.compare_populations.split(",") if x]
-    final_precisions = ("fp32+fused",) if args.smoke else ("tf32+fused", "bf16+fused")
-    precision = "fp32+fused" if args.smoke else "tf32+fused"  # the interpreter has no TF32
-    corpus = load_corpus()
-    started = time.perf_counter()
-    report: dict = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-                    "torch": torch.__version__, "population": args.population, "steps": args.steps,
-                    "release_rows": [], "top_k_rows": [], "best_rows": [], "compare_rows": [], "skipped": 0}
+    phases = [p for p in args.phases.split(",") if p]
+    if unknown := [p for p in phases if p not in PHASES]:
+        ap.error(f"--phases: unknown {', '.join(unknown)} (known: {', '.join(PHASES)})")
+    report: dict = {"torch": torch.__version__, "triton": triton.__version__, "phases": phases,
+                    "in_force": in_force()}
 
     def save() -> None:
         if args.out:
@@ -105,41 +218,58 @@ def main(argv: list[str] | None = None) -> dict:
                 json.dump(report, f, indent=2)
             os.replace(args.out + ".tmp", args.out)
 
-    def row(key: str, p: int, prec: str, release, top_k) -> dict | None:
+    if args.resources:
+        report["resources"] = resources(phases)
+        save()
+        return report
+    dev = torch.device(args.device)
+    model = gpu_check.FUSED_SMOKE_MODEL if args.smoke else BASELINE_MODEL
+    population = 1 if args.smoke else args.population
+    precision = "fp32+fused" if args.smoke else "tf32+fused"  # the interpreter has no TF32
+    final_pops = [] if args.smoke else [1, 32, args.population]
+    final_precisions = ("tf32+fused", "bf16+fused")
+    compare_pops = [1] if args.smoke else [int(x) for x in args.compare_populations.split(",") if x]
+    corpus = load_corpus()
+    started = time.perf_counter()
+    report.update({"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+                   "population": population, "steps": args.steps, "phase_rows": {}, "best_rows": [],
+                   "compare_rows": [], "skipped": 0})
+
+    def row(rows: list, p: int, prec: str, chosen: dict) -> dict | None:
         if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
             report["skipped"] += 1
             return None
-        r = timed_run(p, model, corpus, dev, args.steps, prec, release, top_k, 2 if args.smoke else 8)
-        report[key].append(r)
+        r = timed_run(p, model, corpus, dev, args.steps, prec, chosen, 2 if args.smoke else 8)
+        rows.append(r)
         print(json.dumps(r), flush=True)
         save()
         return r
 
-    default_top_k = TOP_K_SETTINGS[0]
-    timed = [row("release_rows", args.population if not args.smoke else 1, precision, s, default_top_k)
-             for s in release_settings]
-    best_release = min((r for r in timed if r), key=lambda r: r["median_step_s"],
-                       default={"release": list(RELEASE_SETTINGS[0])})["release"]
-    timed = [row("top_k_rows", args.population if not args.smoke else 1, precision, best_release, s)
-             for s in top_k_settings]
-    best_top_k = min((r for r in timed if r), key=lambda r: r["median_step_s"],
-                     default={"top_k": list(default_top_k)})["top_k"]
-    report["best"] = {"release": best_release, "top_k": best_top_k}
+    best = in_force()
+    for phase in phases:
+        settings = PHASES[phase][2][:2] if args.smoke else PHASES[phase][2]
+        rows = report["phase_rows"].setdefault(phase, [])
+        timed = [row(rows, population, precision, {**best, phase: _plain(s)}) for s in settings]
+        fastest = min((r for r in timed if r), key=lambda r: r["median_step_s"], default=None)
+        if fastest:
+            best = fastest["settings"]
+    report["best"] = best
     for p in final_pops:
         for prec in final_precisions:
-            row("best_rows", p, prec, best_release, best_top_k)
-    for p in compare_pops:  # at P = 1 (32 programs a call) the tuned settings measured 9% slower on the H200
-        for release, top_k in ((RELEASE_SETTINGS[0], default_top_k), (best_release, best_top_k)):
-            row("compare_rows", p, precision, release, top_k)
+            row(report["best_rows"], p, prec, best)
+    for p in compare_pops:  # a small grid may want other settings (the tuned release lost 9% at P = 1 on an H200)
+        for chosen in (in_force(), best):
+            row(report["compare_rows"], p, precision, chosen)
     if not args.smoke:  # (minutes in the interpreter; tests/test_fused_attention.py checks invariance there)
-        with launch_settings(tuple(best_release), tuple(best_top_k)):
+        with launch_settings(best):
             report["best_invariance"] = gpu_check.invariance(corpus, dev, precision, 20)
     report["total_s"] = time.perf_counter() - started
     save()
-    print(json.dumps({"best": report["best"], "best_invariance": report.get("best_invariance")}), flush=True)
-    for r in report["release_rows"] + report["top_k_rows"] + report["best_rows"] + report["compare_rows"]:
-        print(f"{r['population']:4d} {r['precision']:11s} release {r['release']} top-k {r['top_k']}: "
-              f"{1e3 * r['median_step_s']:7.2f} ms  {r['member_steps_per_s']:7.1f} member-steps/s", flush=True)
+    print(json.dumps({"best": best, "best_invariance": report.get("best_invariance")}), flush=True)
+    for r in [r for rows in report["phase_rows"].values() for r in rows] + report["best_rows"] + report[
+            "compare_rows"]:
+        print(f"{r['population']:4d} {r['precision']:11s} {r['settings']}: {1e3 * r['median_step_s']:7.2f} ms  "
+              f"{r['member_steps_per_s']:7.1f} member-steps/s", flush=True)
     return report
 
 

@@ -103,24 +103,34 @@ def test_attention_probe_smoke_on_cpu(monkeypatch):
 
 
 @pytest.mark.skipif(bool(triton_interpreter_missing()), reason=triton_interpreter_missing() or "runs")
-def test_tune_state_kernels_smoke_times_each_setting_and_restores_the_constants(tmp_path):
-    from nanochat import edges_triton, release_triton
-
-    before = (release_triton.KEY_BLOCK, release_triton.EDGES_PER_WARP, edges_triton.KEYS_PER_PROGRAM,
-              edges_triton.KEYS_PER_WARP)
-    tune = load_bench("tune_state_kernels")
-    report = tune.main(["--device", "cpu", "--smoke", "--steps", "1", "--out", str(tmp_path / "tune.json")])
-    assert [r["release"] for r in report["release_rows"]] == [list(s) for s in tune.RELEASE_SETTINGS[:2]]
-    assert [r["top_k"] for r in report["top_k_rows"]] == [list(tune.TOP_K_SETTINGS[0])]
-    assert report["best"]["release"] in [r["release"] for r in report["release_rows"]]
-    # The settings change no edge and, on one member, no sum: the same losses from every row.
-    assert [(r["population"], r["release"]) for r in report["compare_rows"]] == [
-        (1, list(tune.RELEASE_SETTINGS[0])), (1, report["best"]["release"])]
-    losses = {tuple(r["last_losses"]) for key in ("release_rows", "top_k_rows", "compare_rows") for r in report[key]}
-    assert len(losses) == 1
-    assert (release_triton.KEY_BLOCK, release_triton.EDGES_PER_WARP, edges_triton.KEYS_PER_PROGRAM,
-            edges_triton.KEYS_PER_WARP) == before
+def test_tune_kernels_smoke_times_each_setting_and_restores_the_constants(tmp_path):
+    tune = load_bench("tune_kernels")
+    before = tune.in_force()
+    report = tune.main(["--device", "cpu", "--smoke", "--steps", "1", "--phases", "dq,release",
+                        "--out", str(tmp_path / "tune.json")])
+    for phase in ("dq", "release"):
+        rows = report["phase_rows"][phase]
+        assert [r["settings"][phase] for r in rows] == [tune._plain(s) for s in tune.PHASES[phase][2][:2]]
+        assert report["best"][phase] in [r["settings"][phase] for r in rows]
+    # the release phase ran with the dq phase's fastest setting in force
+    assert {r["settings"]["dq"] == report["best"]["dq"] for r in report["phase_rows"]["release"]} == {True}
+    assert [r["settings"] for r in report["compare_rows"]] == [before, report["best"]]
+    # On one member a block's size changes the order of a few sums: float rounding, nothing more.
+    losses = [loss for key in ("dq", "release") for r in report["phase_rows"][key] for loss in r["last_losses"]]
+    assert max(losses) - min(losses) <= 1e-5 * max(losses)
+    assert tune.in_force() == before
     assert json.loads((tmp_path / "tune.json").read_text()) == json.loads(json.dumps(report))
+
+
+def test_tune_kernels_phases_start_from_the_settings_in_force_and_name_real_constants():
+    """Each phase's first setting is the one the modules hold, so its first row is the build as it is."""
+    tune = load_bench("tune_kernels")
+    for phase, (module, names, settings) in tune.PHASES.items():
+        assert all(hasattr(module, n) for n in names), phase
+        assert tune._plain(settings[0]) == tune.in_force()[phase], phase
+        assert len({tune._setting(phase, tune._plain(s)) for s in settings}) == len(settings) > 1, phase
+    with pytest.raises(SystemExit):
+        tune.main(["--phases", "dq,warp_speed"])
 
 
 def test_count_kernels_counts_a_tensors_bytes_once_however_it_is_viewed():
