@@ -112,6 +112,7 @@ def test_tune_kernels_smoke_times_each_setting_and_restores_the_constants(tmp_pa
         rows = report["phase_rows"][phase]
         assert [r["settings"][phase] for r in rows] == [tune._plain(s) for s in tune.PHASES[phase][2][:2]]
         assert report["best"][phase] in [r["settings"][phase] for r in rows]
+    assert all(r["agrees"] for phase in ("dq", "release") for r in report["phase_rows"][phase])
     # the release phase ran with the dq phase's fastest setting in force
     assert {r["settings"]["dq"] == report["best"]["dq"] for r in report["phase_rows"]["release"]} == {True}
     assert [r["settings"] for r in report["compare_rows"]] == [before, report["best"]]
@@ -131,6 +132,10 @@ def test_tune_kernels_phases_start_from_the_settings_in_force_and_name_real_cons
         assert len({tune._setting(phase, tune._plain(s)) for s in settings}) == len(settings) > 1, phase
     with pytest.raises(SystemExit):
         tune.main(["--phases", "dq,warp_speed"])
+    # a row whose losses are off by more than rounding cannot be the fastest
+    assert tune.losses_agree([3.0469, 3.0470], [3.0469 + 3e-5, 3.0470])
+    assert not tune.losses_agree([3.0469, 3.1], [3.0469, 3.0470])
+    assert not tune.losses_agree([float("nan")], [3.0469]) and not tune.losses_agree([3.0], [3.0, 3.0])
 
 
 def test_count_kernels_counts_a_tensors_bytes_once_however_it_is_viewed():
