@@ -43,9 +43,10 @@ class Launch(NamedTuple):
 # The forward and the dq kernel give a program a block of queries and walk the causal keys a block at a time; the
 # dk/dv kernel gives a program a block of keys and walks the query blocks that see them. All three use 64 queries
 # and 32 keys on Triton's default 4 warps and 3 stages, the settings they were written with; none was tuned on a GPU
-# (bench/tune_kernels.py times alternatives). Compiled for sm_90 in TF32 they take 220 (forward), 236 (dk/dv) and
-# 255 registers, the last spilling 40 bytes (bench/tune_kernels.py --resources). Fixed numbers, not
-# triton.autotune: a block's size sets the order of its sums, so a run must not pick one by timing.
+# (bench/tune_kernels.py times alternatives). Compiled for sm_90 in TF32 by Triton 3.6 they take 248 (forward), 222
+# (dk/dv) and 255 (dq) registers a thread, so an SM holds two programs (Triton 3.9: 220, 236, and 255 spilling 40
+# bytes; bench/tune_kernels.py --resources). Fixed numbers, not triton.autotune: a block's size sets the order of its
+# sums, so a run must not pick one by timing.
 FORWARD = Launch(64, 32)
 BACKWARD_DKDV = Launch(64, 32)
 BACKWARD_DQ = Launch(64, 32)

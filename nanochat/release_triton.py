@@ -41,10 +41,11 @@ from .release_kernel import KNOB_COLUMNS, knob_table, member_draws
 KEY_BLOCK = 4
 EDGES_PER_WARP = 256
 MAX_WARPS = 8
-# With SUMS_FIRST the key loop only sums (BK keys a step) and writes the sums to a scratch row; the keys' state is then
-# read, updated and written UPDATE_BLOCK keys at a time. The loop above waits at each step on loads of its 4 keys'
-# state, one after another; this one has no load to wait on. The same sums and the same update, so the same numbers
-# bit for bit; for the GPU to decide (bench/tune_kernels.py), not yet timed on one, so off.
+# With SUMS_FIRST the key loop only sums (KEY_BLOCK keys a step) into a scratch row of the program's own (3 x T
+# floats); then the keys' state is read, updated and written UPDATE_BLOCK keys at a time. Without it, each of the
+# loop's steps (64 for 256 keys) waits on the loads of its few keys' state before it can update them; with it, the
+# loop has no load to wait on. The same sums and the same update, so the same numbers bit for bit. Off until a GPU
+# times it (bench/tune_kernels.py).
 SUMS_FIRST = False
 UPDATE_BLOCK = 256
 
