@@ -162,41 +162,41 @@ def resource_usage(compiled) -> dict:
             "stack_bytes": int(re.search(r"STACK:(\d+)", out).group(1)), "shared_bytes": compiled.metadata.shared}
 
 
-def _builds(phase: str, setting: tuple):
-    """(variant, kernel, constants, pointers, warps, stages) of one phase's setting at the baseline's shapes: heads
-    of 32, release rows of 256 edges (a chunk's 32 queries x their top 8) and top-k rows of up to 256 keys."""
+def _builds(phase: str):
+    """(variant, kernel, constants, pointers, warps, stages) of a phase's kernel with the settings in force, at the
+    baseline's shapes: heads of 32, release rows of 256 edges (a chunk's 32 queries x their top 8) and top-k rows of
+    256 keys. Warps come from the modules' own rules (warps_for)."""
     if phase in ("dkdv", "dq", "forward"):
         kernel = {"dkdv": fused_attention._backward_dkdv_kernel, "dq": fused_attention._backward_dq_kernel,
                   "forward": fused_attention._forward_kernel}[phase]
-        launch = setting[0]
+        launch = getattr(fused_attention, PHASES[phase][1][0])
         for dtype, precision in (("fp32", "tf32"), ("bf16", "ieee")):
             pointers = {n: "*" + dtype for n in ("Q", "K", "V", "OUT", "DO", "DK", "DV", "DQ")}
             yield (dtype, kernel, {"PREC": precision, "BM": launch.queries, "BN": launch.keys, "BD": 32}, pointers,
                    launch.warps, launch.stages)
     elif phase == "release":
-        key_block, edges_per_warp, sums_first, update_block = setting
-        warps = min(release_triton.MAX_WARPS, max(1, 256 // edges_per_warp))
+        rt = release_triton
         for draws in (False, True):
-            yield ("draws" if draws else "no draws", release_triton._release_kernel,
-                   {"K": 8, "E": 256, "DELAY": 2, "DRAWS": draws, "N_KNOBS": 19, "BK": key_block,
-                    "SUMS_FIRST": sums_first, "BL": update_block}, {"IDX": "*i64", "VALID": "*i1"}, warps, 3)
+            yield ("draws" if draws else "no draws", rt._release_kernel,
+                   {"K": 8, "E": 256, "DELAY": 2, "DRAWS": draws, "N_KNOBS": 19, "BK": rt.KEY_BLOCK,
+                    "SUMS_FIRST": rt.SUMS_FIRST, "BL": rt.UPDATE_BLOCK}, {"IDX": "*i64", "VALID": "*i1"},
+                   rt.warps_for(256), 3)
     else:
-        keys_per_program, keys_per_warp = setting
-        rows = max(1, keys_per_program // 256)
-        warps = min(edges_triton.MAX_WARPS, max(1, rows * 256 // keys_per_warp))
+        rows = max(1, edges_triton.KEYS_PER_PROGRAM // 256)
         yield ("256 keys", edges_triton._top_edges_kernel, {"K": 8, "BR": rows, "BN": 256},
-               {"IDX": "*i64", "VALID": "*i1"}, warps, 3)
+               {"IDX": "*i64", "VALID": "*i1"}, edges_triton.warps_for(rows * 256), 3)
 
 
 def resources(phases: list[str]) -> list[dict]:
     rows = []
     for phase in phases:
         for setting in PHASES[phase][2]:
-            for variant, kernel, constants, pointers, warps, stages in _builds(phase, setting):
-                usage = resource_usage(compile_for_hopper(kernel, constants, pointers, warps, stages))
-                row = {"phase": phase, "setting": _plain(setting), "variant": variant, "warps": warps, **usage}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            with launch_settings({phase: _plain(setting)}):
+                for variant, kernel, constants, pointers, warps, stages in _builds(phase):
+                    usage = resource_usage(compile_for_hopper(kernel, constants, pointers, warps, stages))
+                    row = {"phase": phase, "setting": _plain(setting), "variant": variant, "warps": warps, **usage}
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     return rows
 
 
