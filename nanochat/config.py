@@ -288,7 +288,8 @@ class ModelConfig:
 DEFAULT_TARGET_FLOPS = 2e12
 
 # "fp32" is the reference; "bf16" runs the forward pass under torch.autocast(bfloat16) (matmuls in bf16, softmax,
-# norms and the loss in fp32). Batch invariance is checked at a looser tolerance for bf16 (see tests and bench/).
+# norms and the loss in fp32), and Muon's Newton-Schulz matmuls in bf16 (optim.py). Batch invariance is checked at a
+# looser tolerance for bf16 (see tests and bench/).
 PRECISIONS = ("fp32", "bf16")
 # float32 matmuls: "highest" is IEEE fp32 (the reference); "high" lets cuBLAS use TF32 tensor cores (CUDA only: CPU
 # matmuls are unchanged, so on CPU the two give the same numbers).

@@ -9,6 +9,10 @@ matrices of one shape (a wide matrix and the transpose of a tall one count as th
 (matrices x P, m, n) batch, so the Newton-Schulz iteration is 15 batched matmuls per shape (4 shapes in the baseline
 model) instead of 15 per matrix (40 matrices). Stacking only adds slices to the batch: each slice is still
 normalised by its own norm and multiplied by the same kernel, so a member's update does not depend on P.
+
+Under `TrainConfig(precision="bf16")` the Newton-Schulz matmuls run in bfloat16 too (`matmul_dtype`), as in Muon's
+reference: outside autocast they would otherwise run as IEEE float32, which on an H200 was ~9 ms of a 77 ms bf16
+step at P = 128 (CUDA-core FFMA GEMMs in the tenth session's profile, bench/RESULTS.md), more than a TF32 step spends.
 """
 
 from __future__ import annotations
@@ -22,17 +26,23 @@ from .population import bcast, member_sum
 _NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
-def newton_schulz(grad: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
-    """Approximately orthogonalise each matrix of a batch, (N, m, n) -> (N, m, n), each by its own norm."""
+def newton_schulz(grad: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype | None = None
+                  ) -> torch.Tensor:
+    """Approximately orthogonalise each matrix of a batch, (N, m, n) -> (N, m, n), each by its own norm.
+
+    The norm is taken in grad's dtype; the iteration's matmuls run in `dtype` (default: grad's), and the result
+    comes back in grad's dtype. bfloat16 is what Muon's reference uses: the iteration only needs singular values
+    near 1, not their digits."""
     a, b, c = _NS_COEFFS
     x = grad
     transposed = x.shape[-2] > x.shape[-1]
     if transposed:
         x = x.transpose(-1, -2)
-    x = x / bcast(member_sum(x * x).sqrt() + eps, 3)
+    x = (x / bcast(member_sum(x * x).sqrt() + eps, 3)).to(dtype or grad.dtype)
     for _ in range(steps):  # x <- a x + (b G + c G G) x with G = x x^T, as two fused multiply-adds
         gram = x @ x.transpose(-1, -2)
         x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    x = x.to(grad.dtype)
     return x.transpose(-1, -2) if transposed else x
 
 
@@ -40,7 +50,8 @@ class PopulationOptimizer:
     """AdamW + Muon over a population model; `set_schedule(lr_scale)` then `step(active)` updates active members."""
 
     def __init__(self, model: nn.Module, learning_rate: float, matrix_lr: float, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, momentum: float = 0.95):
+                 betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8, momentum: float = 0.95,
+                 matmul_dtype: torch.dtype = torch.float32):
         self.adam_params: list[nn.Parameter] = []
         self.muon_params: list[nn.Parameter] = []
         for name, p in model.named_parameters():
@@ -51,6 +62,7 @@ class PopulationOptimizer:
                 self.adam_params.append(p)
         self.lr, self.matrix_lr, self.wd = learning_rate, matrix_lr, weight_decay
         self.betas, self.eps, self.momentum = betas, eps, momentum
+        self.matmul_dtype = matmul_dtype  # of Muon's Newton-Schulz matmuls (bfloat16 under TrainConfig bf16)
         self.adam_state = [(torch.zeros_like(p), torch.zeros_like(p)) for p in self.adam_params]
         self.muon_state = [torch.zeros_like(p) for p in self.muon_params]
         self.t = 0
@@ -121,7 +133,7 @@ class PopulationOptimizer:
         for members in groups.values():
             wide = [nesterov[j].transpose(-1, -2) if nesterov[j].shape[-2] > nesterov[j].shape[-1] else nesterov[j]
                     for j in members]
-            stacked = newton_schulz(torch.cat(wide))  # (len(members) * P, m, n)
+            stacked = newton_schulz(torch.cat(wide), dtype=self.matmul_dtype)  # (len(members) * P, m, n)
             for j, out in zip(members, stacked.split([w.shape[0] for w in wide])):
                 orthogonal[j] = out.transpose(-1, -2) if nesterov[j].shape[-2] > nesterov[j].shape[-1] else out
         rate = self._muon_lr * active.to(torch.float32)

@@ -247,7 +247,9 @@ def _train_population(members, model_cfg, train_cfg, corpus, device, progress, o
     model = SynapticGPT(model_cfg, [m.synaptic for m in members], [m.seed for m in members], dev,
                         compile=train_cfg.compile, fused_attention=train_cfg.fused_attention)
     model.train()
-    opt = PopulationOptimizer(model, train_cfg.learning_rate, train_cfg.matrix_lr, train_cfg.weight_decay)
+    bf16 = train_cfg.precision == "bf16"  # autocast: matmuls in bf16; softmax, norms, loss, state in fp32
+    opt = PopulationOptimizer(model, train_cfg.learning_rate, train_cfg.matrix_lr, train_cfg.weight_decay,
+                              matmul_dtype=torch.bfloat16 if bf16 else torch.float32)  # Newton-Schulz's, too
     # After the backward pass: the Hebbian update, then the optimizer step, fused with the model's chains under
     # TrainConfig.compile (hundreds of small kernels each, op by op).
     hebbian_update, optimizer_step = model.hebbian_update, opt.step
@@ -255,7 +257,6 @@ def _train_population(members, model_cfg, train_cfg, corpus, device, progress, o
         hebbian_update, optimizer_step = compiled(hebbian_update), compiled(optimizer_step)
 
     P, steps = len(members), budget.max_steps
-    bf16 = train_cfg.precision == "bf16"  # autocast: matmuls in bf16; softmax, norms, loss, state in fp32
     losses = torch.full((steps, P), math.nan, device=dev)
     # Everything one step reads or writes lives in a tensor allocated here and updated in place, so the same step
     # can run eagerly or as a replayed CUDA graph (which fixes every address and every Python-side constant).
