@@ -555,10 +555,12 @@ class PresynapticAttention(nn.Module):
             y = _ChunkedPresynapticAttention.apply(q.contiguous(), key.contiguous(), v.contiguous(), run)
         else:  # the same function, the state loop first and then one fused kernel over all queries
             # v is a projection's output, so its dtype is the matmuls' (autocast's, under autocast); q and k leave
-            # the qk-norm in float32. The chunks' q.k and p.v run in that dtype too.
-            scales, mm = run.scale_table(q, key), v.dtype
-            y = self.chains.kernel(q.to(mm), key.to(mm), v, scales, k.lambda_loge, k.release_eps, k.barrier_strength,
-                                   run.chunk)
+            # the qk-norm in float32. The chunks' q.k and p.v run in that dtype too: cast once here, not per chunk
+            # by autocast (under bf16 each chunk's q.k would cast its key prefix again, ~4.5 key tensors a layer).
+            mm = v.dtype
+            q, key = q.to(mm), key.to(mm)
+            y = self.chains.kernel(q, key, v, run.scale_table(q, key), k.lambda_loge, k.release_eps,
+                                   k.barrier_strength, run.chunk)
         if self.training:
             self.ema.copy_(ema)
         return self.c_proj(y.transpose(2, 3).reshape(P, B * T, C)).view(P, B, T, C)
