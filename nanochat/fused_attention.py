@@ -15,6 +15,10 @@ per key block for dk and dv and one per query block for dq. Every sum runs in a 
 repeats bit for bit, and nothing mixes rows of different members.
 
 Per-member knobs (lam, eps, barrier: (P,) float32) are read per row; `scales` is (P, B, H, n_chunks, T) float32.
+The kernels step each tensor by its own strides, one layout for q, k and their gradients and one for v, the output
+and theirs: the model's v is a view of its (P, B, T, H * D) projection, and its output projection reads the output
+through such a view, so neither way needs a transposing copy (four copies of a (P, B, T, C) tensor per layer, 4.3 GB
+a step at P = 128, counted by bench/count_kernels.py).
 Matmuls follow the run's precision: float32 inputs use TF32 when `torch.backends.cuda.matmul.allow_tf32` is set
 (`--matmul-precision high`), IEEE float32 otherwise; bfloat16 inputs multiply in bfloat16 with float32 sums.
 
@@ -66,9 +70,16 @@ def _scores(q, k, offs_m, offs_n, T, sc_row, lam, eps, barrier, chunk, PREC: tl.
 
 
 @triton.jit
-def _rows(X, base, offs, D, offs_d, T):
-    """A block of rows (len(offs), BD) of one (T, D) matrix, zero past T and past D."""
-    return tl.load(X + base + offs[:, None] * D + offs_d[None, :], mask=(offs < T)[:, None] & (offs_d < D)[None, :],
+def _base(r, H, S_PB, S_H):
+    """Where row r's (T, D) matrix starts: r = (member * B + b) * H + h, at b's stride S_PB and h's stride S_H."""
+    r64 = r.to(tl.int64)
+    return (r64 // H) * S_PB + (r64 % H) * S_H
+
+
+@triton.jit
+def _rows(X, base, offs, S_T, offs_d, D, T):
+    """A block of rows (len(offs), BD) of one (T, D) matrix whose rows are S_T apart, zero past T and past D."""
+    return tl.load(X + base + offs[:, None] * S_T + offs_d[None, :], mask=(offs < T)[:, None] & (offs_d < D)[None, :],
                    other=0.0)
 
 
@@ -86,30 +97,30 @@ def _scale_rows(SC, r, offs_m, T, n_chunks, chunk):
 
 
 @triton.jit
-def _query_block(Q, DO, LSE, DELTA, r, base, offs_m, offs_d, D, T):
+def _query_block(Q, DO, LSE, DELTA, r, qk, QK_T, vo, VO_T, offs_m, offs_d, D, T):
     """What the backward reads of a block of queries: q, d out, and each row's log-sum-exp and delta."""
-    q, do = _rows(Q, base, offs_m, D, offs_d, T), _rows(DO, base, offs_m, D, offs_d, T)
+    q, do = _rows(Q, qk, offs_m, QK_T, offs_d, D, T), _rows(DO, vo, offs_m, VO_T, offs_d, D, T)
     lse = tl.load(LSE + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
     delta = tl.load(DELTA + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
     return q, do, lse, delta
 
 
 @triton.jit
-def _forward_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, LSE, T, D, rows_per_member, n_chunks, chunk,
-                    PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+def _forward_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, LSE, T, D, rows_per_member, n_chunks, chunk, H, QK_PB, QK_H,
+                    QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     m0 = tl.program_id(1) * BM
     r = tl.program_id(0)  # one (member, batch row, head): on the grid's x, which has room for 2**31 - 1
     lam, eps, barrier = _knobs(LAM, EPS, BAR, r, rows_per_member)
     offs_m, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BD)
-    base = r.to(tl.int64) * T * D
-    q = _rows(Q, base, offs_m, D, offs_d, T)
+    qk, vo = _base(r, H, QK_PB, QK_H), _base(r, H, VO_PB, VO_H)  # q, k | v, out: each pair's layout
+    q = _rows(Q, qk, offs_m, QK_T, offs_d, D, T)
     sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, chunk)
     m_i = tl.full((BM,), float("-inf"), tl.float32)
     l_i = tl.zeros((BM,), tl.float32)
     acc = tl.zeros((BM, BD), tl.float32)
     for n0 in range(0, tl.minimum(m0 + BM, T), BN):  # causal: keys up to the block's last query
         offs_n = n0 + tl.arange(0, BN)
-        k, v = _rows(K, base, offs_n, D, offs_d, T), _rows(V, base, offs_n, D, offs_d, T)
+        k, v = _rows(K, qk, offs_n, QK_T, offs_d, D, T), _rows(V, vo, offs_n, VO_T, offs_d, D, T)
         _, z, _, _, _ = _scores(q, k, offs_m, offs_n, T, sc_row, lam, eps, barrier, chunk, PREC)
         m_new = tl.maximum(m_i, tl.max(z, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows past T see no key
@@ -120,7 +131,7 @@ def _forward_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, LSE, T, D, rows_per_member,
         m_i = m_new
     rows = offs_m < T
     l_i = tl.where(rows, l_i, 1.0)  # rows past T are not stored
-    tl.store(OUT + base + offs_m[:, None] * D + offs_d[None, :], (acc / l_i[:, None]).to(OUT.dtype.element_ty),
+    tl.store(OUT + vo + offs_m[:, None] * VO_T + offs_d[None, :], (acc / l_i[:, None]).to(OUT.dtype.element_ty),
              mask=rows[:, None] & (offs_d < D)[None, :])
     tl.store(LSE + r.to(tl.int64) * T + offs_m, m_i + tl.log(l_i), mask=rows)
 
@@ -137,18 +148,18 @@ def _dscores(p, do, v, delta, sig, sc, lam, eps, PREC: tl.constexpr):
 
 @triton.jit
 def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T, D, rows_per_member, n_chunks,
-                          chunk, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+                          chunk, H, QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     n0 = tl.program_id(1) * BN
     r = tl.program_id(0)
     lam, eps, barrier = _knobs(LAM, EPS, BAR, r, rows_per_member)
     offs_n, offs_d = n0 + tl.arange(0, BN), tl.arange(0, BD)
-    base = r.to(tl.int64) * T * D
-    k, v = _rows(K, base, offs_n, D, offs_d, T), _rows(V, base, offs_n, D, offs_d, T)
+    qk, vo = _base(r, H, QK_PB, QK_H), _base(r, H, VO_PB, VO_H)  # q, k, dk | v, d out, dv
+    k, v = _rows(K, qk, offs_n, QK_T, offs_d, D, T), _rows(V, vo, offs_n, VO_T, offs_d, D, T)
     dk = tl.zeros((BN, BD), tl.float32)
     dv = tl.zeros((BN, BD), tl.float32)
     for m0 in range((n0 // BM) * BM, T, BM):  # the query blocks that see these keys, in order
         offs_m = m0 + tl.arange(0, BM)
-        q, do, lse, delta = _query_block(Q, DO, LSE, DELTA, r, base, offs_m, offs_d, D, T)
+        q, do, lse, delta = _query_block(Q, DO, LSE, DELTA, r, qk, QK_T, vo, VO_T, offs_m, offs_d, D, T)
         sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, chunk)
         s, z, sc, sig, keep = _scores(q, k, offs_m, offs_n, T, sc_row, lam, eps, barrier, chunk, PREC)
         p = tl.where(keep, tl.exp(z - lse[:, None]), 0.0)
@@ -156,38 +167,65 @@ def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T,
         ds = _dscores(p, do, v, delta, sig, sc, lam, eps, PREC)
         dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=PREC)
     kv_mask = (offs_n < T)[:, None] & (offs_d < D)[None, :]
-    tl.store(DK + base + offs_n[:, None] * D + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + base + offs_n[:, None] * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+    tl.store(DK + qk + offs_n[:, None] * QK_T + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + vo + offs_n[:, None] * VO_T + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
 def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DQ, T, D, rows_per_member, n_chunks, chunk,
-                        PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+                        H, QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
     m0 = tl.program_id(1) * BM
     r = tl.program_id(0)
     lam, eps, barrier = _knobs(LAM, EPS, BAR, r, rows_per_member)
     offs_m, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BD)
-    base = r.to(tl.int64) * T * D
-    q, do, lse, delta = _query_block(Q, DO, LSE, DELTA, r, base, offs_m, offs_d, D, T)
+    qk, vo = _base(r, H, QK_PB, QK_H), _base(r, H, VO_PB, VO_H)  # q, k, dq | v, d out
+    q, do, lse, delta = _query_block(Q, DO, LSE, DELTA, r, qk, QK_T, vo, VO_T, offs_m, offs_d, D, T)
     sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, chunk)
     dq = tl.zeros((BM, BD), tl.float32)
     for n0 in range(0, tl.minimum(m0 + BM, T), BN):
         offs_n = n0 + tl.arange(0, BN)
-        k, v = _rows(K, base, offs_n, D, offs_d, T), _rows(V, base, offs_n, D, offs_d, T)
+        k, v = _rows(K, qk, offs_n, QK_T, offs_d, D, T), _rows(V, vo, offs_n, VO_T, offs_d, D, T)
         s, z, sc, sig, keep = _scores(q, k, offs_m, offs_n, T, sc_row, lam, eps, barrier, chunk, PREC)
         p = tl.where(keep, tl.exp(z - lse[:, None]), 0.0)
         ds = _dscores(p, do, v, delta, sig, sc, lam, eps, PREC)
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
-    tl.store(DQ + base + offs_m[:, None] * D + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+    tl.store(DQ + qk + offs_m[:, None] * QK_T + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=(offs_m < T)[:, None] & (offs_d < D)[None, :])
 
 
 def _launch(kernel, launch: Launch, blocks: int, args: tuple, T: int, D: int, R: int, rows_per_member: int,
-            n_chunks: int, chunk: int, precision: str) -> None:
-    """kernel over R rows x `blocks` blocks of each row's queries (forward, dq) or keys (dk/dv)."""
+            n_chunks: int, chunk: int, precision: str, H: int, qk: tuple[int, int, int],
+            vo: tuple[int, int, int]) -> None:
+    """kernel over R rows x `blocks` blocks of each row's queries (forward, dq) or keys (dk/dv); qk and vo are the
+    layouts (`_layout`) of q, k and their gradients and of v, out and theirs."""
     block_d = max(16, triton.next_power_of_2(D))  # tl.dot needs 16 or more
-    kernel[(R, blocks)](*args, T, D, rows_per_member, n_chunks, chunk, PREC=precision, BM=launch.queries,
-                        BN=launch.keys, BD=block_d, num_warps=launch.warps, num_stages=launch.stages)
+    kernel[(R, blocks)](*args, T, D, rows_per_member, n_chunks, chunk, H, *qk, *vo, PREC=precision,
+                        BM=launch.queries, BN=launch.keys, BD=block_d, num_warps=launch.warps, num_stages=launch.stages)
+
+
+def _layout(t: torch.Tensor) -> tuple[int, int, int] | None:
+    """(S_PB, S_H, S_T), the strides the kernels step a (P, B, H, T, D) tensor by: of (member, batch row) as one
+    index, of the head and of the position; None unless t is dense (its dimensions a permutation of a contiguous
+    tensor's, so that empty_like keeps its strides), D is contiguous and P and B merge into one stride."""
+    P, B, H, T, D = t.shape
+    s_p, s_b, s_h, s_t, s_d = t.stride()
+    span = 1
+    for size, stride in sorted([(sz, st) for sz, st in zip(t.shape, t.stride()) if sz > 1], key=lambda d: d[1]):
+        if stride != span:
+            return None
+        span *= size
+    if (D > 1 and s_d != 1) or (P > 1 and B > 1 and s_p != B * s_b):
+        return None
+    return (s_b if B > 1 else s_p), s_h, s_t
+
+
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int]]:
+    """a and b as they are where the kernels can read both with one layout, else both made contiguous."""
+    layout = _layout(a)
+    if layout is None or _layout(b) != layout:
+        a, b = a.contiguous(), b.contiguous()
+        layout = _layout(a)
+    return a, b, layout
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -199,13 +237,15 @@ class _PresynapticAttention(torch.autograd.Function):
     def forward(ctx, q, key, v, scales, lam, eps, barrier, chunk: int):
         P, B, H, T, D = q.shape
         R, n_chunks = P * B * H, scales.shape[-2]
-        out = torch.empty_like(q)
+        q, key, qk = _same_layout(q, key)
+        out = torch.empty_like(v)  # in v's layout (a projection's (P, B, T, H, D), whose output projection reads it)
+        out, v, vo = _same_layout(out, v)
         lse = torch.empty(R, T, device=q.device, dtype=torch.float32)
         precision = _precision(q.dtype)
         _launch(_forward_kernel, FORWARD, triton.cdiv(T, FORWARD.queries),
-                (q, key, v, scales, lam, eps, barrier, out, lse), T, D, R, B * H, n_chunks, chunk, precision)
+                (q, key, v, scales, lam, eps, barrier, out, lse), T, D, R, B * H, n_chunks, chunk, precision, H, qk, vo)
         ctx.save_for_backward(q, key, v, scales, lam, eps, barrier, out, lse)
-        ctx.chunk, ctx.precision = chunk, precision
+        ctx.chunk, ctx.precision, ctx.layouts = chunk, precision, (qk, vo)
         return out
 
     @staticmethod
@@ -213,10 +253,13 @@ class _PresynapticAttention(torch.autograd.Function):
         q, key, v, scales, lam, eps, barrier, out, lse = ctx.saved_tensors
         P, B, H, T, D = q.shape
         R, n_chunks = P * B * H, scales.shape[-2]
-        grad_out = grad_out.to(q.dtype).contiguous()
-        delta = (grad_out.float() * out.float()).sum(-1)  # sum_j p_ij dp_ij, per query row
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(key), torch.empty_like(v)
-        common = (T, D, R, B * H, n_chunks, ctx.chunk, ctx.precision)
+        qk, vo = ctx.layouts
+        grad_out = grad_out.to(q.dtype)
+        if _layout(grad_out) != vo:  # it comes in out's layout when out's reader is a view of it, as in the model
+            grad_out = torch.empty_like(out).copy_(grad_out)
+        delta = (grad_out.float() * out.float()).sum(-1).contiguous()  # sum_j p_ij dp_ij, per query row, (R, T)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(key), torch.empty_like(v)  # q's, key's, v's layouts
+        common = (T, D, R, B * H, n_chunks, ctx.chunk, ctx.precision, H, qk, vo)
         _launch(_backward_dkdv_kernel, BACKWARD_DKDV, triton.cdiv(T, BACKWARD_DKDV.keys),
                 (q, key, v, scales, lam, eps, barrier, grad_out, lse, delta, dk, dv), *common)
         _launch(_backward_dq_kernel, BACKWARD_DQ, triton.cdiv(T, BACKWARD_DQ.queries),
@@ -228,7 +271,9 @@ def presynaptic_attention(q: torch.Tensor, key: torch.Tensor, v: torch.Tensor, s
                           lam: torch.Tensor, eps: torch.Tensor, barrier: torch.Tensor, chunk: int) -> torch.Tensor:
     """softmax(s + lam log(sigmoid(s) scales + eps) - barrier |i - j| / chunk) @ v over causal keys, (P, B, H, T, D).
 
-    q, key, v: (P, B, H, T, D) of one dtype in DTYPES; scales: (P, B, H, n_chunks, T) float32 with
+    q, key, v: (P, B, H, T, D) of one dtype in DTYPES, in any layout (q and key are read in place where they share
+    one whose D is contiguous, v likewise; the output takes v's layout, so v as a (P, B, T, H, D) projection's view
+    gives an output whose (P, B, T, H * D) view needs no copy); scales: (P, B, H, n_chunks, T) float32 with
     n_chunks = ceil(T / chunk); lam, eps, barrier: (P,) float32. Gradients flow to q, key and v."""
     if q.dtype not in DTYPES or key.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, key and v must share one dtype of {DTYPES}, got {q.dtype}, {key.dtype}, {v.dtype}")
@@ -236,5 +281,5 @@ def presynaptic_attention(q: torch.Tensor, key: torch.Tensor, v: torch.Tensor, s
     if scales.shape != (*q.shape[:3], -(-T // chunk), T) or scales.dtype != torch.float32:
         raise ValueError(f"scales must be float32 {(*q.shape[:3], -(-T // chunk), T)}, got {scales.dtype} "
                          f"{tuple(scales.shape)}")
-    args = [t.contiguous() for t in (q, key, v, scales, lam.float(), eps.float(), barrier.float())]
-    return _PresynapticAttention.apply(*args, chunk)
+    args = [t.contiguous() for t in (scales, lam.float(), eps.float(), barrier.float())]
+    return _PresynapticAttention.apply(q, key, v, *args, chunk)

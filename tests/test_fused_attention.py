@@ -89,6 +89,44 @@ def test_other_block_shapes_compute_the_same_attention(interpreted, monkeypatch,
         assert (a.double() - b).abs().max() <= 1e-5 * b.abs().max(), name
 
 
+def _tokens_first(x: torch.Tensor) -> torch.Tensor:
+    """x (P, B, H, T, D) as the model's v is: a view of a (P, B, T, H, D) projection output."""
+    return x.transpose(2, 3).contiguous().transpose(2, 3)
+
+
+def test_the_projections_layout_is_read_and_written_in_place_with_the_same_bits(interpreted):
+    """The model hands the kernel v as a view of its (P, B, T, H * D) projection and reads the output through
+    such a view: the kernels step those strides (no transposing copies), the output and dv come back in v's layout,
+    and every number is the contiguous call's, bit for bit. q and key in different layouts, or a tensor the kernel
+    cannot step (a slice), are made contiguous first, with the same bits again."""
+    q, key, v, *rest = _inputs(3, 2, 2, 40, 16, 8)
+    grad = torch.randn(3, 2, 2, 40, 16, generator=torch.Generator().manual_seed(1))
+    leaf = lambda x: x.detach().clone().requires_grad_()  # noqa: E731  (clone keeps a dense tensor's strides)
+
+    def run(q, key, v, grad_out):
+        y = interpreted.presynaptic_attention(q, key, v, *rest, 8)
+        return y, torch.autograd.grad(y, (q, key, v), grad_out)
+
+    y0, grads0 = run(leaf(q), leaf(key), leaf(v), grad)
+    v_t = leaf(_tokens_first(v))
+    y1, grads1 = run(leaf(q), leaf(key), v_t, _tokens_first(grad))
+    assert v_t.stride() != v.stride()
+    assert y1.stride() == v_t.stride() and grads1[2].stride() == v_t.stride()  # the projection's layout, no copy
+    assert grads1[0].stride() == q.stride()
+    y2, grads2 = run(leaf(q), leaf(key), leaf(_tokens_first(v)), grad)  # a contiguous d out: copied into place
+    y3, grads3 = run(leaf(_tokens_first(q)), leaf(key), leaf(v), grad)  # q and key differ: both made contiguous
+    longer = torch.zeros(3, 2, 2, 48, 16)
+    longer[..., :40, :] = v
+    longer.requires_grad_()
+    sliced = longer[..., :40, :]
+    assert interpreted._layout(sliced) is None
+    y4, grads4 = run(leaf(q), leaf(key), sliced, grad)  # a slice of a longer sequence: not dense, made contiguous
+    for y, grads in ((y1, grads1), (y2, grads2), (y3, grads3), (y4, grads4)):
+        assert torch.equal(y, y0)
+        for a, b in zip(grads, grads0):
+            assert torch.equal(a, b)
+
+
 def test_kernel_in_half_precision_is_close_to_the_reference(interpreted):
     """16-bit inputs (products in 16 bits, sums in float32). Float16 here: Triton 3.9's interpreter multiplies
     bfloat16 wrongly (a 16 x 16 bf16 dot comes out ~1e10 off), so bfloat16 is checked on a GPU (bench/gpu_check.py)."""
