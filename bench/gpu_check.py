@@ -65,6 +65,30 @@ INVARIANCE_MODEL = SMOKE_MODEL
 FUSED_SMOKE_MODEL = ModelConfig(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, sequence_len=32)
 
 
+def kernel_bits(dev: torch.device, dtypes: tuple[str, ...] = ("fp32", "bf16")) -> dict:
+    """Whether the fused path's relu^2 kernels (nanochat/relu2_triton.py) give the torch definition's bits on this
+    device, values and gradients, per dtype; a (P, N, 4C)-like tensor with NaN, -0 and infinities in it. (Triton's
+    CPU interpreter truncates to bfloat16 instead of rounding, so bfloat16 is checked on a GPU only.)"""
+    from nanochat import relu2_triton, synaptic
+
+    g = torch.Generator().manual_seed(0)
+    h, grad = torch.randn(2, 3000, 64, generator=g) * 4, torch.randn(2, 3000, 64, generator=g)
+    h.view(-1)[:5] = torch.tensor([math.nan, -0.0, 0.0, math.inf, -math.inf])
+    out = {}
+    for name in dtypes:
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+        results = []
+        for fn in (relu2_triton.relu_squared, synaptic.relu_squared):
+            x = h.to(dev, dtype).requires_grad_()
+            y = fn(x)
+            (dx,) = torch.autograd.grad(y, x, grad.to(dev, dtype))
+            results.append([t.detach().cpu().view(torch.int16 if dtype == torch.bfloat16 else torch.int32)
+                            for t in (y, dx)])
+        (y, dx), (y_ref, dx_ref) = results
+        out[name] = {"values_equal": torch.equal(y, y_ref), "gradients_equal": torch.equal(dx, dx_ref)}
+    return out
+
+
 def invariance(corpus, dev: torch.device, precision: str, steps: int, population: int = 8,
                model: ModelConfig = INVARIANCE_MODEL) -> dict:
     """A mixed population of 8 (4 seeds, stochastic release on 7) against each member trained alone."""
@@ -306,12 +330,14 @@ def main(argv: list[str] | None = None) -> dict:
         report["phase_seconds"][name] = time.perf_counter() - t0
         save()
 
+    fused_pops = [int(x) for x in args.fused_populations.split(",") if x]
+    if fused_pops:  # (a second; the fused path's kernels need Triton)
+        phase("kernel_bits", lambda: emit("kernel_bits", kernel_bits(dev, ("fp32",) if args.smoke else ("fp32", "bf16"))))
     phase("graph_equivalence", lambda: emit("graph_equivalence", graph_equivalence(corpus, dev, 6 if args.smoke else 12)))
     phase("cpu_vs_device", lambda: emit("cpu_vs_device", cpu_vs_device(corpus, dev, 3 if args.smoke else 30, model)))
     invariance_rows: list = []
     compile_pops = [int(x) for x in args.compile_populations.split(",") if x]  # "" for none
     compile_pops = [2] if args.smoke and compile_pops else compile_pops
-    fused_pops = [int(x) for x in args.fused_populations.split(",") if x]
     # Smoke runs on the CPU take the kernels through Triton's interpreter (TRITON_INTERPRET=1), which is slow and
     # multiplies bfloat16 wrongly: one float32 row of each kind, on small populations.
     fused_pops = [1] if args.smoke and fused_pops else fused_pops

@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> dict:
     report.update({"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                    "population": population, "steps": args.steps, "phase_rows": {}, "best_rows": [],
                    "compare_rows": [], "skipped": 0})
+    report["kernel_bits"] = gpu_check.kernel_bits(dev, ("fp32",) if args.smoke else ("fp32", "bf16"))  # a second
+    print(json.dumps({"kernel_bits": report["kernel_bits"]}), flush=True)
 
     def row(rows: list, p: int, prec: str, chosen: dict) -> dict | None:
         if args.budget_s is not None and time.perf_counter() - started > args.budget_s:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -369,14 +369,17 @@ class AttentionChains:
     chunked logits, softmax and p @ v (and so the two chains) once the state loop has run, and the state loop's
     `state_step` and `logit_scale` are nanochat/release_triton.py's (four launches per chunk instead of ~150), and
     `norm_rotary` (q and k's norm, rotation and scale) is nanochat/rotary_triton.py's (one launch each way instead of
-    ~20); without it `kernel` is None and the rest are the torch definitions.
+    ~20); without it `kernel` is None and the rest are the torch definitions. (The flag's fifth kernel, the MLP's
+    relu^2, is the MLP's: `SynapticGPT`.)
     """
 
     def __init__(self, fuse: bool, device: torch.device, fused_attention: bool = False):
         self.forward, self.backward, self.state_step = _logits_chain, _logits_chain_backward, _state_step
         self.logit_scale, self.kernel, self.norm_rotary = PresynapticState.logit_scale, None, norm_rotary
         if fused_attention:
-            self.kernel, self.state_step, self.logit_scale, self.norm_rotary = fused_attention_kernels(device)
+            k = fused_attention_kernels(device)
+            self.kernel, self.state_step, self.logit_scale, self.norm_rotary = (k.attention, k.state_step,
+                                                                                k.logit_scale, k.norm_rotary)
         if fuse:
             self.forward = compiled(_logits_chain)
             self.backward = compiled(_logits_chain_backward)
@@ -384,19 +387,29 @@ class AttentionChains:
                 self.state_step = compiled(_state_step)
 
 
-def fused_attention_kernels(device: torch.device) -> tuple[Callable, Callable, Callable, Callable]:
-    """(`fused_attention.presynaptic_attention`, `release_triton.state_step`, `release_triton.logit_scale`,
-    `rotary_triton.norm_rotary`) for `TrainConfig.fused_attention`, or a ConfigError saying why they cannot run here:
-    they need Triton, and a CUDA device or Triton's CPU interpreter (TRITON_INTERPRET=1)."""
+class TritonKernels(NamedTuple):
+    """What `TrainConfig.fused_attention` runs as Triton kernels, each in place of the torch definition named."""
+
+    attention: Callable  # fused_attention.presynaptic_attention: _ChunkedPresynapticAttention's logits, softmax, p @ v
+    state_step: Callable  # release_triton.state_step: _state_step
+    logit_scale: Callable  # release_triton.logit_scale: PresynapticState.logit_scale
+    norm_rotary: Callable  # rotary_triton.norm_rotary: norm_rotary
+    relu_squared: Callable  # relu2_triton.relu_squared: relu_squared, the MLP's activation (the same bits)
+
+
+def fused_attention_kernels(device: torch.device) -> TritonKernels:
+    """The kernels of `TrainConfig.fused_attention`, or a ConfigError saying why they cannot run here: they need
+    Triton, and a CUDA device or Triton's CPU interpreter (TRITON_INTERPRET=1)."""
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ConfigError.about("fused_attention", f"needs a CUDA device, got {device.type!r} (its Triton kernels "
                                                    "run on a CPU only in Triton's slow interpreter, TRITON_INTERPRET=1)")
     try:
-        from . import release_triton, rotary_triton
+        from . import relu2_triton, release_triton, rotary_triton
         from .fused_attention import presynaptic_attention
     except ImportError as e:
         raise ConfigError.about("fused_attention", f"needs Triton, which does not import here ({e})") from None
-    return presynaptic_attention, release_triton.state_step, release_triton.logit_scale, rotary_triton.norm_rotary
+    return TritonKernels(presynaptic_attention, release_triton.state_step, release_triton.logit_scale,
+                         rotary_triton.norm_rotary, relu2_triton.relu_squared)
 
 
 def _state_step(state: PresynapticState, d: torch.Tensor, own: torch.Tensor, n_keys: int, next_keys: int,
@@ -639,25 +652,29 @@ def relu_squared(h: torch.Tensor) -> torch.Tensor:
 
 
 class SynapticMLP(nn.Module):
-    """LayerNorm -> SynapticLinear(C, 4C) -> ReLU^2 -> SynapticLinear(4C, C)."""
+    """LayerNorm -> SynapticLinear(C, 4C) -> ReLU^2 -> SynapticLinear(4C, C). `activation` computes relu^2: the
+    torch definition, or the same bits as a Triton kernel (`TritonKernels.relu_squared`)."""
 
-    def __init__(self, mcfg: ModelConfig, rank: int, population: int):
+    def __init__(self, mcfg: ModelConfig, rank: int, population: int,
+                 activation: Callable[[torch.Tensor], torch.Tensor] | None = None):
         super().__init__()
         C = mcfg.n_embd
         self.fc = SynapticLinear(population, C, 4 * C, rank)
         self.proj = SynapticLinear(population, 4 * C, C, rank, zero_init=True)
+        self.activation = activation if activation is not None else relu_squared
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         P, B, T, C = x.shape
         h = self.fc(F.layer_norm(x, (C,)).reshape(P, B * T, C))
-        return self.proj(relu_squared(h)).view(P, B, T, C)
+        return self.proj(self.activation(h)).view(P, B, T, C)
 
 
 class Block(nn.Module):
-    def __init__(self, mcfg: ModelConfig, rank: int, population: int, chains: AttentionChains):
+    def __init__(self, mcfg: ModelConfig, rank: int, population: int, chains: AttentionChains,
+                 activation: Callable[[torch.Tensor], torch.Tensor] | None = None):
         super().__init__()
         self.attn = PresynapticAttention(mcfg, population, chains)
-        self.mlp = SynapticMLP(mcfg, rank, population)
+        self.mlp = SynapticMLP(mcfg, rank, population, activation)
 
     def forward(self, x, cos, sin, k: Knobs, noise: ReleaseNoise | None):
         x = x + self.attn(F.rms_norm(x, (x.shape[-1],)), cos, sin, k, noise)
@@ -683,7 +700,8 @@ class SynapticGPT(nn.Module):
         rank = self.knobs.structure.post_rank
         self.wte = nn.Parameter(torch.empty(P, mcfg.vocab_size, mcfg.n_embd))
         chains = AttentionChains(compile, device, fused_attention)  # shared by the layers (compiled once)
-        self.blocks = nn.ModuleList([Block(mcfg, rank, P, chains) for _ in range(mcfg.n_layer)])
+        activation = fused_attention_kernels(device).relu_squared if fused_attention else relu_squared
+        self.blocks = nn.ModuleList([Block(mcfg, rank, P, chains, activation) for _ in range(mcfg.n_layer)])
         self.lm_head = nn.Parameter(torch.empty(P, mcfg.n_embd, mcfg.vocab_size))
         D = mcfg.head_dim
         inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))

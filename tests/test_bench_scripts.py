@@ -52,6 +52,7 @@ def test_gpu_check_smoke_on_cpu_writes_a_complete_report(tmp_path):
     assert counted["population"] == 2 and counted["kernels_per_step"] == sum(counted["parts"].values()) > 0
     if fused:
         assert report["kernel_count_fused"]["kernels_per_step"] < counted["kernels_per_step"]
+        assert report["kernel_bits"] == {"fp32": {"values_equal": True, "gradients_equal": True}}
     assert report["errors"] == {} and report["skipped"] == []
 
 
@@ -120,6 +121,7 @@ def test_tune_kernels_smoke_times_each_setting_and_restores_the_constants(tmp_pa
     losses = [loss for key in ("dq", "release") for r in report["phase_rows"][key] for loss in r["last_losses"]]
     assert max(losses) - min(losses) <= 1e-5 * max(losses)
     assert tune.in_force() == before
+    assert report["kernel_bits"] == {"fp32": {"values_equal": True, "gradients_equal": True}}
     assert json.loads((tmp_path / "tune.json").read_text()) == json.loads(json.dumps(report))
 
 
@@ -171,10 +173,11 @@ def test_count_kernels_takes_the_gpu_path_and_does_not_grow_with_the_population(
     # The Triton modules, their kernels' launches standing in (one operator each).
     fused = count(2, TRAINER_MODEL, batch_size=2, fused_attention=True)
     layers, chunks = TRAINER_MODEL.n_layer, 2
-    # per layer the attention's forward, dk/dv and dq, and q's and k's norm and rotation each way; per chunk the
-    # edges, the release, the running mean and a logit scale
-    assert fused["ops"]["count_kernels::triton_kernel"] == 3 * layers + 4 * layers + 4 * chunks * layers
+    # per layer the attention's forward, dk/dv and dq, q's and k's norm and rotation each way and the MLP's relu^2
+    # each way; per chunk the edges, the release, the running mean and a logit scale
+    assert fused["ops"]["count_kernels::triton_kernel"] == 3 * layers + 4 * layers + 2 * layers + 4 * chunks * layers
     assert fused["parts"]["q and k norm and rotary kernels"] == 4 * layers
+    assert fused["parts"]["MLP relu^2 kernels"] == 2 * layers and "aten::relu" not in fused["ops"]
     assert fused["parts"]["top-k edges"] == chunks * layers and "aten::topk" not in fused["ops"]
     assert fused["parts"]["fused attention kernels, forward"] == layers
     assert fused["parts"]["release step"] == 2 * chunks * layers  # the release kernel and the running mean
