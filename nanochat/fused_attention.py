@@ -148,7 +148,8 @@ def _dscores(p, do, v, delta, sig, sc, lam, eps, PREC: tl.constexpr):
 
 @triton.jit
 def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T, D, rows_per_member, n_chunks,
-                          chunk, H, QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+                          chunk, H, QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr, BM: tl.constexpr,
+                          BN: tl.constexpr, BD: tl.constexpr):
     n0 = tl.program_id(1) * BN
     r = tl.program_id(0)
     lam, eps, barrier = _knobs(LAM, EPS, BAR, r, rows_per_member)
@@ -173,7 +174,8 @@ def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T,
 
 @triton.jit
 def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DQ, T, D, rows_per_member, n_chunks, chunk,
-                        H, QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+                        H, QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr, BM: tl.constexpr,
+                        BN: tl.constexpr, BD: tl.constexpr):
     m0 = tl.program_id(1) * BM
     r = tl.program_id(0)
     lam, eps, barrier = _knobs(LAM, EPS, BAR, r, rows_per_member)

@@ -50,7 +50,8 @@ class _ReluSquared(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor) -> torch.Tensor:
         y = torch.empty_like(h)
-        _forward_kernel[(triton.cdiv(h.numel(), BLOCK),)](h, y, h.numel(), BLOCK=BLOCK)
+        if h.numel():
+            _forward_kernel[(triton.cdiv(h.numel(), BLOCK),)](h, y, h.numel(), BLOCK=BLOCK)
         ctx.save_for_backward(h)
         return y
 
@@ -59,7 +60,8 @@ class _ReluSquared(torch.autograd.Function):
         (h,) = ctx.saved_tensors
         grad = grad.contiguous()  # read in its own dtype: the product is taken in float32, as torch's mul would
         dh = torch.empty_like(h)
-        _backward_kernel[(triton.cdiv(h.numel(), BLOCK),)](h, grad, dh, h.numel(), BLOCK=BLOCK)
+        if h.numel():
+            _backward_kernel[(triton.cdiv(h.numel(), BLOCK),)](h, grad, dh, h.numel(), BLOCK=BLOCK)
         return dh
 
 
