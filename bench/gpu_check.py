@@ -332,7 +332,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     fused_pops = [int(x) for x in args.fused_populations.split(",") if x]
     if fused_pops:  # (a second; the fused path's kernels need Triton)
-        phase("kernel_bits", lambda: emit("kernel_bits", kernel_bits(dev, ("fp32",) if args.smoke else ("fp32", "bf16"))))
+        dtypes = ("fp32",) if args.smoke else ("fp32", "bf16")
+        phase("kernel_bits", lambda: emit("kernel_bits", kernel_bits(dev, dtypes)))
     phase("graph_equivalence", lambda: emit("graph_equivalence", graph_equivalence(corpus, dev, 6 if args.smoke else 12)))
     phase("cpu_vs_device", lambda: emit("cpu_vs_device", cpu_vs_device(corpus, dev, 3 if args.smoke else 30, model)))
     invariance_rows: list = []
