@@ -36,7 +36,8 @@ from common import BASELINE_MODEL, sync  # noqa: E402
 from nanochat.config import ConfigError, ModelConfig, SynapticConfig  # noqa: E402
 from nanochat.edges import top_edges  # noqa: E402
 from nanochat.population import Knobs  # noqa: E402
-from nanochat.synaptic import AttentionChains, PresynapticAttention, PresynapticState, ReleaseNoise  # noqa: E402
+from nanochat.synaptic import (AttentionChains, PresynapticAttention, PresynapticState, ReleaseNoise,  # noqa: E402
+                               fused_attention_kernels)
 
 
 def median_s(fn, dev: torch.device, repeats: int) -> float:
@@ -84,7 +85,7 @@ def probe(dev: torch.device, P: int, repeats: int, model: ModelConfig, B: int = 
     noise = ReleaseNoise([1] * P, [configs[0].stochastic_train_frac] * P, dev)
     chains = {"eager": AttentionChains(False, dev), "compiled": AttentionChains(True, dev)}
     try:  # the Triton kernels: CUDA, or Triton's interpreter (the tests' smoke run)
-        chains["fused"] = AttentionChains(False, dev, fused_attention=True)
+        chains["fused"] = AttentionChains(False, dev, fused_attention_kernels(dev))
     except ConfigError as e:
         out["fused_unavailable"] = str(e)
 

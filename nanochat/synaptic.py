@@ -365,25 +365,25 @@ class AttentionChains:
     process on 2 CPU cores (shapes are dynamic: every chunk and population size shares a graph, except P = 1 and a
     last chunk that spans all keys), so it is an option, not the default.
 
-    With `fused_attention` (CUDA) Triton kernels take over: `kernel` (nanochat/fused_attention.py) replaces the
-    chunked logits, softmax and p @ v (and so the two chains) once the state loop has run, and the state loop's
-    `state_step` and `logit_scale` are nanochat/release_triton.py's (four launches per chunk instead of ~150), and
-    `norm_rotary` (q and k's norm, rotation and scale) is nanochat/rotary_triton.py's (one launch each way instead of
-    ~20); without it `kernel` is None and the rest are the torch definitions. (The flag's fifth kernel, the MLP's
-    relu^2, is the MLP's: `SynapticGPT`.)
+    Given `kernels` (`fused_attention_kernels`, TrainConfig.fused_attention, CUDA) Triton kernels take over:
+    `kernel` (nanochat/fused_attention.py) replaces the chunked logits, softmax and p @ v (and so the two chains)
+    once the state loop has run, and the state loop's `state_step` and `logit_scale` are
+    nanochat/release_triton.py's (four launches per chunk instead of ~150), and `norm_rotary` (q and k's norm,
+    rotation and scale) is nanochat/rotary_triton.py's (one launch each way instead of ~20); without it `kernel` is
+    None and the rest are the torch definitions. (The flag's fifth kernel, the MLP's relu^2, is the MLP's:
+    `SynapticGPT`.)
     """
 
-    def __init__(self, fuse: bool, device: torch.device, fused_attention: bool = False):
+    def __init__(self, fuse: bool, device: torch.device, kernels: TritonKernels | None = None):
         self.forward, self.backward, self.state_step = _logits_chain, _logits_chain_backward, _state_step
         self.logit_scale, self.kernel, self.norm_rotary = PresynapticState.logit_scale, None, norm_rotary
-        if fused_attention:
-            k = fused_attention_kernels(device)
-            self.kernel, self.state_step, self.logit_scale, self.norm_rotary = (k.attention, k.state_step,
-                                                                                k.logit_scale, k.norm_rotary)
+        if kernels is not None:  # fused_attention_kernels(device)
+            self.kernel, self.state_step, self.logit_scale, self.norm_rotary = (kernels.attention, kernels.state_step,
+                                                                                kernels.logit_scale, kernels.norm_rotary)
         if fuse:
             self.forward = compiled(_logits_chain)
             self.backward = compiled(_logits_chain_backward)
-            if device.type == "cuda" and not fused_attention:
+            if device.type == "cuda" and kernels is None:
                 self.state_step = compiled(_state_step)
 
 
@@ -699,8 +699,9 @@ class SynapticGPT(nn.Module):
         self.knobs = Knobs(configs, device)
         rank = self.knobs.structure.post_rank
         self.wte = nn.Parameter(torch.empty(P, mcfg.vocab_size, mcfg.n_embd))
-        chains = AttentionChains(compile, device, fused_attention)  # shared by the layers (compiled once)
-        activation = fused_attention_kernels(device).relu_squared if fused_attention else relu_squared
+        kernels = fused_attention_kernels(device) if fused_attention else None
+        chains = AttentionChains(compile, device, kernels)  # shared by the layers (compiled once)
+        activation = kernels.relu_squared if kernels is not None else relu_squared
         self.blocks = nn.ModuleList([Block(mcfg, rank, P, chains, activation) for _ in range(mcfg.n_layer)])
         self.lm_head = nn.Parameter(torch.empty(P, mcfg.n_embd, mcfg.vocab_size))
         D = mcfg.head_dim
