@@ -154,6 +154,7 @@ class _Counter(TorchDispatchMode):
         self.parts: collections.Counter = collections.Counter()
         self.lines: collections.Counter = collections.Counter()  # "synaptic.py:123 aten::mul" -> kernels
         self.part_bytes: collections.Counter = collections.Counter()  # operand bytes, by part
+        self.line_bytes: collections.Counter = collections.Counter()  # operand bytes, by line and operator
         self.inside_regions = 0
         self.region_calls: dict[int, object] = {}  # holding each call's frame keeps its id unique
 
@@ -165,8 +166,11 @@ class _Counter(TorchDispatchMode):
             self.ops[name] += n
             part, region = _where(sys._getframe(1))
             self.parts[part] += n
-            self.part_bytes[part] += _operand_bytes(args, kwargs or {}, result)
-            self.lines[f"{_nanochat_line(sys._getframe(1))} {name}"] += n
+            moved = _operand_bytes(args, kwargs or {}, result)
+            line = f"{_nanochat_line(sys._getframe(1))} {name}"
+            self.part_bytes[part] += moved
+            self.line_bytes[line] += moved
+            self.lines[line] += n
             if region is not None:
                 self.inside_regions += n
                 self.region_calls[id(region)] = region
@@ -285,7 +289,8 @@ def _count_step(net, model: ModelConfig, population: int, batch_size: int, fused
         "parts": dict(counter.parts.most_common()),
         "ops": dict(counter.ops.most_common()),
         "lines": dict(counter.lines.most_common()),
-        "operand_bytes": {"total": sum(counter.part_bytes.values()), "parts": dict(counter.part_bytes.most_common())},
+        "operand_bytes": {"total": sum(counter.part_bytes.values()), "parts": dict(counter.part_bytes.most_common()),
+                          "lines": dict(counter.line_bytes.most_common())},
         "compiled_regions": {"calls": len(counter.region_calls), "ops_inside": counter.inside_regions,
                              "ops_outside": total - counter.inside_regions},
     }
@@ -296,7 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--population", type=int, default=32)
     ap.add_argument("--fused-attention", action="store_true", help="count a step with TrainConfig.fused_attention")
     ap.add_argument("--by-line", type=int, default=0, metavar="N",
-                    help="also print the N source lines (and operators) that launch the most kernels")
+                    help="also print the N source lines (and operators) that launch the most kernels, and the N "
+                         "that move the most operand bytes")
     ap.add_argument("--bandwidth-tbs", type=float, default=4.8,
                     help="memory bandwidth (TB/s) to turn operand bytes into a floor on step time; default 4.8, the "
                          "H200's specification (an H100 SXM's is 3.35)")
@@ -324,6 +330,10 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.population / floor_s:,.0f} member-steps/s if memory traffic were all that limited it")
     for part, n in list(moved["parts"].items())[:8]:
         print(f"  {n / 1e9:8.2f} GB  {n / moved['total']:6.1%}  {part}")
+    if args.by_line:
+        print(f"the {args.by_line} lines of nanochat that move the most operand bytes:")
+        for line, n in list(moved["lines"].items())[:args.by_line]:
+            print(f"  {n / 1e9:8.2f} GB  {n / moved['total']:6.1%}  {line}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)

@@ -169,7 +169,8 @@ def test_count_kernels_takes_the_gpu_path_and_does_not_grow_with_the_population(
     assert two["kernels_per_step"] == five["kernels_per_step"] > 500  # no Python loop over members
     # ... while the bytes the operators move grow with it (per-member activations, weights and state)
     moved = two["operand_bytes"]
-    assert moved["total"] == sum(moved["parts"].values()) > 0
+    assert moved["total"] == sum(moved["parts"].values()) == sum(moved["lines"].values()) > 0
+    assert set(moved["lines"]) == set(two["lines"])  # every line that launches has its bytes, and no other
     assert five["operand_bytes"]["total"] > 2 * moved["total"]
     assert sum(two["parts"].values()) == two["kernels_per_step"]
     assert {"aten::topk", "aten::scatter_"} <= set(two["ops"])  # CUDA's top-k and dense per-key sums
