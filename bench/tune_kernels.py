@@ -10,7 +10,9 @@
                      FORWARD, each a Launch: queries and keys a block, warps, pipeline stages);
   release            the state step's release (nanochat/release_triton.py: KEY_BLOCK, EDGES_PER_WARP, SUMS_FIRST,
                      UPDATE_BLOCK);
-  top_k              the release edges' top-k (nanochat/edges_triton.py: KEYS_PER_PROGRAM, KEYS_PER_WARP).
+  top_k              the release edges' top-k (nanochat/edges_triton.py: METHOD, "rounds" of a row maximum over
+                     KEYS_PER_PROGRAM keys on a warp per KEYS_PER_WARP, or a "scan" of each row by one thread on
+                     SCAN_WARPS warps a program).
 
 Timing (a GPU). First `kernel_bits` (gpu_check.py: the relu^2 kernels against torch, float32 and bfloat16, a
 second). Then each phase in `--phases` order times its settings, the one in force first, each as one training run
@@ -71,12 +73,13 @@ PHASES: dict[str, tuple[object, tuple[str, ...], list[tuple]]] = {
         (Launch(32, 32, 4, 2),), (Launch(128, 32, 8, 3),), (Launch(16, 32, 2, 2),)]),
     "release": (release_triton, ("KEY_BLOCK", "EDGES_PER_WARP", "SUMS_FIRST", "UPDATE_BLOCK"), [
         (4, 256, False, 256), (4, 256, True, 256), (4, 128, True, 256), (8, 128, True, 256), (4, 64, True, 256)]),
-    "top_k": (edges_triton, ("KEYS_PER_PROGRAM", "KEYS_PER_WARP"), [(256, 256), (512, 256), (1024, 128)]),
+    "top_k": (edges_triton, ("METHOD", "KEYS_PER_PROGRAM", "KEYS_PER_WARP", "SCAN_WARPS"), [
+        ("rounds", 256, 256, 4), ("scan", 256, 256, 4), ("scan", 256, 256, 2), ("scan", 256, 256, 8)]),
 }
 # Two settings of one phase sum in other orders: after 10 steps their losses differ by float rounding (the tenth
 # session's release and top-k rows on the H200: under 1e-5 relative, TF32). A row further off is not chosen.
 LOSS_REL_TOL = 1e-3
-DEFAULT_PHASES = "dkdv,dq,forward,release"  # the top-k was tuned on an H200 (2026-11-28); name it to time it again
+DEFAULT_PHASES = "dkdv,dq,forward,release,top_k"
 
 
 def in_force() -> dict[str, list]:
@@ -138,33 +141,47 @@ _INTEGERS = {"T", "D", "rows_per_member", "n_chunks", "chunk", "rows", "n", "q",
 _FLOATS = {"scale", "eps"}
 
 
-def compile_for_hopper(kernel, constants: dict, pointers: dict | None = None, warps: int = 4, stages: int = 3):
+def compile_for_hopper(kernel, constants: dict, pointers: dict | None = None, warps: int = 4, stages: int = 3,
+                       aligned: tuple[str, ...] = ()):
     """`kernel` compiled by Triton for sm_90 without a GPU; pointers are float32 unless `pointers` names them, the
-    `constants` are compile-time. Returns Triton's compiled kernel (its cubin in .asm["cubin"])."""
+    `constants` are compile-time, and the arguments named in `aligned` are known to be multiples of 16 (Triton's
+    launcher tells its compiler so for every pointer and integer that is, and compiles a variant for it). Returns
+    Triton's compiled kernel (its cubin in .asm["cubin"])."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     names = kernel.arg_names
     signature = {n: "constexpr" if n in constants else "i32" if n in _INTEGERS else "fp32" if n in _FLOATS
                  else (pointers or {}).get(n, "*fp32") for n in names}
-    source = ASTSource(kernel, signature, constexprs={(names.index(k),): v for k, v in constants.items()})
+    source = ASTSource(kernel, signature, constexprs={(names.index(k),): v for k, v in constants.items()},
+                       attrs={(names.index(n),): [["tt.divisibility", 16]] for n in aligned})
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
 
 
 def resource_usage(compiled) -> dict:
-    """Registers per thread and stack bytes (spills) of a compiled kernel's cubin (cuobjdump), and shared memory."""
+    """Registers per thread and stack bytes (spills) of a compiled kernel's cubin (cuobjdump), its shared memory, and
+    its machine code's length: instructions (NOPs left out) and the instructions of each loop body (from a
+    backward branch's target to the branch), a static measure of the work a program does, not a time."""
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "kernel.cubin")
         with open(path, "wb") as f:
             f.write(compiled.asm["cubin"])
         out = subprocess.run([tool, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([tool, "-sass", path], capture_output=True, text=True, check=True).stdout
+    code = [(int(at, 16), ins) for at, ins in re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]*);", sass)]
+    loops = []
+    for at, ins in code:  # sm_90 instructions are 16 bytes
+        branch = re.search(r"\bBRA\s+(?:`\()?0x([0-9a-f]+)", ins)
+        if branch and int(branch.group(1), 16) < at:
+            loops.append((at - int(branch.group(1), 16)) // 16 + 1)
     return {"registers": int(re.search(r"REG:(\d+)", out).group(1)),
-            "stack_bytes": int(re.search(r"STACK:(\d+)", out).group(1)), "shared_bytes": compiled.metadata.shared}
+            "stack_bytes": int(re.search(r"STACK:(\d+)", out).group(1)), "shared_bytes": compiled.metadata.shared,
+            "instructions": sum("NOP" not in ins for _, ins in code), "loop_instructions": loops}
 
 
 def _builds(phase: str):
-    """(variant, kernel, constants, pointers, warps, stages) of a phase's kernel with the settings in force, at the
+    """(variant, kernel, constants, pointers, warps, stages, aligned) of a phase's kernel with the settings in force, at the
     baseline's shapes: heads of 32, release rows of 256 edges (a chunk's 32 queries x their top 8) and top-k rows of
     256 keys. Warps come from the modules' own rules (warps_for)."""
     if phase in ("dkdv", "dq", "forward"):
@@ -174,18 +191,21 @@ def _builds(phase: str):
         for dtype, precision in (("fp32", "tf32"), ("bf16", "ieee")):
             pointers = {n: "*" + dtype for n in ("Q", "K", "V", "OUT", "DO", "DK", "DV", "DQ")}
             yield (dtype, kernel, {"PREC": precision, "BM": launch.queries, "BN": launch.keys, "BD": 32}, pointers,
-                   launch.warps, launch.stages)
+                   launch.warps, launch.stages, ())
     elif phase == "release":
         rt = release_triton
         for draws in (False, True):
             yield ("draws" if draws else "no draws", rt._release_kernel,
                    {"K": 8, "E": 256, "DELAY": 2, "DRAWS": draws, "N_KNOBS": 19, "BK": rt.KEY_BLOCK,
                     "SUMS_FIRST": rt.SUMS_FIRST, "BL": rt.UPDATE_BLOCK}, {"IDX": "*i64", "VALID": "*i1"},
-                   rt.warps_for(256), 3)
+                   rt.warps_for(256), 3, ())
+    elif edges_triton.METHOD == "scan":
+        yield ("scan", edges_triton._scan_kernel, {"K": 8, "BR": 32 * edges_triton.SCAN_WARPS},
+               {"IDX": "*i64", "VALID": "*i1"}, edges_triton.SCAN_WARPS, 3, ("DOTS", "n"))
     else:
         rows = max(1, edges_triton.KEYS_PER_PROGRAM // 256)
         yield ("256 keys", edges_triton._top_edges_kernel, {"K": 8, "BR": rows, "BN": 256},
-               {"IDX": "*i64", "VALID": "*i1"}, edges_triton.warps_for(rows * 256), 3)
+               {"IDX": "*i64", "VALID": "*i1"}, edges_triton.warps_for(rows * 256), 3, ())
 
 
 def resources(phases: list[str]) -> list[dict]:
@@ -193,8 +213,8 @@ def resources(phases: list[str]) -> list[dict]:
     for phase in phases:
         for setting in PHASES[phase][2]:
             with launch_settings({phase: _plain(setting)}):
-                for variant, kernel, constants, pointers, warps, stages in _builds(phase):
-                    usage = resource_usage(compile_for_hopper(kernel, constants, pointers, warps, stages))
+                for variant, kernel, constants, pointers, warps, stages, aligned in _builds(phase):
+                    usage = resource_usage(compile_for_hopper(kernel, constants, pointers, warps, stages, aligned))
                     row = {"phase": phase, "setting": _plain(setting), "variant": variant, "warps": warps, **usage}
                     rows.append(row)
                     print(json.dumps(row), flush=True)

@@ -152,6 +152,22 @@ def test_tune_kernels_phases_start_from_the_settings_in_force_and_name_real_cons
     assert not tune.losses_agree([float("nan")], [3.0469]) and not tune.losses_agree([3.0], [3.0, 3.0])
 
 
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+def test_tune_kernels_resources_read_registers_and_loops_from_the_machine_code(monkeypatch):
+    """--resources compiles for sm_90 without a GPU and reads the cubin: a kernel without a loop (relu^2) and the
+    top-k scan, whose one loop (four keys a trip) is a fraction of its code."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("TRITON_DEFAULT_FP_FUSION", "1")
+    tune = load_bench("tune_kernels")
+    from nanochat import edges_triton, relu2_triton
+
+    flat = tune.resource_usage(tune.compile_for_hopper(relu2_triton._forward_kernel, {"BLOCK": 1024}))
+    assert flat["registers"] > 0 and flat["stack_bytes"] == 0 and flat["loop_instructions"] == []
+    scan = tune.resource_usage(tune.compile_for_hopper(
+        edges_triton._scan_kernel, {"K": 8, "BR": 128}, {"IDX": "*i64", "VALID": "*i1"}, 4, 3, ("DOTS", "n")))
+    assert len(scan["loop_instructions"]) == 1 and 8 * 4 < scan["loop_instructions"][0] < scan["instructions"]
+
+
 def test_count_kernels_counts_a_tensors_bytes_once_however_it_is_viewed():
     span = load_bench("count_kernels")._span
     x = torch.empty(4, 6, device="meta")

@@ -116,15 +116,19 @@ def test_float64_and_large_k_take_the_torch_path(monkeypatch):
     assert calls == [] and all(torch.equal(a, b) for a, b in zip(got, oracle(wide, 65)))
 
 
-TRITON_CASES = CASES + [((2,), 7, 1500, 8)]  # a row longer than a Triton program's 1,024 keys
+TRITON_CASES = [(*case, method) for case in CASES for method in ("rounds", "scan")]
+TRITON_CASES.append(((2,), 7, 1500, 8, "rounds"))  # a row longer than a program's 1,024 keys
 
 
 @needs_interpreter
-@pytest.mark.parametrize("lead, q, n, k", TRITON_CASES)
+@pytest.mark.parametrize("lead, q, n, k, method", TRITON_CASES)
 @pytest.mark.parametrize("kind", ["normal", "awkward"])
-def test_the_triton_kernel_follows_the_rule(lead, q, n, k, kind):
+def test_the_triton_kernel_follows_the_rule(lead, q, n, k, method, kind, monkeypatch):
+    """Both of the kernel's methods (edges_triton.METHOD): rounds of a row maximum, and one thread scanning a row."""
+    from nanochat import edges_triton
     from nanochat.edges_triton import top_edges as triton_top_edges
 
+    monkeypatch.setattr(edges_triton, "METHOD", method)
     dots = scores(lead, q, n, k, kind)
     before = dots.clone()
     got = triton_top_edges(dots, own_mask(q), k)

@@ -257,8 +257,8 @@ from nanochat import edges_triton as et, fused_attention as fa, release_triton a
 from nanochat import rotary_triton as ro
 
 
-def build(kernel, constants, pointers=None, warps=4, stages=3):
-    compiled = compile_for_hopper(kernel, constants, pointers, warps, stages)
+def build(kernel, constants, pointers=None, warps=4, stages=3, aligned=()):
+    compiled = compile_for_hopper(kernel, constants, pointers, warps, stages, aligned)
     assert compiled.asm["cubin"], kernel
     print(kernel.fn.__name__, constants, compiled.metadata.shared)
 
@@ -273,6 +273,9 @@ for keys in (256, 2048):  # the release edges, rows of 256 and 2,048 keys
     rows = max(1, et.KEYS_PER_PROGRAM // keys)
     build(et._top_edges_kernel, {"K": 8, "BR": rows, "BN": keys}, {"IDX": "*i64", "VALID": "*i1"},
           et.warps_for(rows * keys))
+for aligned in ((), ("DOTS", "n")):  # the other method, one thread a row (any row length; a multiple of 16)
+    build(et._scan_kernel, {"K": 8, "BR": 32 * et.SCAN_WARPS}, {"IDX": "*i64", "VALID": "*i1"}, et.SCAN_WARPS,
+          aligned=aligned)
 for draws in (False, True):  # the release step, with and without stochastic rows
     build(rt._release_kernel, {"K": 8, "E": 256, "DELAY": 2, "DRAWS": draws, "N_KNOBS": 19, "BK": rt.KEY_BLOCK,
                                "SUMS_FIRST": rt.SUMS_FIRST, "BL": rt.UPDATE_BLOCK},
@@ -291,9 +294,9 @@ for dtype in ("fp32", "bf16"):  # the MLP's relu^2 each way (d out in h's dtype)
 def test_kernels_compile_for_a_hopper_gpu_without_one():
     """The interpreter does not compile anything: here Triton's compiler builds every Triton kernel of
     `fused_attention` for sm_90 (an H100/H200) down to a cubin, as a GPU's first step would: the attention's three
-    in float32 with TF32 products and in bfloat16, the release edges' (nanochat/edges_triton.py), the state
-    step's (nanochat/release_triton.py), q and k's norm and rotation (nanochat/rotary_triton.py) and the MLP's
-    relu^2 (nanochat/relu2_triton.py)."""
+    in float32 with TF32 products and in bfloat16, the release edges' by both methods (nanochat/edges_triton.py),
+    the state step's (nanochat/release_triton.py), q and k's norm and rotation (nanochat/rotary_triton.py) and the
+    MLP's relu^2 (nanochat/relu2_triton.py)."""
     if importlib.util.find_spec("triton") is None:
         pytest.skip("needs Triton (the test extra installs it on Linux x86-64)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -302,4 +305,4 @@ def test_kernels_compile_for_a_hopper_gpu_without_one():
     done = subprocess.run([sys.executable, "-c", f"BENCH = {bench!r}\n" + COMPILE_FOR_HOPPER], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(done.stdout.splitlines()) == 6 + 2 + 2 + 2 + 4 + 4
+    assert len(done.stdout.splitlines()) == 6 + 2 + 2 + 2 + 2 + 4 + 4
