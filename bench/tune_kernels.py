@@ -71,8 +71,10 @@ PHASES: dict[str, tuple[object, tuple[str, ...], list[tuple]]] = {
     "forward": (fused_attention, ("FORWARD",), [
         (Launch(64, 32, 4, 3),), (Launch(64, 32, 8, 3),), (Launch(64, 16, 4, 3),), (Launch(64, 32, 4, 1),),
         (Launch(32, 32, 4, 2),), (Launch(128, 32, 8, 3),), (Launch(16, 32, 2, 2),)]),
-    "release": (release_triton, ("KEY_BLOCK", "EDGES_PER_WARP", "SUMS_FIRST", "UPDATE_BLOCK"), [
-        (4, 256, False, 256), (4, 256, True, 256), (4, 128, True, 256), (8, 128, True, 256), (4, 64, True, 256)]),
+    "release": (release_triton, ("KEY_SUMS", "KEY_BLOCK", "EDGES_PER_WARP", "SUMS_FIRST", "UPDATE_BLOCK"), [
+        ("match", 4, 256, False, 256), ("match", 4, 256, True, 256), ("match", 4, 64, True, 256),
+        ("search", 4, 256, False, 256), ("search", 4, 128, False, 256), ("search", 4, 64, False, 256),
+        ("search", 4, 32, False, 256), ("search", 4, 64, False, 128)]),
     "top_k": (edges_triton, ("METHOD", "KEYS_PER_PROGRAM", "KEYS_PER_WARP", "SCAN_WARPS"), [
         ("rounds", 256, 256, 4), ("scan", 256, 256, 4), ("scan", 256, 256, 2), ("scan", 256, 256, 8)]),
 }
@@ -197,8 +199,8 @@ def _builds(phase: str):
         for draws in (False, True):
             yield ("draws" if draws else "no draws", rt._release_kernel,
                    {"K": 8, "E": 256, "DELAY": 2, "DRAWS": draws, "N_KNOBS": 19, "BK": rt.KEY_BLOCK,
-                    "SUMS_FIRST": rt.SUMS_FIRST, "BL": rt.UPDATE_BLOCK}, {"IDX": "*i64", "VALID": "*i1"},
-                   rt.warps_for(256), 3, ())
+                    "SUMS_FIRST": rt.SUMS_FIRST, "BL": rt.UPDATE_BLOCK, "SEARCH": rt.KEY_SUMS == "search",
+                    "K_BITS": 4}, {"IDX": "*i64", "VALID": "*i1"}, rt.warps_for(256), 3, ())
     elif edges_triton.METHOD == "scan":
         yield ("scan", edges_triton._scan_kernel, {"K": 8, "BR": 32 * edges_triton.SCAN_WARPS},
                {"IDX": "*i64", "VALID": "*i1"}, edges_triton.SCAN_WARPS, 3, ("DOTS", "n"))

@@ -42,12 +42,23 @@ KEY_BLOCK = 4
 EDGES_PER_WARP = 256
 MAX_WARPS = 8
 # With SUMS_FIRST the key loop only sums (KEY_BLOCK keys a step) into a scratch row of the program's own (3 x T
-# floats); then the keys' state is read, updated and written UPDATE_BLOCK keys at a time. Without it, each of the
-# loop's steps (64 for 256 keys) waits on the loads of its few keys' state before it can update them; with it, the
-# loop has no load to wait on. The same sums and the same update, so the same numbers bit for bit. Off until a GPU
+# floats); then the keys' state is read, updated and written UPDATE_BLOCK keys at a time (as KEY_SUMS "search"
+# does). Without it, each of the loop's steps (64 for 256 keys) waits on the loads of its few keys' state before it
+# can update them; with it, the loop has no load to wait on. The same sums and the same update, so the same numbers bit for bit. Off until a GPU
 # times it (bench/tune_kernels.py).
 SUMS_FIRST = False
 UPDATE_BLOCK = 256
+# How a key's sums find its edges. "match": each step of the key loop compares every edge of the row with its block
+# of keys, (edges x keys) comparisons a row, summed across the warp's threads. "search": one thread per key (a block
+# of UPDATE_BLOCK keys a step) looks its key up in each query's k edges, which are in ascending key order and
+# distinct (top_edges' order), by binary search: Qc (log2 k + 1) probes a key instead of Qc k comparisons, nothing
+# summed across threads, and a key's sum runs over the queries in order. The match sums in a tree, so the two round
+# differently (tests/test_release_triton.py holds both to the torch definition). Compiled for sm_90 with stochastic
+# rows (bench/tune_kernels.py --resources, Triton 3.9), a row of 256 keys and 32 queries costs the match's key loop
+# 64 x 1,131 = 72k warp instructions on one warp (255 registers, 1 KB spilled), the search's on 4 warps (64 edges a
+# warp) 4 x 32 x 133 = 17k (94 registers, none spilled); which is faster only a GPU says, so the match stays until
+# one times it.
+KEY_SUMS = "match"
 
 
 def warps_for(edges: int) -> int:
@@ -159,10 +170,35 @@ def _update_keys(C, RRP, RES, SN, CL, AMP, EN, QUEUE, at_key, keys, released, dr
 
 
 @triton.jit
-def _release_kernel(C, RRP, RES, SN, CL, AMP, EN, QUEUE, IDX, VALS, VALID, ROW_U, U, KNOBS, SHARES, SUMS, T, n_keys,
-                    Qc, rows_per_member, row_u_stride, u_stride, K: tl.constexpr, E: tl.constexpr,
+def _searched_sums(IDX, VALS, VALID, EDGE_R, edges, key, Qc, K: tl.constexpr, K_BITS: tl.constexpr,
+                   BL: tl.constexpr):
+    """A block of keys' release, drive and valid edges, each key looked up in every query's k edges (ascending,
+    distinct) by binary search; `edges` is the row's first edge. The sums run over the queries in order."""
+    released = tl.zeros((BL,), tl.float32)
+    drive = tl.zeros((BL,), tl.float32)
+    count = tl.zeros((BL,), tl.float32)
+    for q in range(0, Qc):
+        first = edges + q * K
+        below = tl.zeros((BL,), tl.int32)  # how many of the query's edges point before the key
+        for s in tl.static_range(K_BITS):
+            step = 1 << (K_BITS - 1 - s)
+            probe = below + (step - 1)
+            inside = probe < K
+            before = tl.load(IDX + first + probe, mask=inside, other=0) < key
+            below = tl.where(inside & before, below + step, below)
+        at = first + below
+        hit = (below < K) & (tl.load(IDX + at, mask=below < K, other=-1) == key)
+        released += tl.load(EDGE_R + at, mask=hit, other=0.0)
+        drive += tl.load(VALS + at, mask=hit, other=0.0)
+        count += tl.load(VALID + at, mask=hit, other=0).to(tl.float32)
+    return released, drive, count
+
+
+@triton.jit
+def _release_kernel(C, RRP, RES, SN, CL, AMP, EN, QUEUE, IDX, VALS, VALID, ROW_U, U, KNOBS, SHARES, SUMS, EDGE_R, T,
+                    n_keys, Qc, rows_per_member, row_u_stride, u_stride, K: tl.constexpr, E: tl.constexpr,
                     DELAY: tl.constexpr, DRAWS: tl.constexpr, N_KNOBS: tl.constexpr, BK: tl.constexpr,
-                    SUMS_FIRST: tl.constexpr, BL: tl.constexpr):
+                    SUMS_FIRST: tl.constexpr, BL: tl.constexpr, SEARCH: tl.constexpr, K_BITS: tl.constexpr):
     row = tl.program_id(0)
     member, in_member = row // rows_per_member, row % rows_per_member
     state = row.to(tl.int64) * T
@@ -195,7 +231,9 @@ def _release_kernel(C, RRP, RES, SN, CL, AMP, EN, QUEUE, IDX, VALS, VALID, ROW_U
     amp_e = tl.load(AMP + state + idx, mask=live, other=0.0)  # before this step's update
     tl.store(SHARES + row * 2, tl.sum(tl.where(live, tl.abs(r_e * amp_e), 0.0), 0))
     tl.store(SHARES + row * 2 + 1, tl.sum(valid, 0))
-    tl.debug_barrier()  # every edge has read its key's state before any key is written
+    if SEARCH:  # each edge's release, for the threads of the keys that look it up
+        tl.store(EDGE_R + at, r_e, mask=live)
+    tl.debug_barrier()  # every edge has read its key's state before any key is written (and its release is stored)
     # 2. Every key: the sums of its edges, then its update in place.
     rate = (1.0 - tau) * alpha
     rec = _knob(KNOBS, member, 8, N_KNOBS)
@@ -209,7 +247,16 @@ def _release_kernel(C, RRP, RES, SN, CL, AMP, EN, QUEUE, IDX, VALS, VALID, ROW_U
     init_amp = _knob(KNOBS, member, 16, N_KNOBS)
     fill = _knob(KNOBS, member, 17, N_KNOBS)
     use = _knob(KNOBS, member, 18, N_KNOBS)
-    if SUMS_FIRST:  # all the sums into SUMS first, then the keys' update BL keys at a time (no load in the sum loop)
+    if SEARCH:  # one thread per key, BL keys a step
+        for k0 in range(0, n_keys, BL):
+            key = k0 + tl.arange(0, BL)
+            keys = key < n_keys
+            released, drive, count = _searched_sums(IDX, VALS, VALID, EDGE_R, row.to(tl.int64) * edges_here, key, Qc,
+                                                    K, K_BITS, BL)
+            _update_keys(C, RRP, RES, SN, CL, AMP, EN, QUEUE, state + key, keys, released, drive, count, tau, rate,
+                         rec, init_rrp, prime, unprime, nsf, init_clamp, amp_load, amp_leak, init_amp, fill, use,
+                         DELAY)
+    elif SUMS_FIRST:  # all the sums into SUMS first, then the keys' update BL keys at a time (no load in the sum loop)
         sums = row.to(tl.int64) * 3 * T
         for k0 in range(0, n_keys, BK):
             key = k0 + tl.arange(0, BK)
@@ -280,21 +327,25 @@ def _state(state) -> tuple[torch.Tensor, ...]:
 
 def release(state, vals: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, n_keys: int, ema: torch.Tensor, k,
             uniforms: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-    """PresynapticState.release (same arguments), advancing `state` and `ema` in place."""
+    """PresynapticState.release (same arguments), advancing `state` and `ema` in place. Each query's edges are in
+    ascending key order, as top_edges gives them (KEY_SUMS "search" relies on it)."""
     P, B, H, Qc, K = vals.shape
     T, delay = state.c.shape[-1], k.structure.endo_delay
     tensors = _state(state)
     _check_ema(ema)
     shares = vals.new_empty(P, B * H, 2)
-    sums = vals.new_empty(P * B * H, 3, T) if SUMS_FIRST else shares  # shares: not read
+    search = KEY_SUMS == "search"
+    sums = vals.new_empty(P * B * H, 3, T) if SUMS_FIRST and not search else shares  # shares: not read
+    edge_r = vals.new_empty(P, B, H, Qc, K) if search else shares
     row_u, u = member_draws(uniforms)
     strides = (0, 0) if u is None else (row_u.stride(0), u.stride(0))
     edges = triton.next_power_of_2(Qc * K)
     _release_kernel[(P * B * H,)](*tensors, idx.contiguous(), vals.contiguous(), valid.contiguous(),
                                   vals if u is None else row_u, vals if u is None else u,  # vals: not read
-                                  knob_table(k), shares, sums, T, n_keys, Qc, B * H, *strides,
+                                  knob_table(k), shares, sums, edge_r, T, n_keys, Qc, B * H, *strides,
                                   K=K, E=edges, DELAY=delay, DRAWS=u is not None, N_KNOBS=len(KNOB_COLUMNS),
-                                  BK=KEY_BLOCK, SUMS_FIRST=SUMS_FIRST, BL=UPDATE_BLOCK, num_warps=warps_for(edges))
+                                  BK=KEY_BLOCK, SUMS_FIRST=SUMS_FIRST, BL=UPDATE_BLOCK, SEARCH=search,
+                                  K_BITS=K.bit_length(), num_warps=warps_for(edges))
     _running_mean_kernel[(P,)](shares, ema, B * H, BR=min(1024, triton.next_power_of_2(B * H)))
 
 

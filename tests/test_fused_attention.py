@@ -276,10 +276,11 @@ for keys in (256, 2048):  # the release edges, rows of 256 and 2,048 keys
 for aligned in ((), ("DOTS", "n")):  # the other method, one thread a row (any row length; a multiple of 16)
     build(et._scan_kernel, {"K": 8, "BR": 32 * et.SCAN_WARPS}, {"IDX": "*i64", "VALID": "*i1"}, et.SCAN_WARPS,
           aligned=aligned)
-for draws in (False, True):  # the release step, with and without stochastic rows
-    build(rt._release_kernel, {"K": 8, "E": 256, "DELAY": 2, "DRAWS": draws, "N_KNOBS": 19, "BK": rt.KEY_BLOCK,
-                               "SUMS_FIRST": rt.SUMS_FIRST, "BL": rt.UPDATE_BLOCK},
-          {"IDX": "*i64", "VALID": "*i1"}, rt.warps_for(256))
+for draws in (False, True):  # the release step, with and without stochastic rows, its keys' sums both ways
+    for search in (False, True):
+        build(rt._release_kernel, {"K": 8, "E": 256, "DELAY": 2, "DRAWS": draws, "N_KNOBS": 19, "BK": rt.KEY_BLOCK,
+                                   "SUMS_FIRST": rt.SUMS_FIRST, "BL": rt.UPDATE_BLOCK, "SEARCH": search,
+                                   "K_BITS": 4}, {"IDX": "*i64", "VALID": "*i1"}, rt.warps_for(256))
 build(rt._running_mean_kernel, {"BR": 32})
 build(rt._logit_scale_kernel, {"N_KNOBS": 19, "BL": 256})
 for dtype in ("fp32", "bf16"):  # q and k's norm and rotation, from float32 or 16-bit projections
@@ -305,4 +306,4 @@ def test_kernels_compile_for_a_hopper_gpu_without_one():
     done = subprocess.run([sys.executable, "-c", f"BENCH = {bench!r}\n" + COMPILE_FOR_HOPPER], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(done.stdout.splitlines()) == 6 + 2 + 2 + 2 + 2 + 4 + 4
+    assert len(done.stdout.splitlines()) == 6 + 2 + 2 + 4 + 2 + 4 + 4

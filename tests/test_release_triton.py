@@ -131,6 +131,28 @@ def test_summing_every_key_first_gives_the_same_bits(monkeypatch):
     assert state.rrp.ne(knobs.init_rrp.view(-1, 1, 1, 1)).any()  # the state moved
 
 
+def test_searching_each_querys_edges_follows_the_definition_and_keeps_rows_apart(monkeypatch):
+    """release_triton.KEY_SUMS = "search" (a launch choice bench/tune_kernels.py times on a GPU): each key's sums
+    found by binary search in every query's edges, in blocks of 32 keys (the last partial), sum in another order
+    than the match, so they are held to the definition (one step's rounding, with the queue and the draws), and
+    rows still never mix: a member alone and beside a NaN member keeps its bits."""
+    monkeypatch.setattr(release_triton, "KEY_SUMS", "search")
+    monkeypatch.setattr(release_triton, "UPDATE_BLOCK", 32)
+    test_the_kernels_follow_the_torch_definition(2, True, 40, 8)
+    knobs, noise = _population(2, True, 8)
+    q, key = _dots(8, 1, 2, 24)
+    state, ema, _ = _loop(release_triton.state_step, knobs, noise, q, key, 8)
+    alone = _loop(release_triton.state_step, *_population(2, True, 8, slice(1, 2)), q[1:2], key[1:2], 8)
+    assert all(torch.equal(getattr(state, n)[1:2], getattr(alone[0], n)) for n in STATE)
+    knobs_nan, noise = _population(2, True, 8)
+    knobs_nan.tau_c[3] = float("nan")
+    broken = _loop(release_triton.state_step, knobs_nan, noise, q, key, 8)
+    others = [m for m in range(8) if m != 3]
+    assert broken[0].c[3].isnan().any()
+    assert all(torch.equal(getattr(state, n)[others], getattr(broken[0], n)[others]) for n in STATE)
+    assert torch.equal(ema[others], broken[1][others])
+
+
 def test_the_kernels_refuse_a_state_they_cannot_read():
     knobs, _ = _population(0, False, 8)
     state = synaptic.PresynapticState((8, 1, 1, 16), knobs, CPU, torch.float64)
