@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from nanochat.config import ConfigError
 
@@ -47,6 +47,7 @@ def run_pilot(
     resume: bool = False,
     objective: Objective | None = None,
     progress: Callable[[PilotEvent], None] | None = None,
+    recorders: Sequence[Recorder] = (),
     plots: bool = True,
     extra_run_info: dict | None = None,
     **settings,
@@ -56,19 +57,24 @@ def run_pilot(
     `settings` are the fields of `PilotSpec` (generations, population_size, sigma, seeds, model, train, data,
     device, evaluator, max_batch, ...), with its defaults; or pass a whole `spec` (settings then override it).
     `objective`, if given, replaces training: it maps a list of decoded-knob dicts to scores (lower is better).
-    `progress` receives a `PilotEvent` per event (the CLI's progress bar). `extra_run_info` is stored in run.json.
-    Raises `ConfigError` (one line, naming the parameter) on bad input, before anything is written.
+    `progress` receives a `PilotEvent` per event (the CLI's progress bar). `recorders` are your own `Recorder`s,
+    told every event after the built-in ones (ledgers, checkpoint, best.json, reports) have written it. `extra_run_info`
+    is stored in run.json. Raises `ConfigError` (one line, naming the parameter) on bad input, before anything is
+    written.
     """
+    extra = list(recorders) if isinstance(recorders, (list, tuple)) else None
+    if extra is None or not all(isinstance(r, Recorder) for r in extra):
+        raise ConfigError.about("recorders", f"must be a list of Recorder instances, got {recorders!r}")
     if objective is not None:
         if not callable(objective):
             raise ConfigError.about("objective", f"must be callable, got {type(objective).__name__}")
         settings["objective"] = f"{getattr(objective, '__module__', '?')}.{getattr(objective, '__qualname__', '?')}"
     spec = dataclasses.replace(spec, **settings) if spec is not None else PilotSpec.from_settings(settings)
     run = open_run(spec, run_id, artifacts_dir, resume, objective, extra_run_info)
-    recorders: list[Recorder] = [LedgerWriter(run), CheckpointWriter(run), BestWriter(run), ReportWriter(run, plots)]
+    writers: list[Recorder] = [LedgerWriter(run), CheckpointWriter(run), BestWriter(run), ReportWriter(run, plots)]
     if progress is not None:
-        recorders.append(ProgressReporter(run, progress))
-    hooks = Hooks(recorders)
+        writers.append(ProgressReporter(run, progress))
+    hooks = Hooks(writers + extra)
     try:
         return run_sensitivity(run, hooks) if spec.sensitivity else run_cma(run, hooks)
     except Exception:

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from cmaes_inproc import PARAM_SPECS, run_pilot
+from cmaes_inproc import PARAM_SPECS, Recorder, run_pilot
 from cmaes_inproc.__main__ import main
 from cmaes_inproc.evaluators import BatchedEvaluator
 from cmaes_inproc.params import x_to_unit
-from nanochat.config import ModelConfig, SynapticConfig, TrainConfig
+from nanochat.config import ConfigError, ModelConfig, SynapticConfig, TrainConfig
 
 from helpers import one_thread, read_csv, run_dir
 from tiny import PILOT_FLAGS as TINY_FLAGS
@@ -255,6 +255,37 @@ def test_custom_objective_finds_a_better_point(tmp_path):
     assert not (tmp_path / "outcmaes").exists() and not Path("outcmaes").exists()
 
 
+def test_your_own_recorder_hears_every_event_after_the_files_are_written(tmp_path):
+    """run_pilot(recorders=[...]): a Recorder of one's own (README: "a new artifact is a new recorder") is told
+    each event, after the built-in writers: at each generation the ledger already holds its rows."""
+
+    class Heard(Recorder):
+        def __init__(self):
+            self.events, self.rows_at_generation = [], []
+
+        def started(self, total):
+            self.events.append(("started", total))
+
+        def generation(self, gen, search, best):
+            self.events.append(("generation", gen))
+            ledger = (tmp_path / "cmaes" / "phase1" / "heard" / "progress.csv").read_text().splitlines()
+            self.rows_at_generation.append(len(ledger) - 1)
+
+        def finished(self, result):
+            self.events.append(("finished", result.verdict.go))
+
+    heard = Heard()
+    result = run_pilot(run_id="heard", artifacts_dir=tmp_path, generations=2, population_size=4, plots=False,
+                       objective=lambda pts: [p["alpha_c"] for p in pts], recorders=[heard])
+    total = 2 * 4 + 2 * len(result.spec.seeds)
+    assert heard.events == [("started", total), ("generation", 0), ("generation", 1),
+                            ("finished", result.verdict.go)]
+    assert heard.rows_at_generation == [4, 8]
+    with pytest.raises(ConfigError, match=r"^recorders must be a list of Recorder instances, got \[<object"):
+        run_pilot(run_id="bad", artifacts_dir=tmp_path / "bad", recorders=[object()])
+    assert not (tmp_path / "bad").exists()
+
+
 def test_failing_objective_points_get_the_penalty_and_a_no_go(tmp_path):
     result = run_pilot(run_id="nan", artifacts_dir=tmp_path, generations=2, population_size=4, plots=False,
                        objective=lambda pts: [math.nan if p["alpha_c"] > 0.55 else p["alpha_c"] for p in pts])
@@ -280,6 +311,8 @@ def snapshot(directory: Path) -> dict:
     (["--score-tail", "0"], "--score-tail must be an integer >= 1"),
     (["--max-batch", "0"], "--max-batch must be an integer >= 1"),
     (["--generations", "two"], "invalid int value"),
+    (["--device", "tpu"], "--device 'tpu' is not supported; use cpu, cuda or auto"),
+    (["--synaptic-config", "/nonexistent/knobs.json"], "--synaptic-config file not found: /nonexistent/knobs.json"),
     ([], "is not empty; use --resume"),
     (["--resume", "--generations", "3"], "run spec differs"),
 ])
