@@ -49,8 +49,8 @@ def add_training_args(group: argparse._ActionsContainer) -> None:
     """Every TrainConfig field except time_limit_s (each CLI names its wall-time limit its own way)."""
     group.add_argument("--batch-size", type=int, default=_TRAIN.batch_size)
     group.add_argument("--target-flops", type=float, default=_TRAIN.target_flops,
-                       help=f"FLOPs budget per training run (default {_TRAIN.target_flops:g}, about 150 steps of "
-                            "the baseline model)")
+                       help=f"FLOPs budget per training run (default {_TRAIN.target_flops:g}: 146 steps of the "
+                            "baseline model)")
     group.add_argument("--max-steps", type=int, default=None, help="cap on the steps derived from --target-flops")
     group.add_argument("--learning-rate", type=float, default=_TRAIN.learning_rate,
                        help="AdamW rate (embeddings, lm_head, vectors)")
@@ -71,12 +71,13 @@ def add_training_args(group: argparse._ActionsContainer) -> None:
                        help="on CUDA, launch every step's kernels from Python instead of replaying a CUDA graph")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the step's many small kernels (attention chains, on CUDA the presynaptic "
-                            "state step, Hebbian update, optimizer step): a one-off compile of tens of seconds per "
-                            "process; results differ from the default by rounding")
+                            "state step, Hebbian update, optimizer step): a one-off compile per process (~80 s on 2 "
+                            "CPU cores with a cold cache); results differ from the default by rounding")
     group.add_argument("--fused-attention", action="store_true",
                        help="on CUDA, the presynaptic attention as Triton kernels: its logits, softmax and p @ v (no "
                             "queries x keys tensor in memory), each chunk's state step (four launches instead of "
-                            "~150) and q and k's norm and rotation; results differ from the default by rounding")
+                            "~150), q and k's norm and rotation and the MLP's relu^2; results differ from the "
+                            "default by rounding")
 
 
 def model_config_from_args(args: argparse.Namespace) -> ModelConfig:

@@ -161,28 +161,31 @@ class SynapticConfig:
 
 
 def load_synaptic_config(path: str | Path) -> SynapticConfig:
-    """Read a JSON object of SynapticConfig overrides; every problem becomes a one-line ConfigError."""
+    """Read a JSON object of SynapticConfig overrides; every problem becomes a one-line ConfigError (about the file,
+    "synaptic_config ...", or about a knob in it)."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"synaptic config file not found: {path}") from None
+        raise ConfigError.about("synaptic_config", f"file not found: {path}") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read synaptic config {path}: {exc.strerror or exc}") from None
+        raise ConfigError.about("synaptic_config", f"{path} cannot be read: {exc.strerror or exc}") from None
     except ValueError as exc:  # e.g. a NUL byte in the path
-        raise ConfigError(f"synaptic config path {str(path)!r} is not usable: {exc}") from None
+        raise ConfigError.about("synaptic_config", f"path {str(path)!r} is not usable: {exc}") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"synaptic config {path} is not UTF-8 text (byte {exc.start}); expected a JSON object") from None
+        raise ConfigError.about("synaptic_config", f"{path} is not UTF-8 text (byte {exc.start}); expected a JSON "
+                                                   "object") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"synaptic config {path} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
+        raise ConfigError.about("synaptic_config", f"{path} is not valid JSON: {exc.msg} (line {exc.lineno})") from None
     except RecursionError:
-        raise ConfigError(f"synaptic config {path} is nested too deeply to be a JSON object of overrides") from None
+        raise ConfigError.about("synaptic_config", f"{path} is nested too deeply to be a JSON object of "
+                                                   "overrides") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"synaptic config {path} must hold a JSON object, got {type(data).__name__}")
+        raise ConfigError.about("synaptic_config", f"{path} must hold a JSON object, got {type(data).__name__}")
     return SynapticConfig.from_overrides(data)
 
 

@@ -97,11 +97,11 @@ def resolve_device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise ConfigError(f"unsupported device {device!r}; use cpu, cuda or auto") from None
+        raise ConfigError.about("device", f"{str(device)!r} is not supported; use cpu, cuda or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError.about("device", "'cuda' was requested but CUDA is not available; use cpu or auto")
     if dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {device!r}; use cpu, cuda or auto")
+        raise ConfigError.about("device", f"{str(device)!r} is not supported; use cpu, cuda or auto")
     return dev
 
 
