@@ -183,9 +183,9 @@ def resource_usage(compiled) -> dict:
 
 
 def _builds(phase: str):
-    """(variant, kernel, constants, pointers, warps, stages, aligned) of a phase's kernel with the settings in force, at the
-    baseline's shapes: heads of 32, release rows of 256 edges (a chunk's 32 queries x their top 8) and top-k rows of
-    256 keys. Warps come from the modules' own rules (warps_for)."""
+    """(variant, kernel, constants, pointers, warps, stages, aligned) of a phase's kernel with the settings in force,
+    at the baseline's shapes: heads of 32, release rows of 256 edges (a chunk's 32 queries x their top 8) and top-k
+    rows of 256 keys. Warps come from the modules' own rules (warps_for)."""
     if phase in ("dkdv", "dq", "forward"):
         kernel = {"dkdv": fused_attention._backward_dkdv_kernel, "dq": fused_attention._backward_dq_kernel,
                   "forward": fused_attention._forward_kernel}[phase]

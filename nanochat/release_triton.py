@@ -44,8 +44,8 @@ MAX_WARPS = 8
 # With SUMS_FIRST the key loop only sums (KEY_BLOCK keys a step) into a scratch row of the program's own (3 x T
 # floats); then the keys' state is read, updated and written UPDATE_BLOCK keys at a time (as KEY_SUMS "search"
 # does). Without it, each of the loop's steps (64 for 256 keys) waits on the loads of its few keys' state before it
-# can update them; with it, the loop has no load to wait on. The same sums and the same update, so the same numbers bit for bit. Off until a GPU
-# times it (bench/tune_kernels.py).
+# can update them; with it, the loop has no load to wait on. The same sums and the same update, so the same numbers
+# bit for bit. Off until a GPU times it (bench/tune_kernels.py).
 SUMS_FIRST = False
 UPDATE_BLOCK = 256
 # How a key's sums find its edges. "match": each step of the key loop compares every edge of the row with its block

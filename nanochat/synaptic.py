@@ -378,8 +378,8 @@ class AttentionChains:
         self.forward, self.backward, self.state_step = _logits_chain, _logits_chain_backward, _state_step
         self.logit_scale, self.kernel, self.norm_rotary = PresynapticState.logit_scale, None, norm_rotary
         if kernels is not None:  # fused_attention_kernels(device)
-            self.kernel, self.state_step, self.logit_scale, self.norm_rotary = (kernels.attention, kernels.state_step,
-                                                                                kernels.logit_scale, kernels.norm_rotary)
+            self.kernel, self.state_step = kernels.attention, kernels.state_step
+            self.logit_scale, self.norm_rotary = kernels.logit_scale, kernels.norm_rotary
         if fuse:
             self.forward = compiled(_logits_chain)
             self.backward = compiled(_logits_chain_backward)
