@@ -1,5 +1,5 @@
 """What several test modules share besides fixtures (those are in conftest.py): one torch thread, run files, the
-training flags' parser, the rotary embedding as MODEL.md writes it."""
+training flags' parser, the rotary embedding as MODEL.md writes it, and the Triton interpreter's needs."""
 
 import argparse
 import csv
@@ -67,3 +67,12 @@ def triton_interpreter_missing() -> str:
     if tuple(int(p) for p in version.split(".")[:2]) < (3, 7):
         return f"Triton {version}'s interpreter cannot run these kernels (3.7 or newer can)"
     return ""
+
+
+def fewer_key_loop_steps(monkeypatch) -> None:
+    """The release kernel's key loop takes 32 keys a step (release_triton.KEY_BLOCK) instead of the GPU's few: the
+    same sums, each key's over its edges, and the interpreter's time goes mostly to that loop.
+    tests/test_release_triton.py runs the setting in force."""
+    from nanochat import release_triton
+
+    monkeypatch.setattr(release_triton, "KEY_BLOCK", 32)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import triton_interpreter_missing
+from helpers import fewer_key_loop_steps, triton_interpreter_missing
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
@@ -22,21 +22,13 @@ def load_bench(name: str):
     return module
 
 
-def _fewer_key_loop_steps(monkeypatch) -> None:
-    """The release kernel's key loop a row's 32 keys a step (the interpreter's time goes mostly to that loop): the
-    same sums, each key's over its edges; tests/test_release_triton.py runs the setting in force."""
-    from nanochat import release_triton
-
-    monkeypatch.setattr(release_triton, "KEY_BLOCK", 32)
-
-
 def test_gpu_check_smoke_on_cpu_writes_a_complete_report(tmp_path, monkeypatch):
     out = tmp_path / "gpu.json"
     # On the CPU the fused attention's kernels run in Triton's interpreter (conftest.py): one small row of each kind,
     # where that interpreter can run them.
     fused = not triton_interpreter_missing()
     if fused:
-        _fewer_key_loop_steps(monkeypatch)
+        fewer_key_loop_steps(monkeypatch)
     report = load_bench("gpu_check").main(["--device", "cpu", "--smoke", "--steps", "2", "--out", str(out)] +
                                           ([] if fused else ["--fused-populations", ""]))
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
@@ -107,7 +99,7 @@ def test_attention_probe_smoke_on_cpu(monkeypatch):
     if not fused:  # an interpreter that cannot run them (Triton < 3.7): the probe is told no Triton runs here
         monkeypatch.setenv("TRITON_INTERPRET", "0")
     else:
-        _fewer_key_loop_steps(monkeypatch)
+        fewer_key_loop_steps(monkeypatch)
     report = load_bench("attention_probe").main(["--device", "cpu", "--smoke", "--repeats", "1"])
     assert report["population"] == 2 and report["two_stage_same_set"] is True
     for part in ("eager", "compiled") + (("fused",) if fused else ()):

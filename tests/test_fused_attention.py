@@ -24,7 +24,7 @@ from nanochat.cli_args import config_args
 from nanochat.config import ConfigError, ModelConfig, TrainConfig
 from nanochat.trainer import train_population
 
-from helpers import parse_training_flags, triton_interpreter_missing
+from helpers import fewer_key_loop_steps, parse_training_flags, triton_interpreter_missing
 from tiny import PILOT_MODEL, PILOT_SYNAPTIC, mixed_population
 
 
@@ -198,10 +198,7 @@ def test_training_with_the_kernel_matches_the_chunked_attention(interpreted, cor
     from nanochat import release_triton
 
     members = mixed_population(PILOT_SYNAPTIC)[4:7]
-    # A row's 32 keys in one step of the release kernel's key loop instead of eight: the same sums (each key's over
-    # its edges), and the interpreter's time goes mostly to that loop (test_release_triton.py runs the setting in
-    # force).
-    monkeypatch.setattr(release_triton, "KEY_BLOCK", 32)
+    fewer_key_loop_steps(monkeypatch)
     calls, state_steps = [], []
     kernel, state_step = interpreted.presynaptic_attention, release_triton.state_step
     monkeypatch.setattr(interpreted, "presynaptic_attention", lambda *a: calls.append(1) or kernel(*a))

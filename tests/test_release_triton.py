@@ -18,7 +18,7 @@ from nanochat.config import SynapticConfig
 from nanochat.edges import top_edges
 from nanochat.population import Knobs
 
-from helpers import triton_interpreter_missing
+from helpers import fewer_key_loop_steps, triton_interpreter_missing
 from tiny import mixed_population
 
 if triton_interpreter_missing():
@@ -94,9 +94,9 @@ def test_the_kernels_follow_the_torch_definition(delay, stochastic, T, chunk):
 
 def test_a_member_alone_and_a_nan_member_and_a_repeat(monkeypatch):
     """Rows never mix: a member alone gets its numbers in the population bit for bit, a member with a NaN knob
-    leaves the others' bits alone, and a second run repeats the first. (A row's 40 keys in two steps of the key
-    loop instead of ten: each key's sums are the same, and the interpreter's time goes mostly to that loop.)"""
-    monkeypatch.setattr(release_triton, "KEY_BLOCK", 32)
+    leaves the others' bits alone, and a second run repeats the first (a row's 40 keys in two steps of the key
+    loop: the same sums)."""
+    fewer_key_loop_steps(monkeypatch)
     knobs, noise = _population(2, True, 8)
     q, key = _dots(8, 1, 2, 40)
     state, ema, scales = _loop(release_triton.state_step, knobs, noise, q, key, 8)
