@@ -16,7 +16,12 @@ dispatch mode that sees every aten operator below autograd:
   8,098 kernels per step, a figure that includes the model's construction spread over the two profiled steps (153
   host-to-device copies alone);
 * a `_foreach_` operator counts as one launch, or one per tensor where its lists broadcast (CUDA's slow path);
-* each operator is charged to the innermost part of the model on its Python stack (`PARTS`);
+* `F.rms_norm` counts as CUDA runs it, one fused kernel each way (`aten::_fused_rms_norm` in the H200's profile);
+  on other devices, meta included, torch composes it of five operators forward and more backward;
+* each operator is charged to the innermost part of the model on its Python stack (`PARTS`), and by line to the
+  innermost line of nanochat on it; an operator of autograd's backward, which has no nanochat frame, is charged by
+  line to the forward line that made its graph node ("autograd of synaptic.py:632"; the step runs in anomaly mode,
+  which records each node's forward stack);
 * `compiled_regions` are the functions that `TrainConfig.compile` hands to torch.compile on CUDA (`fused.py`).
   Compiled, each call becomes a few fused kernels; the operators outside them are what a compiled step still
   launches one by one.
@@ -43,6 +48,7 @@ import contextlib
 import inspect
 import json
 import os
+import re
 import sys
 
 import torch
@@ -67,6 +73,31 @@ def _triton_launch(operands: list[torch.Tensor], kernel: str) -> None:
 
 
 _triton_launch.register_fake(lambda operands, kernel: None)
+
+
+@torch.library.custom_op("count_kernels::fused_rms_norm", mutates_args=())
+def _fused_rms_norm(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    raise NotImplementedError("a stand-in for counting on the meta device")
+
+
+@torch.library.custom_op("count_kernels::fused_rms_norm_backward", mutates_args=())
+def _fused_rms_norm_backward(grad: torch.Tensor, x: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
+    raise NotImplementedError("a stand-in for counting on the meta device")
+
+
+_fused_rms_norm.register_fake(lambda x: (torch.empty_like(x), x.new_empty(x.shape[:-1])))
+_fused_rms_norm_backward.register_fake(lambda grad, x, rstd: torch.empty_like(x))
+_fused_rms_norm.register_autograd(
+    lambda ctx, grad, _: _fused_rms_norm_backward(grad, *ctx.saved_tensors),
+    setup_context=lambda ctx, inputs, output: ctx.save_for_backward(inputs[0], output[1]))
+
+
+def _rms_norm_as_on_cuda(x: torch.Tensor, normalized_shape, weight=None, eps=None) -> torch.Tensor:
+    """F.rms_norm as CUDA runs it, one kernel each way (`aten::_fused_rms_norm`, which the H200's profile shows);
+    elsewhere, meta included, it is composite: pow, mean, add, rsqrt and mul forward, twice that backward."""
+    if weight is not None or len(normalized_shape) != 1:
+        raise NotImplementedError("nanochat's RMSNorms have no weight and normalise the last dimension")
+    return _fused_rms_norm(x)[0]
 
 
 class _Launch:
@@ -211,13 +242,23 @@ def _kernels(name: str, args: tuple) -> int:
 _NANOCHAT_DIR = os.path.dirname(synaptic.__file__)
 
 
+_TRACEBACK_LINE = re.compile(r'File "([^"]+)", line (\d+)')
+
+
 def _nanochat_line(frame) -> str:
-    """The innermost line of nanochat's code on the stack ("synaptic.py:123"), or "autograd" (a backward op)."""
+    """The innermost line of nanochat's code on the stack ("synaptic.py:123"). An operator that autograd's engine
+    runs has no nanochat frame; it is charged to the forward line that made its graph node ("autograd of
+    synaptic.py:123"), which the step records by running its forward in anomaly mode, or "autograd" if none."""
     while frame is not None:
         path = frame.f_code.co_filename
         if os.path.dirname(path) == _NANOCHAT_DIR:
             return f"{os.path.basename(path)}:{frame.f_lineno}"
         frame = frame.f_back
+    node = torch._C._current_autograd_node()
+    for entry in reversed(node.metadata.get("traceback_", []) if node is not None else []):
+        for path, line in reversed(_TRACEBACK_LINE.findall(entry)):
+            if os.path.dirname(path) == _NANOCHAT_DIR:
+                return f"autograd of {os.path.basename(path)}:{line}"
     return "autograd"
 
 
@@ -240,6 +281,7 @@ def count(population: int, model: ModelConfig = BASELINE_MODEL, batch_size: int 
     members = candidates(population)
     with _patching() as patch:
         patch(synaptic, "ReleaseNoise", _MetaNoise)
+        patch(torch.nn.functional, "rms_norm", _rms_norm_as_on_cuda)
         if fused_attention:  # the real modules; only their kernels' launches stand in
             modules = _triton_modules()
             for module in modules.values():
@@ -279,7 +321,8 @@ def _count_step(net, model: ModelConfig, population: int, batch_size: int, fused
         opt.zero_grad()
 
     step()  # warm-up: the optimizer's state is created on the first step
-    with _Counter() as counter:
+    # Anomaly mode (without its NaN checks, which would read values) records where each graph node was made.
+    with torch.autograd.set_detect_anomaly(True, check_nan=False), _Counter() as counter:
         step()
     total = sum(counter.ops.values())
     return {

@@ -194,6 +194,15 @@ def test_count_kernels_takes_the_gpu_path_and_does_not_grow_with_the_population(
     assert regions["calls"] == 3 * TRAINER_MODEL.n_layer * 2 + 2
     assert regions["ops_inside"] + regions["ops_outside"] == two["kernels_per_step"]
     assert two["parts"]["release step"] > two["parts"]["top-k edges"] > 0
+    # F.rms_norm as CUDA runs it, one kernel each way: a block's, the embedding's and the final one
+    norms = TRAINER_MODEL.n_layer + 2
+    assert two["ops"]["count_kernels::fused_rms_norm"] == two["ops"]["count_kernels::fused_rms_norm_backward"] == norms
+    assert "aten::rsqrt" not in two["ops"]
+    # autograd's operators are charged to the forward line that made their node: the projections' gradients
+    projections = {line for line in two["lines"] if line.startswith("autograd of population.py:")}
+    assert {line.split()[-1] for line in projections} >= {"aten::bmm"}
+    unplaced = sum(n for line, n in two["lines"].items() if line.startswith("autograd aten::"))
+    assert unplaced <= 6  # the step's own masked loss sum, outside nanochat
 
     if importlib.util.find_spec("triton") is None:
         return  # the fused step's modules import Triton
