@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
                              emit("profile", profiles)))
 
     profile(f"profile_P{ratio_p}", ratio_p, "fp32")
-    if fused_pops and not args.smoke:  # the fused step's kernels (counted: 1,075 at P = 32), and where P = 128's go
+    if fused_pops and not args.smoke:  # the fused step's kernels (counted: 929 at P = 32), and where P = 128's go
         profile(f"profile_fused_P{ratio_p}", ratio_p, "fp32+fused")
         profile(f"profile_fused_P{max(fused_pops)}", max(fused_pops), "tf32+fused")
     # The same steps' kernels counted on the meta device (bench/count_kernels.py), to set beside the profiles'.

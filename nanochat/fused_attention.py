@@ -11,7 +11,8 @@ every chunk's logit scale into `scales`. The chunked form writes and rereads eac
 about 23 times (forward and backward, op by op or a few times fused); here no such tensor exists. A program owns a
 block of queries and walks the causal keys block by block, keeping each row's running max and sum (the
 flash-attention recurrence); the backward recomputes the scores from q, k and the row's log-sum-exp, one program
-per key block for dk and dv and one per query block for dq. Every sum runs in a fixed order (no atomics), so a run
+per query block for dq (which first writes each row's delta, out . d out, for the other kernel) and then one per key
+block for dk and dv. Every sum runs in a fixed order (no atomics), so a run
 repeats bit for bit, and nothing mixes rows of different members.
 
 Per-member knobs (lam, eps, barrier: (P,) float32) are read per row; `scales` is (P, B, H, n_chunks, T) float32.
@@ -173,15 +174,21 @@ def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T,
 
 
 @triton.jit
-def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DQ, T, D, rows_per_member, n_chunks, chunk,
-                        H, QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr, BM: tl.constexpr,
+def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, DO, LSE, DELTA, DQ, T, D, rows_per_member, n_chunks,
+                        chunk, H, QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr, BM: tl.constexpr,
                         BN: tl.constexpr, BD: tl.constexpr):
+    """dq of a block of queries; first their delta = sum_d out * d out (the softmax backward's sum_j p dp), which it
+    writes for the dk/dv kernel, launched after it."""
     m0 = tl.program_id(1) * BM
     r = tl.program_id(0)
     lam, eps, barrier = _knobs(LAM, EPS, BAR, r, rows_per_member)
     offs_m, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BD)
-    qk, vo = _base(r, H, QK_PB, QK_H), _base(r, H, VO_PB, VO_H)  # q, k, dq | v, d out
-    q, do, lse, delta = _query_block(Q, DO, LSE, DELTA, r, qk, QK_T, vo, VO_T, offs_m, offs_d, D, T)
+    qk, vo = _base(r, H, QK_PB, QK_H), _base(r, H, VO_PB, VO_H)  # q, k, dq | v, out, d out
+    q, do = _rows(Q, qk, offs_m, QK_T, offs_d, D, T), _rows(DO, vo, offs_m, VO_T, offs_d, D, T)
+    lse = tl.load(LSE + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
+    o = _rows(OUT, vo, offs_m, VO_T, offs_d, D, T)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + r.to(tl.int64) * T + offs_m, delta, mask=offs_m < T)
     sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, chunk)
     dq = tl.zeros((BM, BD), tl.float32)
     for n0 in range(0, tl.minimum(m0 + BM, T), BN):
@@ -259,13 +266,13 @@ class _PresynapticAttention(torch.autograd.Function):
         grad_out = grad_out.to(q.dtype)
         if _layout(grad_out) != vo:  # it comes in out's layout when out's reader is a view of it, as in the model
             grad_out = torch.empty_like(out).copy_(grad_out)
-        delta = (grad_out.float() * out.float()).sum(-1).contiguous()  # sum_j p_ij dp_ij, per query row, (R, T)
+        delta = lse.new_empty(R, T)  # sum_j p_ij dp_ij per query row: written by the dq kernel, read by dk/dv's
         dq, dk, dv = torch.empty_like(q), torch.empty_like(key), torch.empty_like(v)  # q's, key's, v's layouts
         common = (T, D, R, B * H, n_chunks, ctx.chunk, ctx.precision, H, qk, vo)
+        _launch(_backward_dq_kernel, BACKWARD_DQ, triton.cdiv(T, BACKWARD_DQ.queries),
+                (q, key, v, scales, lam, eps, barrier, out, grad_out, lse, delta, dq), *common)
         _launch(_backward_dkdv_kernel, BACKWARD_DKDV, triton.cdiv(T, BACKWARD_DKDV.keys),
                 (q, key, v, scales, lam, eps, barrier, grad_out, lse, delta, dk, dv), *common)
-        _launch(_backward_dq_kernel, BACKWARD_DQ, triton.cdiv(T, BACKWARD_DQ.queries),
-                (q, key, v, scales, lam, eps, barrier, grad_out, lse, delta, dq), *common)
         return dq, dk, dv, None, None, None, None, None
 
 

@@ -300,8 +300,9 @@ def _running_mean_kernel(SHARES, EMA, rows_per_member, BR: tl.constexpr):
 
 
 @triton.jit
-def _logit_scale_kernel(C, RRP, SN, CL, AMP, KNOBS, EMA, EPS, OUT, T, n, rows_per_member, N_KNOBS: tl.constexpr,
-                        BL: tl.constexpr):
+def _logit_scale_kernel(C, RRP, SN, CL, AMP, KNOBS, EMA, EPS, OUT, T, n, out_row, rows_per_member,
+                        N_KNOBS: tl.constexpr, BL: tl.constexpr):
+    """Row `row`'s scale of its first n keys, stored out_row apart (n for a fresh tensor, a table's row stride)."""
     row = tl.program_id(0)
     member = row // rows_per_member
     key = tl.program_id(1) * BL + tl.arange(0, BL)
@@ -310,7 +311,8 @@ def _logit_scale_kernel(C, RRP, SN, CL, AMP, KNOBS, EMA, EPS, OUT, T, n, rows_pe
     p = _release_probability(tl.load(C + at, mask=keys, other=0.0), tl.load(CL + at, mask=keys, other=0.0),
                              tl.load(SN + at, mask=keys, other=0.0), KNOBS, member, N_KNOBS)
     scale = p * tl.load(RRP + at, mask=keys, other=0.0) * tl.load(AMP + at, mask=keys, other=0.0)
-    tl.store(OUT + row.to(tl.int64) * n + key, scale / (tl.load(EMA + member) + tl.load(EPS + member)), mask=keys)
+    tl.store(OUT + row.to(tl.int64) * out_row + key, scale / (tl.load(EMA + member) + tl.load(EPS + member)),
+             mask=keys)
 
 
 def _check_ema(ema: torch.Tensor) -> None:
@@ -349,22 +351,31 @@ def release(state, vals: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, n
     _running_mean_kernel[(P,)](shares, ema, B * H, BR=min(1024, triton.next_power_of_2(B * H)))
 
 
-def logit_scale(state, n_keys: int, ema: torch.Tensor, k) -> torch.Tensor:
-    """PresynapticState.logit_scale: p_j rrp_j amp_j / (ema + eps) for the first n_keys keys, (P, B, H, 1, n_keys)."""
+def logit_scale(state, n_keys: int, ema: torch.Tensor, k, out: torch.Tensor | None = None) -> torch.Tensor:
+    """PresynapticState.logit_scale: p_j rrp_j amp_j / (ema + eps) for the first n_keys keys, (P, B, H, 1, n_keys),
+    written into `out` when given: a float32 view of that shape whose keys are contiguous and whose (P, B, H) rows
+    are evenly spaced, as a row of a contiguous scale table is."""
     P, B, H, T = state.c.shape
     _check_ema(ema)
-    out = state.c.new_empty(P, B, H, 1, n_keys)
+    if out is None:
+        out = state.c.new_empty(P, B, H, 1, n_keys)
+    row = out.stride(2)
+    if (out.shape != (P, B, H, 1, n_keys) or out.dtype != torch.float32 or out.stride(-1) != 1
+            or out.stride(1) != H * row or out.stride(0) != B * H * row):
+        raise ValueError(f"out must be a float32 {(P, B, H, 1, n_keys)} view with contiguous keys and evenly spaced "
+                         f"rows, got {out.dtype} {tuple(out.shape)} with strides {out.stride()}")
     block = min(256, triton.next_power_of_2(n_keys))
     _logit_scale_kernel[(P * B * H, triton.cdiv(n_keys, block))](
-        state.c, state.rrp, state.sn, state.cl, state.amp, knob_table(k), ema, k.release_eps, out, T, n_keys, B * H,
-        N_KNOBS=len(KNOB_COLUMNS), BL=block)
+        state.c, state.rrp, state.sn, state.cl, state.amp, knob_table(k), ema, k.release_eps, out, T, n_keys, row,
+        B * H, N_KNOBS=len(KNOB_COLUMNS), BL=block)
     return out
 
 
 def state_step(state, d: torch.Tensor, own: torch.Tensor, n_keys: int, next_keys: int, ema: torch.Tensor, k,
-               uniforms: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor | None:
+               uniforms: tuple[torch.Tensor, torch.Tensor] | None, out: torch.Tensor | None = None
+               ) -> torch.Tensor | None:
     """synaptic._state_step on these kernels: the chunk's edges (from its raw dots d), their release, then the
-    logit scale of the next chunk's first `next_keys` keys (None for 0)."""
+    logit scale of the next chunk's first `next_keys` keys (None for 0), written into `out` when given."""
     vals, idx, valid = top_edges(d, own, k.structure.attn_topk)
     release(state, vals, idx, valid, n_keys, ema, k, uniforms)
-    return logit_scale(state, next_keys, ema, k) if next_keys else None
+    return logit_scale(state, next_keys, ema, k, out) if next_keys else None

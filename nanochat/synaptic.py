@@ -107,12 +107,13 @@ class PresynapticState:
             setattr(self, name, pool)
         self.queue = torch.zeros(P, B, H, T, k.structure.endo_delay, device=device, dtype=dtype)  # endocytosis delay
 
-    def logit_scale(self, n_keys: int, ema: torch.Tensor, k: Knobs) -> torch.Tensor:
-        """p_j * rrp_j * amp_j / (ema + eps) for the first n_keys keys: (P, B, H, 1, n_keys)."""
+    def logit_scale(self, n_keys: int, ema: torch.Tensor, k: Knobs, out: torch.Tensor | None = None) -> torch.Tensor:
+        """p_j * rrp_j * amp_j / (ema + eps) for the first n_keys keys: (P, B, H, 1, n_keys), written into `out`
+        when given (a view of that shape, such as a row of the fused attention's scale table)."""
         sl = slice(0, n_keys)
         p = release_probability(self.c[..., sl], self.cl[..., sl], self.sn[..., sl], k, 4)
-        scale = p * self.rrp[..., sl] * self.amp[..., sl] / bcast(ema + k.release_eps, 4)
-        return scale.unsqueeze(-2)
+        scale = (p * self.rrp[..., sl] * self.amp[..., sl] / bcast(ema + k.release_eps, 4)).unsqueeze(-2)
+        return scale if out is None else out.copy_(scale)
 
     @torch.no_grad()
     def release(
@@ -413,13 +414,14 @@ def fused_attention_kernels(device: torch.device) -> TritonKernels:
 
 
 def _state_step(state: PresynapticState, d: torch.Tensor, own: torch.Tensor, n_keys: int, next_keys: int,
-                ema: torch.Tensor, k: Knobs, uniforms: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor | None:
+                ema: torch.Tensor, k: Knobs, uniforms: tuple[torch.Tensor, torch.Tensor] | None,
+                out: torch.Tensor | None = None) -> torch.Tensor | None:
     """A chunk's state update after its logits: its queries' release edges (the top-k of the raw dots d, which it
-    may overwrite), their release, then the logit scale of the next chunk's first `next_keys` keys (None for 0).
-    One function, so that a compiled step fuses the three."""
+    may overwrite), their release, then the logit scale of the next chunk's first `next_keys` keys (None for 0),
+    written into `out` when given. One function, so that a compiled step fuses the three."""
     vals, idx, valid = top_edges(d, own, k.structure.attn_topk)
     _release(state, vals, idx, valid, n_keys, ema, k, uniforms)
-    return state.logit_scale(next_keys, ema, k) if next_keys else None
+    return state.logit_scale(next_keys, ema, k, out) if next_keys else None
 
 
 def _release(state: PresynapticState, vals: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor, n_keys: int,
@@ -504,29 +506,34 @@ class _AttentionRun:
         strength = bcast(self.knobs.barrier_strength, 5).to(self.state_dtype)
         return (-strength * distance).masked_fill(~self.allowed, float("-inf"))
 
-    def advance(self, d: torch.Tensor, start: int, stop: int, T: int) -> torch.Tensor | None:
+    def advance(self, d: torch.Tensor, start: int, stop: int, T: int, table: torch.Tensor | None = None
+                ) -> torch.Tensor | None:
         """The state step after the chunk of queries [start, stop), from its raw dots d (which it may overwrite):
-        the next chunk's logit scale, or None after the last chunk (whose release, when training, still moves ema)."""
+        the next chunk's logit scale (written into its row of `table`, a scale table, when given), or None after
+        the last chunk (whose release, when training, still moves ema)."""
         if not (self.training or stop < T):  # the last chunk's release would only matter to ema, when training
             return None
         edges = (*d.shape[:-1], min(self.knobs.structure.attn_topk, stop))
         uniforms = self.noise.draw_edges(edges) if self.noise is not None else None
-        return self.chains.state_step(self.state, d, self.allowed[start:stop, start:stop], stop,
-                                      min(stop + self.chunk, T) if stop < T else 0, self.ema, self.knobs, uniforms)
+        next_keys = min(stop + self.chunk, T) if stop < T else 0
+        out = table[..., stop // self.chunk, None, :next_keys] if table is not None and next_keys else None
+        return self.chains.state_step(self.state, d, self.allowed[start:stop, start:stop], stop, next_keys,
+                                      self.ema, self.knobs, uniforms, out)
 
     @torch.no_grad()
     def scale_table(self, q: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        """Every chunk's logit scale, (P, B, H, n_chunks, T) float32 (zero past a chunk's keys): the chunked
-        forward's state loop without its logits, for the fused kernel (`AttentionChains.kernel`)."""
+        """Every chunk's logit scale, (P, B, H, n_chunks, T) float32: the chunked forward's state loop without its
+        logits, for the fused kernel (`AttentionChains.kernel`). Each step writes the next chunk's row in place.
+        A chunk's row holds its keys up to its last query; the rest is never written, nor read by the kernel,
+        which reads only causal keys."""
         T, Q = q.shape[-2], self.chunk
-        table = q.new_zeros(*q.shape[:-2], -(-T // Q), T, dtype=torch.float32)
-        scale = self.chains.logit_scale(self.state, min(Q, T), self.ema, self.knobs)
-        for i, start in enumerate(range(0, T, Q)):
+        table = q.new_empty(*q.shape[:-2], -(-T // Q), T, dtype=torch.float32)
+        self.chains.logit_scale(self.state, min(Q, T), self.ema, self.knobs, table[..., 0, None, :min(Q, T)])
+        for start in range(0, T, Q):
             stop = min(start + Q, T)
-            table[..., i, :stop] = scale[..., 0, :]
             if self.training or stop < T:
                 d = (q[..., start:stop, :] @ key[..., :stop, :].transpose(-1, -2)).to(self.state_dtype)
-                scale = self.advance(d, start, stop, T)
+                self.advance(d, start, stop, T, table)
         return table
 
 

@@ -217,6 +217,10 @@ def test_count_kernels_takes_the_gpu_path_and_does_not_grow_with_the_population(
     assert fused["parts"]["top-k edges"] == chunks * layers and "aten::topk" not in fused["ops"]
     assert fused["parts"]["fused attention kernels, forward"] == layers
     assert fused["parts"]["release step"] == 2 * chunks * layers  # the release kernel and the running mean
+    # the state loop launches only each chunk's q.k (the scales go straight into their rows of the table), and the
+    # attention's backward only its two kernels (the dq kernel writes the softmax backward's row sums)
+    assert fused["parts"]["state loop's q.k and scale table (fused attention)"] == chunks * layers
+    assert fused["parts"]["fused attention kernels, backward"] == 2 * layers
     # by source line: every kernel once; the Hebbian rule runs once for all layers (no per-layer line repeats it)
     assert sum(fused["lines"].values()) == fused["kernels_per_step"]
     hebbian_sigmoids = sum(n for line, n in fused["lines"].items()

@@ -92,6 +92,25 @@ def test_the_kernels_follow_the_torch_definition(delay, stochastic, T, chunk):
     assert ref.rrp[..., :chunk].ne(knobs.init_rrp.view(-1, 1, 1, 1)).any()  # the state moved
 
 
+def test_the_logit_scale_writes_into_a_row_of_a_scale_table():
+    """The fused attention's state loop has each step write the next chunk's scale into its row of the table (no
+    copy): both definitions give there what they return fresh, the kernel its own bits, and the rest of the table
+    stays as it was; a view the kernel cannot address is refused."""
+    knobs, noise = _population(2, True, 8)
+    state, ema, _ = _loop(release_triton.state_step, knobs, noise, *_dots(8, 2, 2, 24), 8)  # a state that moved
+    for logit_scale in (release_triton.logit_scale, synaptic.PresynapticState.logit_scale):
+        fresh = logit_scale(state, 16, ema, knobs)
+        table = torch.full((8, 2, 2, 3, 24), -7.0)
+        written = logit_scale(state, 16, ema, knobs, table[..., 1, None, :16])
+        assert written.data_ptr() == table[..., 1, :16].data_ptr()
+        assert torch.equal(table[..., 1, :16], fresh[..., 0, :])
+        untouched = torch.ones_like(table, dtype=torch.bool)
+        untouched[..., 1, :16] = False
+        assert table[untouched].eq(-7.0).all()
+    with pytest.raises(ValueError, match="out must be a float32"):
+        release_triton.logit_scale(state, 16, ema, knobs, torch.empty(8, 2, 2, 16, 2)[..., 0].unsqueeze(-2))
+
+
 def test_a_member_alone_and_a_nan_member_and_a_repeat(monkeypatch):
     """Rows never mix: a member alone gets its numbers in the population bit for bit, a member with a NaN knob
     leaves the others' bits alone, and a second run repeats the first (a row's 40 keys in two steps of the key
