@@ -12,8 +12,8 @@ about 23 times (forward and backward, op by op or a few times fused); here no su
 block of queries and walks the causal keys block by block, keeping each row's running max and sum (the
 flash-attention recurrence); the backward recomputes the scores from q, k and the row's log-sum-exp, one program
 per query block for dq (which first writes each row's delta, out . d out, for the other kernel) and then one per key
-block for dk and dv. Every sum runs in a fixed order (no atomics), so a run
-repeats bit for bit, and nothing mixes rows of different members.
+block for dk and dv. Every sum runs in a fixed order (no atomics), so a run repeats bit for bit, and nothing mixes
+rows of different members.
 
 Per-member knobs (lam, eps, barrier: (P,) float32) are read per row; `scales` is (P, B, H, n_chunks, T) float32.
 The kernels step each tensor by its own strides, one layout for q, k and their gradients and one for v, the output
