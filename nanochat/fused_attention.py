@@ -99,7 +99,8 @@ def _scale_rows(SC, r, offs_m, T, n_chunks, chunk):
 
 @triton.jit
 def _query_block(Q, DO, LSE, DELTA, r, qk, QK_T, vo, VO_T, offs_m, offs_d, D, T):
-    """What the backward reads of a block of queries: q, d out, and each row's log-sum-exp and delta."""
+    """What the dk/dv kernel reads of a block of queries: q, d out, and each row's log-sum-exp and delta (the dq
+    kernel, which writes delta, loads the first three itself)."""
     q, do = _rows(Q, qk, offs_m, QK_T, offs_d, D, T), _rows(DO, vo, offs_m, VO_T, offs_d, D, T)
     lse = tl.load(LSE + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
     delta = tl.load(DELTA + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
