@@ -52,6 +52,8 @@ import re
 import sys
 
 import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -94,10 +96,16 @@ _fused_rms_norm.register_autograd(
 
 def _rms_norm_as_on_cuda(x: torch.Tensor, normalized_shape, weight=None, eps=None) -> torch.Tensor:
     """F.rms_norm as CUDA runs it, one kernel each way (`aten::_fused_rms_norm`, which the H200's profile shows);
-    elsewhere, meta included, it is composite: pow, mean, add, rsqrt and mul forward, twice that backward."""
+    elsewhere, meta included, it is composite: pow, mean, add, rsqrt and mul forward, twice that backward. A torch
+    function mode sees it as aten::rms_norm (`autocast_op`), so bf16 autocast's float32 rule applies to it."""
+    if torch.overrides.has_torch_function_unary(x):
+        return torch.overrides.handle_torch_function(_rms_norm_as_on_cuda, (x,), x, normalized_shape, weight, eps)
     if weight is not None or len(normalized_shape) != 1:
         raise NotImplementedError("nanochat's RMSNorms have no weight and normalise the last dimension")
     return _fused_rms_norm(x)[0]
+
+
+_rms_norm_as_on_cuda.autocast_op = "rms_norm"
 
 
 class _Launch:
@@ -168,6 +176,89 @@ NO_KERNEL = {"aten::_unsafe_view", "aten::empty", "aten::empty_like", "aten::emp
              "aten::new_empty_strided", "aten::detach", "aten::lift_fresh", "aten::alias", "aten::promote_types"}
 
 
+def _autocast_kernels() -> dict[str, str]:
+    """The operators torch.autocast(cuda) has a rule for (a kernel, not a fallthrough, in the dispatcher's
+    AutocastCUDA entry; a CPU build registers them too), by name, with the rule: "lower" (floating inputs cast to
+    the autocast dtype: the matmuls), "fp32" (cast to float32), "fp32_dtype" (run with dtype=float32: sums,
+    softmaxes), "fp32_norm" (norm's float32 variant) or "promote" (to the widest input type)."""
+    lower = {"_convolution", "_scaled_dot_product_flash_attention", "_thnn_fused_gru_cell", "_thnn_fused_lstm_cell",
+             "addbmm", "addmm", "addmv", "addr", "baddbmm", "bmm", "chain_matmul", "conv1d", "conv2d", "conv3d",
+             "conv_tbc", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "convolution",
+             "cudnn_convolution", "cudnn_convolution_transpose", "einsum", "gru_cell", "linalg_multi_dot",
+             "linalg_vecdot", "linear", "lstm_cell", "matmul", "mm", "mv", "prelu", "rnn_relu_cell",
+             "rnn_tanh_cell", "scaled_dot_product_attention"}
+    fp32_dtype = {"cumprod", "cumsum", "log_softmax", "prod", "softmax", "sum", "linalg_vector_norm",
+                  "linalg_matrix_norm"}
+    promote = {"addcdiv", "addcmul", "atan2", "bilinear", "cross", "dot", "grid_sampler", "index_put",
+               "scatter_add", "tensordot", "vdot"}
+    rules = {}
+    for op in torch._C._dispatch_get_all_op_names():
+        if not op.startswith("aten::"):
+            continue
+        table = torch._C._dispatch_dump_table(op)
+        if any(line.startswith("AutocastCUDA:") and "[kernel]" in line for line in table.splitlines()):
+            name = op[len("aten::"):].split(".")[0]
+            rules[name] = ("lower" if name in lower else "fp32_dtype" if name in fp32_dtype else
+                           "fp32_norm" if name == "norm" else "promote" if name in promote else "fp32")
+    return rules
+
+
+AUTOCAST_RULES = _autocast_kernels()
+
+
+class _AutocastOnMeta(TorchFunctionMode):
+    """torch.autocast("cuda", bfloat16)'s casts on the meta device, where autocast casts nothing (it casts only
+    tensors on its own device, and this CPU build cannot make tensors that claim a CUDA device and have a gradient).
+
+    Applied where autocast applies them, above autograd, so the backward casts each gradient back as it does on
+    CUDA: a torch function named after an operator with a rule in `AUTOCAST_RULES` gets its floating tensors cast
+    by that rule (cross_entropy as the log_softmax and nll_loss it is made of). The counter checks the result:
+    every aten operator with a rule that runs inside the forward must see the dtypes its rule gives
+    (`_Counter.autocast_misses`), so an operator this emulation does not reach is reported, not miscounted."""
+
+    def __init__(self, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        self.dtype = dtype
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "autocast_op", None) or getattr(func, "__name__", "")
+        if name.startswith("__") and name.endswith("__"):  # Tensor.__matmul__, __rmatmul__, __pow__, __rpow__
+            name = {"rmatmul": "matmul", "rpow": "pow"}.get(name[2:-2], name[2:-2])
+        if name == "cross_entropy" and not self._floating(args, kwargs, (torch.float32, torch.float64)):
+            options = {**dict(zip(("input", "target", "weight"), args)), **kwargs}
+            if (options.get("weight") is not None or options.get("label_smoothing", 0.0) != 0.0
+                    or options.get("size_average") is not None or options.get("reduce") is not None):
+                raise NotImplementedError("cross_entropy with weights or label smoothing is not emulated")
+            logp = torch.log_softmax(options["input"], 1, dtype=torch.float32)  # autocast's dtype rule for it
+            return F.nll_loss(logp, options["target"], ignore_index=options.get("ignore_index", -100),
+                              reduction=options.get("reduction", "mean"))
+        rule = AUTOCAST_RULES.get(name)
+        if rule == "lower":
+            args, kwargs = self._cast((args, kwargs), (torch.float32,), self.dtype)
+        elif rule == "fp32":
+            args, kwargs = self._cast((args, kwargs), (torch.bfloat16, torch.float16), torch.float32)
+        elif rule == "promote":
+            widest = self._floating(args, kwargs, (torch.float32, torch.float64))
+            if widest:
+                args, kwargs = self._cast((args, kwargs), (torch.bfloat16, torch.float16), widest[0])
+        elif rule == "fp32_dtype" and "dtype" not in kwargs and self._floating(args, kwargs, (self.dtype,)):
+            kwargs = {**kwargs, "dtype": torch.float32}
+        elif rule == "fp32_norm":
+            raise NotImplementedError("torch.norm under autocast is not emulated")
+        return func(*args, **kwargs)
+
+    @staticmethod
+    def _floating(args, kwargs, dtypes) -> list:
+        return [t.dtype for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                if isinstance(t, torch.Tensor) and t.dtype in dtypes]
+
+    @staticmethod
+    def _cast(tree, from_dtypes, to_dtype):
+        return torch.utils._pytree.tree_map(
+            lambda t: t.to(to_dtype) if isinstance(t, torch.Tensor) and t.dtype in from_dtypes else t, tree)
+
+
 class _MetaNoise(synaptic.ReleaseNoise):
     """Release noise on the meta device: a meta tensor has no generator, so the (host) generators are made on the
     CPU; drawing on meta only shapes the result."""
@@ -188,10 +279,14 @@ class _Counter(TorchDispatchMode):
         self.line_bytes: collections.Counter = collections.Counter()  # operand bytes, by line and operator
         self.inside_regions = 0
         self.region_calls: dict[int, object] = {}  # holding each call's frame keeps its id unique
+        self.autocast: torch.dtype | None = None  # set while a forward runs under _AutocastOnMeta
+        self.autocast_misses: collections.Counter = collections.Counter()  # "aten::bmm float32": calls
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.name().split(".")[0]  # "aten::add", "count_kernels::triton_kernel"
         result = func(*args, **(kwargs or {}))
+        if self.autocast is not None:
+            self._check_autocast(name, args, kwargs or {}, result)
         if not func.is_view and name not in NO_KERNEL:
             n = _kernels(name, args)
             self.ops[name] += n
@@ -206,6 +301,18 @@ class _Counter(TorchDispatchMode):
                 self.inside_regions += n
                 self.region_calls[id(region)] = region
         return result
+
+
+    def _check_autocast(self, name: str, args, kwargs, result) -> None:
+        """Count an operator whose input dtypes are not what autocast's rule for it gives (an emulation miss)."""
+        rule = AUTOCAST_RULES.get(name.removeprefix("aten::"))
+        leaves = torch.utils._pytree.tree_leaves
+        floating = {t.dtype for t in leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.is_floating_point()}
+        out = {t.dtype for t in leaves(result) if isinstance(t, torch.Tensor)}
+        if (rule == "lower" and torch.float32 in floating or rule == "fp32" and self.autocast in floating
+                or rule == "fp32_dtype" and self.autocast in floating and torch.float32 not in out
+                or rule == "promote" and len(floating - {torch.float64}) > 1):
+            self.autocast_misses[f"{name} {'/'.join(sorted(str(d) for d in floating))}"] += 1
 
 
 def _span(t: torch.Tensor) -> int:
@@ -274,9 +381,16 @@ def _where(frame) -> tuple[str, object]:
     return part or BACKWARD_REST, region
 
 
+PRECISIONS = ("fp32", "bf16")  # TrainConfig.precision; TF32 (--matmul-precision high) launches what fp32 does
+
+
 def count(population: int, model: ModelConfig = BASELINE_MODEL, batch_size: int = 8,
-          fused_attention: bool = False) -> dict:
-    """Operators (kernels) of one training step of a population on the GPU code path, counted on the meta device."""
+          fused_attention: bool = False, precision: str = "fp32") -> dict:
+    """Operators (kernels) of one training step of a population on the GPU code path, counted on the meta device.
+    precision="bf16" runs the forward under bf16 autocast's casts (`_AutocastOnMeta`) and the optimizer's
+    Newton-Schulz in bf16, as the trainer does under TrainConfig(precision="bf16")."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     meta = torch.device("meta")
     members = candidates(population)
     with _patching() as patch:
@@ -292,7 +406,7 @@ def count(population: int, model: ModelConfig = BASELINE_MODEL, batch_size: int 
             patch(synaptic, "fused_attention_kernels", lambda device: real(torch.device("cuda")))
         net = SynapticGPT(model, [m.synaptic for m in members], [m.seed for m in members], meta,
                           fused_attention=fused_attention).train()
-        return _count_step(net, model, population, batch_size, fused_attention)
+        return _count_step(net, model, population, batch_size, fused_attention, precision)
 
 
 @contextlib.contextmanager
@@ -306,14 +420,21 @@ def _patching():
             setattr(obj, name, value)
 
 
-def _count_step(net, model: ModelConfig, population: int, batch_size: int, fused_attention: bool) -> dict:
+def _count_step(net, model: ModelConfig, population: int, batch_size: int, fused_attention: bool,
+                precision: str) -> dict:
     meta = torch.device("meta")
-    opt = PopulationOptimizer(net, 3e-3, 0.02)
+    bf16 = precision == "bf16"
+    opt = PopulationOptimizer(net, 3e-3, 0.02, matmul_dtype=torch.bfloat16 if bf16 else torch.float32)
     tokens = torch.zeros(batch_size, model.sequence_len, dtype=torch.long, device=meta)
     active = torch.ones(population, dtype=torch.bool, device=meta)
 
-    def step() -> None:
-        loss = net(tokens, tokens)
+    def step(counter: _Counter | None = None) -> None:
+        if counter is not None and bf16:
+            counter.autocast = torch.bfloat16  # the forward's operators are checked against autocast's rules
+        with _AutocastOnMeta(torch.bfloat16) if bf16 else contextlib.nullcontext():
+            loss = net(tokens, tokens).float()
+        if counter is not None:
+            counter.autocast = None
         torch.where(active, loss, torch.zeros_like(loss)).sum().backward()
         net.hebbian_update(active)
         opt.set_schedule(1.0)
@@ -323,11 +444,13 @@ def _count_step(net, model: ModelConfig, population: int, batch_size: int, fused
     step()  # warm-up: the optimizer's state is created on the first step
     # Anomaly mode (without its NaN checks, which would read values) records where each graph node was made.
     with torch.autograd.set_detect_anomaly(True, check_nan=False), _Counter() as counter:
-        step()
+        step(counter)
     total = sum(counter.ops.values())
     return {
         "population": population,
         "fused_attention": fused_attention,
+        "precision": precision,
+        "autocast_misses": dict(counter.autocast_misses),
         "kernels_per_step": total,
         "parts": dict(counter.parts.most_common()),
         "ops": dict(counter.ops.most_common()),
@@ -343,6 +466,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--population", type=int, default=32)
     ap.add_argument("--fused-attention", action="store_true", help="count a step with TrainConfig.fused_attention")
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                    help="TrainConfig.precision: bf16 counts the casts of bf16 autocast (emulated on the meta "
+                         "device) and Newton-Schulz in bf16")
     ap.add_argument("--by-line", type=int, default=0, metavar="N",
                     help="also print the N source lines (and operators) that launch the most kernels, and the N "
                          "that move the most operand bytes")
@@ -355,8 +481,11 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--population must be at least 1, got {args.population}")
     if not args.bandwidth_tbs > 0:
         ap.error(f"--bandwidth-tbs must be > 0, got {args.bandwidth_tbs}")
-    report = count(args.population, fused_attention=args.fused_attention)
-    print(f"P = {report['population']}: {report['kernels_per_step']} kernels per training step (GPU code path)")
+    report = count(args.population, fused_attention=args.fused_attention, precision=args.precision)
+    print(f"P = {report['population']}, {args.precision}: {report['kernels_per_step']} kernels per training step "
+          f"(GPU code path)")
+    if report["autocast_misses"]:
+        print(f"  operators whose dtypes autocast would have made otherwise (not emulated): {report['autocast_misses']}")
     for part, n in report["parts"].items():
         print(f"  {n:6d}  {n / report['kernels_per_step']:6.1%}  {part}")
     if args.by_line:

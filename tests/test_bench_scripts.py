@@ -228,3 +228,30 @@ def test_count_kernels_takes_the_gpu_path_and_does_not_grow_with_the_population(
     assert hebbian_sigmoids == 2  # CaMKII's and PP1's, whatever the number of layers
     assert not any(part.startswith("logits chain") for part in fused["parts"])
     assert fused["kernels_per_step"] < two["kernels_per_step"] - two["parts"]["release step"]
+
+
+def test_count_kernels_casts_as_autocast_does_each_way():
+    """_AutocastOnMeta against torch.autocast itself, on the CPU, for the matmuls (where CPU's rules are CUDA's):
+    the same casts forward and backward (autograd's casts of the gradients back), the same dtypes out; and an
+    operator the emulation does not reach is reported by the counter's check, not silently counted in float32."""
+    ck = load_bench("count_kernels")
+
+    def step(device, autocast):
+        g = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(*shape, generator=g).to(device).requires_grad_() for shape in
+                   ((2, 3, 4), (2, 4, 4), (2, 1, 4)))
+        with ck._Counter() as counter:
+            with autocast:
+                y = torch.baddbmm(b, x, w)
+                z = torch.bmm(y, w.transpose(1, 2)) @ w
+            z.float().sum().backward()
+        return y.dtype, z.dtype, x.grad.dtype, counter.ops["aten::_to_copy"]
+
+    real = step("cpu", torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False))  # as the trainer runs it
+    assert real[:3] == (torch.bfloat16, torch.bfloat16, torch.float32) and real[3] >= 6
+    assert step("meta", ck._AutocastOnMeta(torch.bfloat16)) == real
+
+    with ck._Counter() as counter:
+        counter.autocast = torch.bfloat16  # as in a bf16 forward, but without the emulation
+        torch.bmm(torch.empty(2, 3, 4, device="meta"), torch.empty(2, 4, 5, device="meta"))
+    assert counter.autocast_misses == {"aten::bmm torch.float32": 1}
