@@ -66,26 +66,36 @@ FUSED_SMOKE_MODEL = ModelConfig(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, seq
 
 
 def kernel_bits(dev: torch.device, dtypes: tuple[str, ...] = ("fp32", "bf16")) -> dict:
-    """Whether the fused path's relu^2 kernels (nanochat/relu2_triton.py) give the torch definition's bits on this
-    device, values and gradients, per dtype; a (P, N, 4C)-like tensor with NaN, -0 and infinities in it. (Triton's
-    CPU interpreter truncates to bfloat16 instead of rounding, so bfloat16 is checked on a GPU only.)"""
-    from nanochat import relu2_triton, synaptic
+    """Whether two of the fused path's kernels round as torch does on this device, values and gradients, per dtype
+    (Triton's CPU interpreter truncates to bfloat16 instead of rounding, so bfloat16 is checked on a GPU only):
+
+    * values/gradients_equal: the relu^2 kernels (nanochat/relu2_triton.py) against the torch definition, a
+      (P, N, 4C)-like tensor with NaN, -0 and infinities in it;
+    * rotary_values/gradients_equal: the qk-norm and rotary kernels writing q in the matmuls' dtype
+      (rotary_triton.norm_rotary(..., dtype)) against their float32 result cast by torch, each way."""
+    from nanochat import relu2_triton, rotary_triton, synaptic
 
     g = torch.Generator().manual_seed(0)
     h, grad = torch.randn(2, 3000, 64, generator=g) * 4, torch.randn(2, 3000, 64, generator=g)
     h.view(-1)[:5] = torch.tensor([math.nan, -0.0, 0.0, math.inf, -math.inf])
+    proj, angles = torch.randn(2, 4 * 16, 2 * 32, generator=g) * 3, torch.rand(16, 16, generator=g) * 6
+    grad_q = torch.randn(2, 4, 2, 16, 32, generator=g)
+    cos, sin = angles.cos().to(dev), angles.sin().to(dev)
     out = {}
     for name in dtypes:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+        bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
         results = []
-        for fn in (relu2_triton.relu_squared, synaptic.relu_squared):
-            x = h.to(dev, dtype).requires_grad_()
+        for fn in (relu2_triton.relu_squared, synaptic.relu_squared,
+                   lambda x: rotary_triton.norm_rotary(x, 2, cos, sin, 0.5, dtype),
+                   lambda x: rotary_triton.norm_rotary(x, 2, cos, sin, 0.5).to(dtype)):
+            x = (h if len(results) < 2 else proj).to(dev, dtype).requires_grad_()
             y = fn(x)
-            (dx,) = torch.autograd.grad(y, x, grad.to(dev, dtype))
-            results.append([t.detach().cpu().view(torch.int16 if dtype == torch.bfloat16 else torch.int32)
-                            for t in (y, dx)])
-        (y, dx), (y_ref, dx_ref) = results
-        out[name] = {"values_equal": torch.equal(y, y_ref), "gradients_equal": torch.equal(dx, dx_ref)}
+            (dx,) = torch.autograd.grad(y, x, (grad if len(results) < 2 else grad_q).to(dev, dtype))
+            results.append([t.detach().cpu().view(bits) for t in (y, dx)])
+        (y, dx), (y_ref, dx_ref), (q, dq), (q_ref, dq_ref) = results
+        out[name] = {"values_equal": torch.equal(y, y_ref), "gradients_equal": torch.equal(dx, dx_ref),
+                     "rotary_values_equal": torch.equal(q, q_ref), "rotary_gradients_equal": torch.equal(dq, dq_ref)}
     return out
 
 

@@ -20,6 +20,7 @@ EAGER_CEILING = 6_941  # P = 32, this build (F.rms_norm counted as CUDA's one fu
 OUTSIDE_COMPILED_CEILING = 1_293
 FUSED_EAGER_CEILING = 929  # with fused_attention: its attention, state step and qk-norm as Triton kernels
 FUSED_OUTSIDE_COMPILED_CEILING = 677  # ... and compile (the Hebbian update and the optimizer compiled)
+FUSED_BF16_CEILING = 1_179  # fused, TrainConfig.precision="bf16": autocast's casts (emulated on meta) included
 
 
 def test_kernels_per_step_on_the_gpu_path(benchmark):
@@ -39,3 +40,12 @@ def test_kernels_per_step_with_the_fused_attention(benchmark):
                                 compiled_regions=regions)
     assert report["kernels_per_step"] <= FUSED_EAGER_CEILING, report["parts"]
     assert regions["ops_outside"] <= FUSED_OUTSIDE_COMPILED_CEILING, regions
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="the fused step's modules import Triton")
+def test_kernels_per_step_with_the_fused_attention_in_bf16(benchmark):
+    report = benchmark.pedantic(count, args=(32,), kwargs={"fused_attention": True, "precision": "bf16"}, rounds=1,
+                                iterations=1)
+    benchmark.extra_info.update(kernels_per_step=report["kernels_per_step"], parts=report["parts"])
+    assert report["autocast_misses"] == {}, report["autocast_misses"]
+    assert report["kernels_per_step"] <= FUSED_BF16_CEILING, report["parts"]

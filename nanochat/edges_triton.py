@@ -1,6 +1,6 @@
 """Each query's release edges as one Triton kernel, for the GPU: the same edges, in the same order, as topk.c.
 
-    vals, idx, valid = top_edges(dots, own, k)     # dots (..., Qc, keys) float32 of one chunk -> three (..., Qc, k)
+    vals, idx, valid = top_edges(dots, own, k)     # dots (..., Qc, keys) of one chunk -> three (..., Qc, k)
 
 The definition is edges.py's: the k largest dots among the keys a query may see (NaN counts as largest, -0 equals
 +0, of equal values the earlier key wins), listed in ascending key position; a query that sees fewer than k keys
@@ -42,6 +42,7 @@ MAX_WARPS = 8
 # is faster only a GPU says (bench/tune_kernels.py's top_k phase times both); "rounds" was timed on an H200.
 METHOD = "rounds"
 SCAN_WARPS = 4  # a scan program's warps: 32 rows each
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # of the dots; the edges' values are float32
 
 
 def warps_for(keys: int) -> int:
@@ -56,7 +57,7 @@ def _top_edges_kernel(DOTS, VALS, IDX, VALID, rows, n, q, K: tl.constexpr, BR: t
     seen = n - (q - 1 - r % q)  # row r is query r % q of the chunk, whose q queries are the last q keys
     live = r < rows
     visible = (j[None, :] < seen[:, None]) & live[:, None]
-    x = tl.load(DOTS + r.to(tl.int64)[:, None] * n + j[None, :], mask=visible, other=0.0)
+    x = tl.load(DOTS + r.to(tl.int64)[:, None] * n + j[None, :], mask=visible, other=0.0).to(tl.float32)
     # The dot's place in the order -inf < ... < -0 = +0 < ... < +inf < NaN, as an int32 (topk.c's order_key); keys
     # the query may not see rank below every dot.
     bits = x.to(tl.int32, bitcast=True)
@@ -110,7 +111,7 @@ def _scan_kernel(DOTS, VALS, IDX, VALID, rows, n, q, K: tl.constexpr, BR: tl.con
     for j in range(0, n, 4):
         c = j + tl.arange(0, 4)
         # The whole row is read (a key the query may not see is in it too), so that the four keys are one load.
-        x = tl.load(base[:, None] + c[None, :], mask=live[:, None] & (c[None, :] < n), other=0.0)
+        x = tl.load(base[:, None] + c[None, :], mask=live[:, None] & (c[None, :] < n), other=0.0).to(tl.float32)
         # The order of `_top_edges_kernel`; a key the query may not see below every dot, a column past the row's
         # end below that (it never enters the list).
         bits = x.to(tl.int32, bitcast=True)
@@ -132,7 +133,7 @@ def _scan_kernel(DOTS, VALS, IDX, VALID, rows, n, q, K: tl.constexpr, BR: tl.con
         for b in tl.static_range(K):
             slot += (best_p[b] < best_p[a]).to(tl.int32)
         visible = best_p[a] < seen
-        x = tl.load(base + best_p[a], mask=live & visible, other=0.0)
+        x = tl.load(base + best_p[a], mask=live & visible, other=0.0).to(tl.float32)
         finite = visible & (tl.abs(x) < float("inf"))
         tl.store(IDX + out + slot, best_p[a].to(tl.int64), mask=live)
         tl.store(VALS + out + slot, tl.where(finite, x, 0.0), mask=live)
@@ -140,13 +141,15 @@ def _scan_kernel(DOTS, VALS, IDX, VALID, rows, n, q, K: tl.constexpr, BR: tl.con
 
 
 def top_edges(dots: torch.Tensor, own: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(vals, idx, valid) of the chunk's queries, as edges.top_edges; `dots` float32, `own` the causal mask."""
-    if dots.dtype != torch.float32:
-        raise ValueError(f"dots must be float32 (the presynaptic state's dtype), got {dots.dtype}")
+    """(vals, idx, valid) of the chunk's queries, as edges.top_edges of the dots in float32; `own` the causal mask.
+    `dots` may be 16-bit (the matmuls' dtype under autocast): the kernel widens each as it reads it, which is
+    exact, so the edges are those of `dots.float()` and `vals` is float32, without a float32 copy of the dots."""
+    if dots.dtype not in DTYPES:
+        raise ValueError(f"dots must be one of {DTYPES}, got {dots.dtype}")
     dots, k = dots.contiguous(), min(topk, dots.shape[-1])
     *lead, q, n = dots.shape
     rows = dots.numel() // n
-    vals = dots.new_empty(*lead, q, k)
+    vals = dots.new_empty(*lead, q, k, dtype=torch.float32)
     idx = dots.new_empty(*lead, q, k, dtype=torch.int64)
     valid = dots.new_empty(*lead, q, k, dtype=torch.bool)
     if rows and METHOD == "scan":

@@ -64,7 +64,7 @@ def _forward_kernel(X, COS, SIN, Y, n_rows, tokens, T, H, B, D, scale, eps, BR: 
     r = _inverse_rms(x, D, eps)[:, None]
     c, s = _angles(COS, SIN, t, cols, mask, D)
     y = (x * r * c + xp * r * s) * scale
-    tl.store(Y + out_row[:, None] * D + cols[None, :], y, mask=mask)
+    tl.store(Y + out_row[:, None] * D + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -73,14 +73,15 @@ def _backward_kernel(X, COS, SIN, G, DX, n_rows, tokens, T, H, B, D, scale, eps,
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     cols, partner, mask, r64, t, out_row = _row_block(rows, n_rows, tokens, T, H, B, D, BD)
     x = tl.load(X + r64[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(G + out_row[:, None] * D + cols[None, :], mask=mask, other=0.0) * scale
-    gp = tl.load(G + out_row[:, None] * D + partner[None, :], mask=mask, other=0.0) * scale
+    g = tl.load(G + out_row[:, None] * D + cols[None, :], mask=mask, other=0.0).to(tl.float32) * scale
+    gp = tl.load(G + out_row[:, None] * D + partner[None, :], mask=mask, other=0.0).to(tl.float32) * scale
     c, s = _angles(COS, SIN, t, cols, mask, D)
     # The rotation's transpose: column j gets g_j cos_j plus its partner's g times the partner's signed sin, -s_j.
     dn = g * c - gp * s
     r = _inverse_rms(x, D, eps)[:, None]
     dm = -0.5 * tl.sum(dn * x, axis=1)[:, None] * (r * r * r)
-    tl.store(DX + r64[:, None] * D + cols[None, :], dn * r + x * (2.0 * dm / D), mask=mask)
+    dx = dn * r + x * (2.0 * dm / D)
+    tl.store(DX + r64[:, None] * D + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
 
 
 def _launch(kernel, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, scale: float, *tensors):
@@ -93,11 +94,16 @@ def _launch(kernel, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads
 
 
 class _NormRotary(torch.autograd.Function):
+    """Both kernels compute in float32 and round what they store to its tensor's dtype (to nearest even, as a
+    cast does): y to `dtype`, the gradient to x's. So a 16-bit y or x costs no cast kernel either way, and gives
+    the bits of the float32 result cast."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor, scale: float):
+    def forward(ctx, x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor, scale: float,
+                dtype: torch.dtype):
         P, N, HD = x.shape
         T = cos.shape[0]
-        y = torch.empty(P, N // T, heads, T, HD // heads, device=x.device, dtype=torch.float32)
+        y = torch.empty(P, N // T, heads, T, HD // heads, device=x.device, dtype=dtype)
         _launch(_forward_kernel, x, cos, sin, heads, scale, y)
         ctx.save_for_backward(x, cos, sin)
         ctx.heads, ctx.scale = heads, scale
@@ -106,19 +112,23 @@ class _NormRotary(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         x, cos, sin = ctx.saved_tensors
-        dx = torch.empty(x.shape, device=x.device, dtype=torch.float32)
-        _launch(_backward_kernel, x, cos, sin, ctx.heads, ctx.scale, g.float().contiguous(), dx)
-        return dx, None, None, None, None
+        dx = torch.empty_like(x)
+        _launch(_backward_kernel, x, cos, sin, ctx.heads, ctx.scale, g.contiguous(), dx)
+        return dx, None, None, None, None, None
 
 
-def norm_rotary(x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+def norm_rotary(x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor, scale: float = 1.0,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
     """synaptic.norm_rotary on these kernels: qk-norm, rotary and `scale` of a (P, B*T, heads*D) projection, as a
-    contiguous float32 (P, B, heads, T, D). x is float32 or 16-bit; cos and sin are the (T, D/2) angles."""
-    if x.dtype not in DTYPES:
-        raise ValueError(f"x must be one of {DTYPES}, got {x.dtype}")
+    contiguous (P, B, heads, T, D) in `dtype` (float32 when None), computed in float32. x is float32 or 16-bit;
+    cos and sin are the (T, D/2) angles."""
+    dtype = torch.float32 if dtype is None else dtype
+    if x.dtype not in DTYPES or dtype not in DTYPES:
+        raise ValueError(f"x and dtype must be one of {DTYPES}, got {x.dtype} and {dtype}")
     P, N, HD = x.shape
     T, half = cos.shape
     if HD != heads * 2 * half or N % T or sin.shape != cos.shape:
         raise ValueError(f"x {tuple(x.shape)} does not hold {heads} heads of {2 * half} for angles "
                          f"{tuple(cos.shape)} over whole sequences")
-    return _NormRotary.apply(x.contiguous(), heads, cos.float().contiguous(), sin.float().contiguous(), float(scale))
+    return _NormRotary.apply(x.contiguous(), heads, cos.float().contiguous(), sin.float().contiguous(), float(scale),
+                             dtype)

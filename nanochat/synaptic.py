@@ -326,9 +326,12 @@ def _swap_halves(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[..., half:], x[..., :half]], dim=-1)
 
 
-def norm_rotary(x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """qk-norm, then rotary, then `scale`, of a (P, B*T, heads*D) projection: contiguous (P, B, heads, T, D)."""
-    return _NormRotary.apply(x, heads, cos, sin, scale)
+def norm_rotary(x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor, scale: float = 1.0,
+                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """qk-norm, then rotary, then `scale`, of a (P, B*T, heads*D) projection: contiguous (P, B, heads, T, D), in
+    float32 (or wider, as x) unless `dtype` is given, computed in float32 and then rounded to it."""
+    y = _NormRotary.apply(x, heads, cos, sin, scale)
+    return y if dtype is None else y.to(dtype)
 
 
 def _logits_chain(d: torch.Tensor, scale: torch.Tensor, eps: torch.Tensor, lam: torch.Tensor,
@@ -525,15 +528,14 @@ class _AttentionRun:
         """Every chunk's logit scale, (P, B, H, n_chunks, T) float32: the chunked forward's state loop without its
         logits, for the fused kernel (`AttentionChains.kernel`). Each step writes the next chunk's row in place.
         A chunk's row holds its keys up to its last query; the rest is never written, nor read by the kernel,
-        which reads only causal keys."""
+        which reads only causal keys. The dots stay in q's dtype: the Triton top-k widens them as it reads them."""
         T, Q = q.shape[-2], self.chunk
         table = q.new_empty(*q.shape[:-2], -(-T // Q), T, dtype=torch.float32)
         self.chains.logit_scale(self.state, min(Q, T), self.ema, self.knobs, table[..., 0, None, :min(Q, T)])
         for start in range(0, T, Q):
             stop = min(start + Q, T)
             if self.training or stop < T:
-                d = (q[..., start:stop, :] @ key[..., :stop, :].transpose(-1, -2)).to(self.state_dtype)
-                self.advance(d, start, stop, T, table)
+                self.advance(q[..., start:stop, :] @ key[..., :stop, :].transpose(-1, -2), start, stop, T, table)
         return table
 
 
@@ -559,8 +561,13 @@ class PresynapticAttention(nn.Module):
         P, B, T, C = x.shape
         H, D = self.n_head, self.head_dim
         flat = x.reshape(P, B * T, C)
-        q = self.chains.norm_rotary(self.c_q(flat), H, cos, sin, 1.0 / math.sqrt(D))  # qk-norm, rotary, 1/sqrt(D)
-        key = self.chains.norm_rotary(self.c_k(flat), self.n_kv_head, cos, sin)
+        q = self.c_q(flat)
+        # The fused kernel multiplies q.k and p.v in the projections' dtype (autocast's, under autocast), so there q
+        # and k leave the norm in it: the rotary kernel writes them so, and no cast runs either way (under bf16 a
+        # cast each way of q and of k per layer). The chunked attention keeps them float32.
+        qk_dtype = q.dtype if self.chains.kernel is not None else None
+        q = self.chains.norm_rotary(q, H, cos, sin, 1.0 / math.sqrt(D), qk_dtype)  # qk-norm, rotary, 1/sqrt(D)
+        key = self.chains.norm_rotary(self.c_k(flat), self.n_kv_head, cos, sin, 1.0, qk_dtype)
         v = self.c_v(flat).view(P, B, T, self.n_kv_head, D).transpose(2, 3)
         if self.n_kv_head != H:
             key = key.repeat_interleave(H // self.n_kv_head, dim=2)
@@ -574,11 +581,8 @@ class PresynapticAttention(nn.Module):
         if self.chains.kernel is None:
             y = _ChunkedPresynapticAttention.apply(q.contiguous(), key.contiguous(), v.contiguous(), run)
         else:  # the same function, the state loop first and then one fused kernel over all queries
-            # v is a projection's output, so its dtype is the matmuls' (autocast's, under autocast); q and k leave
-            # the qk-norm in float32. The chunks' q.k and p.v run in that dtype too: cast once here, not per chunk
-            # by autocast (under bf16 each chunk's q.k would cast its key prefix again, ~4.5 key tensors a layer).
-            mm = v.dtype
-            q, key = q.to(mm), key.to(mm)
+            # q, key and v share the projections' dtype, so the state loop's q.k per chunk casts nothing either
+            # (under bf16 autocast it would cast each chunk's key prefix, ~4.5 key tensors a layer).
             y = self.chains.kernel(q, key, v, run.scale_table(q, key), k.lambda_loge, k.release_eps,
                                    k.barrier_strength, run.chunk)
         if self.training:

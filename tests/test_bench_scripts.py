@@ -13,6 +13,7 @@ import torch
 from helpers import fewer_key_loop_steps, triton_interpreter_missing
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
+KERNEL_BITS = ("values_equal", "gradients_equal", "rotary_values_equal", "rotary_gradients_equal")  # gpu_check
 
 
 def load_bench(name: str):
@@ -57,7 +58,7 @@ def test_gpu_check_smoke_on_cpu_writes_a_complete_report(tmp_path, monkeypatch):
     assert counted["population"] == 2 and counted["kernels_per_step"] == sum(counted["parts"].values()) > 0
     if fused:
         assert report["kernel_count_fused"]["kernels_per_step"] < counted["kernels_per_step"]
-        assert report["kernel_bits"] == {"fp32": {"values_equal": True, "gradients_equal": True}}
+        assert report["kernel_bits"] == {"fp32": dict.fromkeys(KERNEL_BITS, True)}
     assert report["errors"] == {} and report["skipped"] == []
 
 
@@ -128,7 +129,7 @@ def test_tune_kernels_smoke_times_each_setting_and_restores_the_constants(tmp_pa
     losses = [loss for key in ("dq", "release") for r in report["phase_rows"][key] for loss in r["last_losses"]]
     assert max(losses) - min(losses) <= 1e-5 * max(losses)
     assert tune.in_force() == before
-    assert report["kernel_bits"] == {"fp32": {"values_equal": True, "gradients_equal": True}}
+    assert report["kernel_bits"] == {"fp32": dict.fromkeys(KERNEL_BITS, True)}
     assert json.loads((tmp_path / "tune.json").read_text()) == json.loads(json.dumps(report))
 
 
@@ -228,6 +229,13 @@ def test_count_kernels_takes_the_gpu_path_and_does_not_grow_with_the_population(
     assert hebbian_sigmoids == 2  # CaMKII's and PP1's, whatever the number of layers
     assert not any(part.startswith("logits chain") for part in fused["parts"])
     assert fused["kernels_per_step"] < two["kernels_per_step"] - two["parts"]["release step"]
+
+    # bf16: autocast's casts (emulated on meta, every operator checked against its rule). q, k and the state loop's
+    # dots stay in the matmuls' dtype: the state loop launches only its q.k, and nothing casts around the rotary
+    bf16 = count(2, TRAINER_MODEL, batch_size=2, fused_attention=True, precision="bf16")
+    assert bf16["autocast_misses"] == {} and bf16["ops"]["aten::_to_copy"] > fused["ops"].get("aten::_to_copy", 0)
+    assert bf16["parts"]["state loop's q.k and scale table (fused attention)"] == chunks * layers
+    assert not [line for line in bf16["lines"] if "rotary_triton.py" in line and line.endswith("aten::_to_copy")]
 
 
 def test_count_kernels_casts_as_autocast_does_each_way():

@@ -138,8 +138,25 @@ def test_the_triton_kernel_follows_the_rule(lead, q, n, k, method, kind, monkeyp
 
 
 @needs_interpreter
+@pytest.mark.parametrize("lead, q, n, k", [((2, 3), 5, 17, 8), ((2,), 32, 96, 64), ((2,), 7, 100, 3)])
+@pytest.mark.parametrize("method", ["rounds", "scan"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_triton_kernel_reads_16_bit_dots_as_their_float32_values(lead, q, n, k, method, dtype, monkeypatch):
+    """Under bf16 autocast the state loop's dots are the matmul's 16-bit result: the kernel widens each as it reads
+    it, so its edges are the rule's for dots.float() (values float32), rounding's many ties included."""
+    from nanochat import edges_triton
+
+    monkeypatch.setattr(edges_triton, "METHOD", method)
+    dots = (awkward((*lead, q, n), n + k) * 3.3).to(dtype)  # off the 0.5 grid, so rounding makes new ties
+    got = edges_triton.top_edges(dots, own_mask(q), k)
+    assert got[0].dtype == torch.float32
+    for part, a, b in zip(("vals", "idx", "valid"), got, oracle(dots.float(), min(k, n))):
+        assert torch.equal(a, b), f"triton {part} differs from the rule"
+
+
+@needs_interpreter
 def test_the_triton_kernel_refuses_other_dtypes():
     from nanochat.edges_triton import top_edges as triton_top_edges
 
-    with pytest.raises(ValueError, match="dots must be float32"):
+    with pytest.raises(ValueError, match="dots must be one of"):
         triton_top_edges(torch.zeros(2, 4, 8, dtype=torch.float64), own_mask(4), 8)

@@ -161,8 +161,9 @@ def test_kernel_refuses_mismatched_inputs(interpreted):
 
 
 def test_under_autocast_the_kernel_multiplies_in_the_autocast_dtype(interpreted, monkeypatch):
-    """Under autocast q and k leave the qk-norm in float32 and v in 16 bits; the chunked path's matmuls run in
-    autocast's dtype, and so do the kernel's. (Float16: see the half-precision test on bfloat16.)"""
+    """Under autocast the chunked path's matmuls run in autocast's dtype, and so do the kernel's: q and k leave the
+    fused path's qk-norm in it (the rotary kernel writes them so), as v leaves its projection. (Float16: see the
+    half-precision test on bfloat16.)"""
     members = mixed_population(PILOT_SYNAPTIC)[:3]
     tokens = torch.randint(0, PILOT_MODEL.vocab_size, (2, PILOT_MODEL.sequence_len),
                            generator=torch.Generator().manual_seed(0))

@@ -72,6 +72,26 @@ def test_bfloat16_projections_give_the_torch_definitions_numbers(rt):
     torch.testing.assert_close(got_x.grad, ref_x.grad)
 
 
+def test_a_16_bit_result_is_the_float32_result_rounded_and_so_is_its_gradient(rt):
+    """dtype= (the fused attention's q and k in the matmuls' dtype): the kernels round what they store, which must
+    give the bits a cast gives, forward (y) and backward (the 16-bit projection's gradient from a 16-bit one).
+    float16 here: Triton's interpreter truncates to bfloat16 where a GPU rounds, so bench/gpu_check.py's
+    `kernel_bits` checks bfloat16 on a GPU."""
+    dtype = torch.float16
+    x, cos, sin = _inputs(2, 2, 8, 2, 8, dtype)
+    got_x, ref_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = rt.norm_rotary(got_x, 2, cos, sin, 0.35, dtype)
+    ref = rt.norm_rotary(ref_x, 2, cos, sin, 0.35).to(dtype)  # float32, then cast each way by torch
+    grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(3)).to(dtype)
+    got.backward(grad_out)
+    ref.backward(grad_out)
+    assert got.dtype == dtype and got.is_contiguous() and torch.equal(got, ref)
+    assert got_x.grad.dtype == dtype and torch.equal(got_x.grad, ref_x.grad)
+    torch_def = synaptic.norm_rotary(x, 2, cos, sin, 0.35, dtype)  # the definition takes dtype= too
+    assert torch_def.dtype == dtype
+    torch.testing.assert_close(torch_def.float(), got.float(), rtol=2 ** -10, atol=1e-6)
+
+
 def test_a_nan_member_stays_in_its_own_rows(rt):
     x, cos, sin = _inputs(3, 2, 8, 2, 8)
     clean = rt.norm_rotary(x, 2, cos, sin)
@@ -83,7 +103,9 @@ def test_a_nan_member_stays_in_its_own_rows(rt):
 
 def test_refuses_what_it_cannot_compute(rt):
     x, cos, sin = _inputs(1, 1, 8, 2, 8)
-    with pytest.raises(ValueError, match="x must be one of"):
+    with pytest.raises(ValueError, match="x and dtype must be one of"):
         rt.norm_rotary(x.double(), 2, cos, sin)
+    with pytest.raises(ValueError, match="x and dtype must be one of"):
+        rt.norm_rotary(x, 2, cos, sin, dtype=torch.float64)
     with pytest.raises(ValueError, match="does not hold 3 heads of 8"):
         rt.norm_rotary(x, 3, cos, sin)
