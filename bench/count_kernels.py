@@ -214,14 +214,31 @@ class _AutocastOnMeta(TorchFunctionMode):
     CUDA: a torch function named after an operator with a rule in `AUTOCAST_RULES` gets its floating tensors cast
     by that rule (cross_entropy as the log_softmax and nll_loss it is made of). The counter checks the result:
     every aten operator with a rule that runs inside the forward must see the dtypes its rule gives
-    (`_Counter.autocast_misses`), so an operator this emulation does not reach is reported, not miscounted."""
+    (`_Counter.autocast_misses`), so an operator this emulation does not reach is reported, not miscounted.
+
+    nanochat.precision asks autocast's state, which the meta device has none of: `matmul_input` and `off` stand in
+    for its two functions (the counter patches them in)."""
 
     def __init__(self, dtype: torch.dtype = torch.bfloat16):
         super().__init__()
         self.dtype = dtype
+        self.paused = 0  # inside `off` blocks
+
+    def matmul_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.dtype) if x.dtype == torch.float32 and not self.paused else x
+
+    @contextlib.contextmanager
+    def off(self, device: torch.device | None = None):
+        self.paused += 1
+        try:
+            yield
+        finally:
+            self.paused -= 1
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.paused:
+            return func(*args, **kwargs)
         name = getattr(func, "autocast_op", None) or getattr(func, "__name__", "")
         if name.startswith("__") and name.endswith("__"):  # Tensor.__matmul__, __rmatmul__, __pow__, __rpow__
             name = {"rmatmul": "matmul", "rpow": "pow"}.get(name[2:-2], name[2:-2])
@@ -279,13 +296,13 @@ class _Counter(TorchDispatchMode):
         self.line_bytes: collections.Counter = collections.Counter()  # operand bytes, by line and operator
         self.inside_regions = 0
         self.region_calls: dict[int, object] = {}  # holding each call's frame keeps its id unique
-        self.autocast: torch.dtype | None = None  # set while a forward runs under _AutocastOnMeta
+        self.autocast: _AutocastOnMeta | None = None  # set while a forward runs under it
         self.autocast_misses: collections.Counter = collections.Counter()  # "aten::bmm float32": calls
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.name().split(".")[0]  # "aten::add", "count_kernels::triton_kernel"
         result = func(*args, **(kwargs or {}))
-        if self.autocast is not None:
+        if self.autocast is not None and not self.autocast.paused:
             self._check_autocast(name, args, kwargs or {}, result)
         if not func.is_view and name not in NO_KERNEL:
             n = _kernels(name, args)
@@ -309,8 +326,9 @@ class _Counter(TorchDispatchMode):
         leaves = torch.utils._pytree.tree_leaves
         floating = {t.dtype for t in leaves((args, kwargs)) if isinstance(t, torch.Tensor) and t.is_floating_point()}
         out = {t.dtype for t in leaves(result) if isinstance(t, torch.Tensor)}
-        if (rule == "lower" and torch.float32 in floating or rule == "fp32" and self.autocast in floating
-                or rule == "fp32_dtype" and self.autocast in floating and torch.float32 not in out
+        low = self.autocast.dtype
+        if (rule == "lower" and torch.float32 in floating or rule == "fp32" and low in floating
+                or rule == "fp32_dtype" and low in floating and torch.float32 not in out
                 or rule == "promote" and len(floating - {torch.float64}) > 1):
             self.autocast_misses[f"{name} {'/'.join(sorted(str(d) for d in floating))}"] += 1
 
@@ -393,9 +411,13 @@ def count(population: int, model: ModelConfig = BASELINE_MODEL, batch_size: int 
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     meta = torch.device("meta")
     members = candidates(population)
+    autocast = _AutocastOnMeta(torch.bfloat16) if precision == "bf16" else None
     with _patching() as patch:
         patch(synaptic, "ReleaseNoise", _MetaNoise)
         patch(torch.nn.functional, "rms_norm", _rms_norm_as_on_cuda)
+        # nanochat.precision's questions to autocast, which has no state for the meta device
+        patch(synaptic, "matmul_input", autocast.matmul_input if autocast else lambda x: x)
+        patch(synaptic, "full_precision", autocast.off if autocast else lambda device: contextlib.nullcontext())
         if fused_attention:  # the real modules; only their kernels' launches stand in
             modules = _triton_modules()
             for module in modules.values():
@@ -406,7 +428,7 @@ def count(population: int, model: ModelConfig = BASELINE_MODEL, batch_size: int 
             patch(synaptic, "fused_attention_kernels", lambda device: real(torch.device("cuda")))
         net = SynapticGPT(model, [m.synaptic for m in members], [m.seed for m in members], meta,
                           fused_attention=fused_attention).train()
-        return _count_step(net, model, population, batch_size, fused_attention, precision)
+        return _count_step(net, model, population, batch_size, fused_attention, autocast)
 
 
 @contextlib.contextmanager
@@ -421,17 +443,16 @@ def _patching():
 
 
 def _count_step(net, model: ModelConfig, population: int, batch_size: int, fused_attention: bool,
-                precision: str) -> dict:
+                autocast: _AutocastOnMeta | None) -> dict:
     meta = torch.device("meta")
-    bf16 = precision == "bf16"
-    opt = PopulationOptimizer(net, 3e-3, 0.02, matmul_dtype=torch.bfloat16 if bf16 else torch.float32)
+    opt = PopulationOptimizer(net, 3e-3, 0.02, matmul_dtype=autocast.dtype if autocast else torch.float32)
     tokens = torch.zeros(batch_size, model.sequence_len, dtype=torch.long, device=meta)
     active = torch.ones(population, dtype=torch.bool, device=meta)
 
     def step(counter: _Counter | None = None) -> None:
-        if counter is not None and bf16:
-            counter.autocast = torch.bfloat16  # the forward's operators are checked against autocast's rules
-        with _AutocastOnMeta(torch.bfloat16) if bf16 else contextlib.nullcontext():
+        if counter is not None:
+            counter.autocast = autocast  # the forward's operators are checked against autocast's rules
+        with autocast if autocast else contextlib.nullcontext():
             loss = net(tokens, tokens).float()
         if counter is not None:
             counter.autocast = None
@@ -449,7 +470,7 @@ def _count_step(net, model: ModelConfig, population: int, batch_size: int, fused
     return {
         "population": population,
         "fused_attention": fused_attention,
-        "precision": precision,
+        "precision": "bf16" if autocast else "fp32",
         "autocast_misses": dict(counter.autocast_misses),
         "kernels_per_step": total,
         "parts": dict(counter.parts.most_common()),

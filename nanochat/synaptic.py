@@ -26,6 +26,7 @@ from .fused import compiled
 from .hebbian import HebbianState
 from .native import library
 from .population import Knobs, PopulationLinear, bcast, member_mean, member_sum
+from .precision import full_precision, matmul_input
 from .release_kernel import native_release, usable
 
 _MAX_BINOMIAL_N = 8  # stochastic release draws Binomial(round(clamp(rrp, 0, 8)), p)
@@ -560,7 +561,7 @@ class PresynapticAttention(nn.Module):
                 noise: ReleaseNoise | None) -> torch.Tensor:
         P, B, T, C = x.shape
         H, D = self.n_head, self.head_dim
-        flat = x.reshape(P, B * T, C)
+        flat = matmul_input(x.reshape(P, B * T, C))  # under autocast one cast for the three projections
         q = self.c_q(flat)
         # The fused kernel multiplies q.k and p.v in the projections' dtype (autocast's, under autocast), so there q
         # and k leave the norm in it: the rotary kernel writes them so, and no cast runs either way (under bf16 a
@@ -632,12 +633,14 @@ class SynapticLinear(nn.Module):
             raise RuntimeError("SynapticLinear has no Hebbian gains yet: bind() it to a HebbianState's gains")
         gain = 1.0 + self.fast + self.slow  # (P, 1, out), state, not trained
         w, b = self.linear.weight, self.linear.bias
-        w_eff = w * gain + torch.bmm(torch.bmm(w, self.U), self.V)
-        b_eff = b * gain + torch.bmm(torch.bmm(b, self.U), self.V)
+        with full_precision(w.device):  # products of the float32 parameters, without autocast's casts each way
+            w_eff = w * gain + torch.bmm(torch.bmm(w, self.U), self.V)
+            b_eff = b * gain + torch.bmm(torch.bmm(b, self.U), self.V)
         if self.training:  # activity statistics for the Hebbian rule (no gradient)
             with torch.no_grad():
                 # mean over tokens of y = x W + b is (mean over tokens of x) W + b: no (N x out) pass needed.
-                post = torch.baddbmm(b, x.mean(dim=1, keepdim=True), w)
+                with full_precision(w.device):
+                    post = torch.baddbmm(b, x.mean(dim=1, keepdim=True).to(w.dtype), w)
                 pre = abs_row_sums(x).sum(-1) / math.prod(x.shape[1:])  # mean |x|
                 self._stats = (pre, post)
         return torch.baddbmm(b_eff, x, w_eff)

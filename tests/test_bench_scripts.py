@@ -260,6 +260,6 @@ def test_count_kernels_casts_as_autocast_does_each_way():
     assert step("meta", ck._AutocastOnMeta(torch.bfloat16)) == real
 
     with ck._Counter() as counter:
-        counter.autocast = torch.bfloat16  # as in a bf16 forward, but without the emulation
+        counter.autocast = ck._AutocastOnMeta(torch.bfloat16)  # as in a bf16 forward, but the mode not entered
         torch.bmm(torch.empty(2, 3, 4, device="meta"), torch.empty(2, 4, 5, device="meta"))
     assert counter.autocast_misses == {"aten::bmm torch.float32": 1}
