@@ -1,7 +1,7 @@
 """Count the kernels one training step launches on the GPU code path, without a GPU, by part of the model.
 
-    python bench/count_kernels.py --population 32 [--fused-attention] [--by-line 20] [--bandwidth-tbs 4.8]
-        [--out counts.json]
+    python bench/count_kernels.py --population 32 [--fused-attention] [--precision bf16] [--by-line 20]
+        [--bandwidth-tbs 4.8] [--out counts.json]
 
 The model is built on PyTorch's `meta` device: tensors with shapes and no data, so a step costs only Python and any
 population size is free. Every device check in nanochat is "CPU or not", so a meta step takes the CUDA branches
@@ -22,6 +22,10 @@ dispatch mode that sees every aten operator below autograd:
   innermost line of nanochat on it; an operator of autograd's backward, which has no nanochat frame, is charged by
   line to the forward line that made its graph node ("autograd of synaptic.py:632"; the step runs in anomaly mode,
   which records each node's forward stack);
+* with --precision bf16 (TrainConfig.precision) the forward runs under bf16 autocast's casts, which autocast itself
+  would not make on meta tensors: `_AutocastOnMeta` applies autocast(cuda)'s rule for each operator (from the
+  dispatcher's table) above autograd, so the backward casts each gradient back as on CUDA, and the counter checks
+  every forward operator's dtypes against its rule (`autocast_misses`, empty when nothing was missed);
 * `compiled_regions` are the functions that `TrainConfig.compile` hands to torch.compile on CUDA (`fused.py`).
   Compiled, each call becomes a few fused kernels; the operators outside them are what a compiled step still
   launches one by one.
@@ -506,7 +510,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"P = {report['population']}, {args.precision}: {report['kernels_per_step']} kernels per training step "
           f"(GPU code path)")
     if report["autocast_misses"]:
-        print(f"  operators whose dtypes autocast would have made otherwise (not emulated): {report['autocast_misses']}")
+        print(f"  operators autocast would have cast otherwise (not emulated): {report['autocast_misses']}")
     for part, n in report["parts"].items():
         print(f"  {n:6d}  {n / report['kernels_per_step']:6.1%}  {part}")
     if args.by_line:
