@@ -38,7 +38,10 @@ def newton_schulz(grad: torch.Tensor, steps: int = 5, eps: float = 1e-7, dtype: 
     transposed = x.shape[-2] > x.shape[-1]
     if transposed:
         x = x.transpose(-1, -2)
-    x = (x / bcast(member_sum(x * x).sqrt() + eps, 3)).to(dtype or grad.dtype)
+    norm = bcast(member_sum(x * x).sqrt() + eps, 3)
+    dtype = dtype or grad.dtype
+    # in `dtype` straight from the division (it rounds as a cast would), not a float32 result cast in a second pass
+    x = x / norm if dtype == x.dtype else torch.div(x, norm, out=torch.empty_like(x, dtype=dtype))
     for _ in range(steps):  # x <- a x + (b G + c G G) x with G = x x^T, as two fused multiply-adds
         gram = x @ x.transpose(-1, -2)
         x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)

@@ -37,6 +37,20 @@ def test_newton_schulz_in_bfloat16_returns_float32_near_the_float32_iteration():
         assert torch.equal(optim.newton_schulz(x[i:i + 1], dtype=torch.bfloat16), yb[i:i + 1])
 
 
+def test_the_bfloat16_iteration_starts_from_the_normalised_matrix_rounded():
+    """The normalisation writes bfloat16 directly (one pass, no float32 copy to cast): the same bits as dividing in
+    float32 and casting, so the iteration is the one written out here, bit for bit, wide and tall."""
+    a, b, c = optim._NS_COEFFS
+    for x in (_matrices(), _matrices().transpose(-1, -2)):
+        wide = x.transpose(-1, -2) if x.shape[-2] > x.shape[-1] else x
+        y = (wide / (wide * wide).sum(-1).sum(-1).sqrt().add(1e-7)[:, None, None]).to(torch.bfloat16)
+        for _ in range(5):
+            gram = y @ y.transpose(-1, -2)
+            y = torch.baddbmm(y, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), y, beta=a)
+        y = y.float()
+        assert torch.equal(optim.newton_schulz(x, dtype=torch.bfloat16), y if x is wide else y.transpose(-1, -2))
+
+
 def test_a_bf16_run_orthogonalises_in_bf16_and_an_fp32_run_in_fp32(monkeypatch, corpus):
     seen = []
     real = optim.newton_schulz
