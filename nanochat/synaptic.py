@@ -639,8 +639,8 @@ class SynapticLinear(nn.Module):
         if self.training:  # activity statistics for the Hebbian rule (no gradient)
             with torch.no_grad():
                 # mean over tokens of y = x W + b is (mean over tokens of x) W + b: no (N x out) pass needed.
-                with full_precision(w.device):
-                    post = torch.baddbmm(b, x.mean(dim=1, keepdim=True).to(w.dtype), w)
+                with full_precision(w.device):  # the token mean summed and kept in w's dtype, also for a bf16 x
+                    post = torch.baddbmm(b, x.mean(dim=1, keepdim=True, dtype=w.dtype), w)
                 pre = abs_row_sums(x).sum(-1) / math.prod(x.shape[1:])  # mean |x|
                 self._stats = (pre, post)
         return torch.baddbmm(b_eff, x, w_eff)

@@ -90,7 +90,11 @@ def test_synaptic_linear_casts_only_its_matmul_operands_under_bf16():
     ref_pre, ref_post = ref.take_activity()  # float32 without autocast: the same statistics
     torch.testing.assert_close(post, ref_post)
     torch.testing.assert_close(pre, ref_pre)
-    # a bf16 input (the MLP's second layer reads relu^2 of a bf16 matmul): its token mean widens for the product
+    # a bf16 input (the MLP's second layer reads relu^2 of a bf16 matmul): its token mean is taken in float32, not
+    # rounded to bf16 first, and so is the product
+    xb = x.detach().to(torch.bfloat16)
     with bf16():
-        layer(x.detach().to(torch.bfloat16))
-    assert layer.take_activity()[1].dtype == torch.float32
+        layer(xb)
+    post = layer.take_activity()[1]
+    w, b = layer.linear.weight.detach(), layer.linear.bias.detach()
+    assert post.dtype == torch.float32 and torch.equal(post, torch.baddbmm(b, xb.float().mean(1, keepdim=True), w))
