@@ -14,8 +14,8 @@
                      KEYS_PER_PROGRAM keys on a warp per KEYS_PER_WARP, or a "scan" of each row by one thread on
                      SCAN_WARPS warps a program).
 
-Timing (a GPU). First `kernel_bits` (gpu_check.py: the relu^2 kernels against torch, float32 and bfloat16, a
-second). Then each phase in `--phases` order times its settings, the one in force first, each as one training run
+Timing (a GPU). First `kernel_bits` (gpu_check.py: the relu^2 kernels against torch, and the rotary kernels' 16-bit
+stores against a torch cast, float32 and bfloat16, a second). Then each phase in `--phases` order times its settings, the one in force first, each as one training run
 of the baseline model at `--population` (TF32, CUDA graph) read by its median step; the fastest setting of a phase
 stays in force for the phases after it. Then the fastest set at P = 1, 32 and `--population` in TF32 and bf16, the
 settings in force beside the fastest set at small populations (`--compare-populations`), the fastest set's batch
