@@ -86,12 +86,12 @@ def kernel_bits(dev: torch.device, dtypes: tuple[str, ...] = ("fp32", "bf16")) -
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
         bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
         results = []
-        for fn in (relu2_triton.relu_squared, synaptic.relu_squared,
-                   lambda x: rotary_triton.norm_rotary(x, 2, cos, sin, 0.5, dtype),
-                   lambda x: rotary_triton.norm_rotary(x, 2, cos, sin, 0.5).to(dtype)):
-            x = (h if len(results) < 2 else proj).to(dev, dtype).requires_grad_()
+        for fn, inp, grad_out in ((relu2_triton.relu_squared, h, grad), (synaptic.relu_squared, h, grad),
+                                  (lambda x: rotary_triton.norm_rotary(x, 2, cos, sin, 0.5, dtype), proj, grad_q),
+                                  (lambda x: rotary_triton.norm_rotary(x, 2, cos, sin, 0.5).to(dtype), proj, grad_q)):
+            x = inp.to(dev, dtype).requires_grad_()
             y = fn(x)
-            (dx,) = torch.autograd.grad(y, x, (grad if len(results) < 2 else grad_q).to(dev, dtype))
+            (dx,) = torch.autograd.grad(y, x, grad_out.to(dev, dtype))
             results.append([t.detach().cpu().view(bits) for t in (y, dx)])
         (y, dx), (y_ref, dx_ref), (q, dq), (q_ref, dq_ref) = results
         out[name] = {"values_equal": torch.equal(y, y_ref), "gradients_equal": torch.equal(dx, dx_ref),

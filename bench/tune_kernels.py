@@ -15,15 +15,15 @@
                      SCAN_WARPS warps a program).
 
 Timing (a GPU). First `kernel_bits` (gpu_check.py: the relu^2 kernels against torch, and the rotary kernels' 16-bit
-stores against a torch cast, float32 and bfloat16, a second). Then each phase in `--phases` order times its settings, the one in force first, each as one training run
-of the baseline model at `--population` (TF32, CUDA graph) read by its median step; the fastest setting of a phase
-stays in force for the phases after it. Then the fastest set at P = 1, 32 and `--population` in TF32 and bf16, the
-settings in force beside the fastest set at small populations (`--compare-populations`), the fastest set's batch
-invariance and its profiles at `--population` in TF32 and in bf16 (kernels by device time; bf16's shows its casts,
-which `count_kernels.py --precision bf16` counts). A setting changes the order of some sums (a
-block's size), never what is computed, so each row's final losses are reported and must agree with the phase's first
-row to float rounding (`LOSS_REL_TOL`); a row that does not is not chosen. The report is rewritten after each row;
-`--budget-s` skips the rows that would start after it.
+stores against a torch cast, float32 and bfloat16, a second). Then each phase in `--phases` order times its
+settings, the one in force first, each as one training run of the baseline model at `--population` (TF32, CUDA
+graph) read by its median step; the fastest setting of a phase stays in force for the phases after it. Then the
+fastest set at P = 1, 32 and `--population` in TF32 and bf16, the settings in force beside the fastest set at small
+populations (`--compare-populations`), the fastest set's batch invariance and its profiles at `--population` in TF32
+and in bf16 (kernels by device time; bf16's shows its casts, which `count_kernels.py --precision bf16` counts). A
+setting changes the order of some sums (a block's size), never what is computed, so each row's final losses are
+reported and must agree with the phase's first row to float rounding (`LOSS_REL_TOL`); a row that does not is not
+chosen. The report is rewritten after each row; `--budget-s` skips the rows that would start after it.
 
 Resources (`--resources`, the CPU is enough). Triton's compiler builds every setting for sm_90 (an H100 or H200), and
 cuobjdump (shipped in Triton's wheel) reads each cubin's registers per thread and its stack, where spilled registers
@@ -303,13 +303,11 @@ def main(argv: list[str] | None = None) -> dict:
         with launch_settings(best):
             report["best_invariance"] = gpu_check.invariance(corpus, dev, precision, 20)
             save()
-            if args.budget_s is None or time.perf_counter() - started <= args.budget_s:  # where the step goes now
-                report["best_profile"] = gpu_check.profile_top_ops(population, model, corpus, dev, rows=25,
-                                                                   precision=precision)
-                save()
-            if args.budget_s is None or time.perf_counter() - started <= args.budget_s:  # and in bf16, its casts
-                report["best_profile_bf16"] = gpu_check.profile_top_ops(population, model, corpus, dev, rows=25,
-                                                                        precision="bf16+fused")
+            # where the step goes now, and in bf16 (its casts)
+            for key, prec in (("best_profile", precision), ("best_profile_bf16", "bf16+fused")):
+                if args.budget_s is None or time.perf_counter() - started <= args.budget_s:
+                    report[key] = gpu_check.profile_top_ops(population, model, corpus, dev, rows=25, precision=prec)
+                    save()
     report["total_s"] = time.perf_counter() - started
     save()
     print(json.dumps({"best": best, "best_invariance": report.get("best_invariance")}), flush=True)
