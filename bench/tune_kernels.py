@@ -15,15 +15,17 @@
                      SCAN_WARPS warps a program).
 
 Timing (a GPU). First `kernel_bits` (gpu_check.py: the relu^2 kernels against torch, and the rotary kernels' 16-bit
-stores against a torch cast, float32 and bfloat16, a second). Then each phase in `--phases` order times its
-settings, the one in force first, each as one training run of the baseline model at `--population` (TF32, CUDA
-graph) read by its median step; the fastest setting of a phase stays in force for the phases after it. Then the
-fastest set at P = 1, 32 and `--population` in TF32 and bf16, the settings in force beside the fastest set at small
-populations (`--compare-populations`), the fastest set's batch invariance and its profiles at `--population` in TF32
-and in bf16 (kernels by device time; bf16's shows its casts, which `count_kernels.py --precision bf16` counts). A
-setting changes the order of some sums (a block's size), never what is computed, so each row's final losses are
-reported and must agree with the phase's first row to float rounding (`LOSS_REL_TOL`); a row that does not is not
-chosen. The report is rewritten after each row; `--budget-s` skips the rows that would start after it.
+stores against a torch cast, float32 and bfloat16, a second) and `attention_error` (gpu_check.py: the attention's
+kernels, with the GPU's approximate log, exp and division, against the formula in float64). Then each phase in
+`--phases` order times its settings, the one in force first, each as one training run of the baseline model at
+`--population` (TF32, CUDA graph) read by its median step; the fastest setting of a phase stays in force for the
+phases after it. Then the fastest set at P = 1, 32 and `--population` in TF32 and bf16, the settings in force beside
+the fastest set at small populations (`--compare-populations`), the fastest set's batch invariance and its profiles
+at `--population` in TF32 and in bf16 (kernels by device time; bf16's shows its casts, which `count_kernels.py
+--precision bf16` counts). A setting changes the order of some sums (a block's size), never what is computed, so
+each row's final losses are reported and must agree with the phase's first row to float rounding (`LOSS_REL_TOL`); a
+row that does not is not chosen. The report is rewritten after each row; `--budget-s` skips the rows that would
+start after it.
 
 Resources (`--resources`, the CPU is enough). Triton's compiler builds every setting for sm_90 (an H100 or H200), and
 cuobjdump (shipped in Triton's wheel) reads each cubin's registers per thread and its stack, where spilled registers
@@ -64,14 +66,14 @@ Launch = fused_attention.Launch
 # the search's (KEY_SUMS) and the top-k's scan (METHOD) never were.
 PHASES: dict[str, tuple[object, tuple[str, ...], list[tuple]]] = {
     "dkdv": (fused_attention, ("BACKWARD_DKDV",), [
-        (Launch(64, 32, 4, 3),), (Launch(64, 32, 8, 3),), (Launch(64, 32, 4, 1),), (Launch(64, 16, 4, 3),),
-        (Launch(32, 32, 4, 2),), (Launch(32, 16, 2, 2),), (Launch(16, 32, 2, 2),), (Launch(32, 64, 8, 2),)]),
+        (Launch(32, 64, 4, 3),), (Launch(32, 64, 4, 2),), (Launch(32, 64, 4, 1),), (Launch(32, 64, 8, 2),),
+        (Launch(16, 64, 4, 2),), (Launch(32, 128, 8, 2),), (Launch(16, 128, 8, 2),)]),
     "dq": (fused_attention, ("BACKWARD_DQ",), [
-        (Launch(64, 32, 4, 3),), (Launch(64, 32, 8, 3),), (Launch(64, 16, 4, 3),), (Launch(32, 32, 4, 3),),
-        (Launch(16, 32, 2, 2),), (Launch(16, 64, 2, 2),), (Launch(64, 32, 4, 1),)]),
+        (Launch(64, 32, 4, 3),), (Launch(64, 32, 8, 3),), (Launch(64, 16, 4, 3),), (Launch(128, 32, 8, 3),),
+        (Launch(16, 32, 2, 2),), (Launch(64, 32, 4, 1),), (Launch(32, 32, 4, 2),)]),
     "forward": (fused_attention, ("FORWARD",), [
-        (Launch(64, 32, 4, 3),), (Launch(64, 32, 8, 3),), (Launch(64, 16, 4, 3),), (Launch(64, 32, 4, 1),),
-        (Launch(32, 32, 4, 2),), (Launch(128, 32, 8, 3),), (Launch(16, 32, 2, 2),)]),
+        (Launch(64, 32, 4, 3),), (Launch(64, 32, 8, 3),), (Launch(64, 16, 4, 3),), (Launch(128, 32, 8, 3),),
+        (Launch(128, 64, 8, 2),), (Launch(32, 32, 4, 2),), (Launch(16, 32, 2, 2),)]),
     "release": (release_triton, ("KEY_SUMS", "KEY_BLOCK", "EDGES_PER_WARP", "SUMS_FIRST", "UPDATE_BLOCK"), [
         ("match", 4, 256, False, 256), ("match", 4, 256, True, 256), ("match", 4, 64, True, 256),
         ("search", 4, 128, False, 256), ("search", 4, 64, False, 256), ("search", 4, 32, False, 256),
@@ -193,7 +195,8 @@ def _builds(phase: str):
         launch = getattr(fused_attention, PHASES[phase][1][0])
         for dtype, precision in (("fp32", "tf32"), ("bf16", "ieee")):
             pointers = {n: "*" + dtype for n in ("Q", "K", "V", "OUT", "DO", "DK", "DV", "DQ")}
-            yield (dtype, kernel, {"PREC": precision, "BM": launch.queries, "BN": launch.keys, "BD": 32}, pointers,
+            yield (dtype, kernel, {"PREC": precision, "BM": launch.queries, "BN": launch.keys, "BD": 32,
+                                   "FAST_MATH": True, "CHUNK": 32}, pointers,
                    launch.warps, launch.stages, ())
     elif phase == "release":
         rt = release_triton
@@ -270,6 +273,9 @@ def main(argv: list[str] | None = None) -> dict:
                    "compare_rows": [], "skipped": 0})
     report["kernel_bits"] = gpu_check.kernel_bits(dev, ("fp32",) if args.smoke else ("fp32", "bf16"))  # a second
     print(json.dumps({"kernel_bits": report["kernel_bits"]}), flush=True)
+    report["attention_error"] = (gpu_check.attention_error(dev, ("fp32",), 40) if args.smoke  # seconds
+                                 else gpu_check.attention_error(dev))
+    print(json.dumps({"attention_error": report["attention_error"]}), flush=True)
 
     def row(rows: list, p: int, prec: str, chosen: dict) -> dict | None:
         if args.budget_s is not None and time.perf_counter() - started > args.budget_s:

@@ -12,7 +12,8 @@ about 23 times (forward and backward, op by op or a few times fused); here no su
 block of queries and walks the causal keys block by block, keeping each row's running max and sum (the
 flash-attention recurrence); the backward recomputes the scores from q, k and the row's log-sum-exp, one program
 per query block for dq (which first writes each row's delta, out . d out, for the other kernel) and then one per key
-block for dk and dv. Every sum runs in a fixed order (no atomics), so a run repeats bit for bit, and nothing mixes
+block for dk and dv, whose scores are computed transposed (keys x queries: k q^T), as dk = ds^T q and dv = p^T d out
+take them. Every sum runs in a fixed order (no atomics), so a run repeats bit for bit, and nothing mixes
 rows of different members.
 
 Per-member knobs (lam, eps, barrier: (P,) float32) are read per row; `scales` is (P, B, H, n_chunks, T) float32.
@@ -23,8 +24,13 @@ a step at P = 128, counted by bench/count_kernels.py).
 Matmuls follow the run's precision: float32 inputs use TF32 when `torch.backends.cuda.matmul.allow_tf32` is set
 (`--matmul-precision high`), IEEE float32 otherwise; bfloat16 inputs multiply in bfloat16 with float32 sums.
 
+A score's work is what the kernels' time goes to, so it is kept small: on the GPU the log, the exponentials and the
+sigmoid's division are the hardware's approximate instructions (FAST_MATH below), the distance penalty is a row's
+and a column's term, and the causal mask is one comparison a score (the scales are masked per key only).
+
 Triton compiles these for the GPU. Its interpreter (`TRITON_INTERPRET=1`, set before triton is imported) runs them
-on CPU tensors, slowly; the tests check them that way against float64 references.
+on CPU tensors, slowly, with tl.log and tl.exp; the tests check them that way against the formula in float64
+(`dense_reference`), and bench/gpu_check.py does on a GPU.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 
 class Launch(NamedTuple):
@@ -46,28 +53,64 @@ class Launch(NamedTuple):
 
 
 # The forward and the dq kernel give a program a block of queries and walk the causal keys a block at a time; the
-# dk/dv kernel gives a program a block of keys and walks the query blocks that see them. All three use 64 queries
-# and 32 keys on Triton's default 4 warps and 3 stages, the settings they were written with; none was tuned on a GPU
-# (bench/tune_kernels.py times alternatives). Compiled for sm_90 in TF32 by Triton 3.6 they take 248 (forward), 222
-# (dk/dv) and 255 (dq) registers a thread, so an SM holds two programs (Triton 3.9: 220, 236, and 255 spilling 40
-# bytes; bench/tune_kernels.py --resources). Fixed numbers, not triton.autotune: a block's size sets the order of its
-# sums, so a run must not pick one by timing.
+# dk/dv kernel gives a program a block of keys and walks the query blocks that see them, its scores transposed (keys
+# x queries, as dk and dv take them). Forward and dq use 64 queries and 32 keys, dk/dv 32 queries and 64 keys, on
+# Triton's default 4 warps and 3 stages; none was timed on a GPU (bench/tune_kernels.py times alternatives).
+# Compiled for sm_90 in TF32 by Triton 3.9 they take 176 (forward), 226 (dk/dv) and 243 (dq) registers a thread,
+# none spilled, so an SM holds two programs; a score costs their key loops 1.6, 2.3 and 2.1 warp instructions
+# (bench/tune_kernels.py --resources), where the build before this file's fast log, per-key masks and transposed
+# dk/dv took 3.1, 4.7 and 3.7 (64 x 32 blocks each; dq spilled 40 bytes). Fixed numbers, not triton.autotune: a
+# block's size sets the order of its sums, so a run must not pick one by timing.
 FORWARD = Launch(64, 32)
-BACKWARD_DKDV = Launch(64, 32)
+BACKWARD_DKDV = Launch(32, 64)
 BACKWARD_DQ = Launch(64, 32)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
+# FAST_MATH (on the GPU; Triton's interpreter, which runs the kernels on CPU tensors, has no libdevice): the
+# hardware's approximate instructions, flushing subnormals to zero, for the four transcendental operations of a
+# score. A log is one MUFU.LG2 instead of tl.log's polynomial of about twenty instructions, an exp drops tl.exp's
+# subnormal handling, the sigmoid's division is one reciprocal. Each is within a few ulp of float32 (max error 2^-21
+# or so), far inside TF32's and bf16's rounding; bench/gpu_check.py's `attention_error` checks the result on a GPU.
 @triton.jit
-def _scores(q, k, offs_m, offs_n, T, sc_row, lam, eps, barrier, chunk, PREC: tl.constexpr):
-    """One block's raw scores s, logits z (-inf outside the causal triangle) and the scale and sigmoid behind them."""
-    s = tl.dot(q, tl.trans(k), input_precision=PREC)
-    keep = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < T) & (offs_m[:, None] < T)
-    sc = tl.load(sc_row[:, None] + offs_n[None, :], mask=keep, other=0.0)
-    sig = tl.sigmoid(s)
-    distance = (offs_m[:, None] - offs_n[None, :]).to(tl.float32) / chunk
-    z = (lam * tl.log(sig * sc + eps) + s) + (-barrier) * distance
-    return s, tl.where(keep, z, float("-inf")), sc, sig, keep
+def _log(x, FAST_MATH: tl.constexpr):
+    if FAST_MATH:
+        y = libdevice.fast_logf(x)
+    else:
+        y = tl.log(x)
+    return y
+
+
+@triton.jit
+def _exp(x, FAST_MATH: tl.constexpr):
+    if FAST_MATH:
+        y = libdevice.fast_expf(x)
+    else:
+        y = tl.exp(x)
+    return y
+
+
+@triton.jit
+def _sigmoid(x, FAST_MATH: tl.constexpr):
+    if FAST_MATH:
+        y = libdevice.fast_dividef(1.0, 1.0 + libdevice.fast_expf(-x))
+    else:
+        y = tl.sigmoid(x)
+    return y
+
+
+@triton.jit
+def _logits(s, m, n, T, sc, lam, eps, row_term, per_pos, FAST_MATH: tl.constexpr):
+    """A block's logits z from its raw scores s (-inf outside the causal triangle), and the sigmoid, the scale and
+    `keep` (query m sees key n) behind them. The block is (queries x keys) or, for the dk/dv kernel, (keys x
+    queries): m and n are the query and key positions, row_term and `sc` (pointers to each score's scale) shaped to
+    broadcast so. The distance penalty -barrier (i - j) / chunk is per_pos j - row_term, with per_pos = barrier /
+    chunk and row_term = per_pos i: a product a key and a query instead of a conversion and a division a score."""
+    keep = (n <= m) & (m < T)  # a key past T is past every query
+    sc = tl.load(sc, mask=n < T, other=0.0)  # keys a query does not see too (masked per key, not per score): unused
+    sig = _sigmoid(s, FAST_MATH)
+    z = (lam * _log(sig * sc + eps, FAST_MATH) + s) + (n.to(tl.float32) * per_pos - row_term)
+    return tl.where(keep, z, float("-inf")), sig, sc, keep
 
 
 @triton.jit
@@ -85,16 +128,17 @@ def _rows(X, base, offs, S_T, offs_d, D, T):
 
 
 @triton.jit
-def _knobs(LAM, EPS, BAR, r, rows_per_member):
-    """lam, eps and barrier of the member that row r (one (member, batch row, head)) belongs to."""
+def _knobs(LAM, EPS, BAR, r, rows_per_member, chunk):
+    """lam, eps and the distance penalty a position, per_pos = barrier / chunk, of the member that row r (one
+    (member, batch row, head)) belongs to."""
     member = r // rows_per_member
-    return tl.load(LAM + member), tl.load(EPS + member), tl.load(BAR + member)
+    return tl.load(LAM + member), tl.load(EPS + member), tl.load(BAR + member) / chunk
 
 
 @triton.jit
 def _scale_rows(SC, r, offs_m, T, n_chunks, chunk):
-    """Pointers to the scale table's row of each query's chunk."""
-    return SC + r.to(tl.int64) * n_chunks * T + (offs_m // chunk) * T
+    """Pointers to the scale table's row of each query's chunk (of the last chunk for rows past T)."""
+    return SC + r.to(tl.int64) * n_chunks * T + (tl.minimum(offs_m, T - 1) // chunk) * T
 
 
 @triton.jit
@@ -108,25 +152,29 @@ def _query_block(Q, DO, LSE, DELTA, r, qk, QK_T, vo, VO_T, offs_m, offs_d, D, T)
 
 
 @triton.jit
-def _forward_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, LSE, T, D, rows_per_member, n_chunks, chunk, H, QK_PB, QK_H,
-                    QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+def _forward_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, LSE, T, D, rows_per_member, n_chunks, CHUNK: tl.constexpr, H,
+                    QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                    BD: tl.constexpr, FAST_MATH: tl.constexpr):
     m0 = tl.program_id(1) * BM
     r = tl.program_id(0)  # one (member, batch row, head): on the grid's x, which has room for 2**31 - 1
-    lam, eps, barrier = _knobs(LAM, EPS, BAR, r, rows_per_member)
+    lam, eps, per_pos = _knobs(LAM, EPS, BAR, r, rows_per_member, CHUNK)
     offs_m, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BD)
     qk, vo = _base(r, H, QK_PB, QK_H), _base(r, H, VO_PB, VO_H)  # q, k | v, out: each pair's layout
     q = _rows(Q, qk, offs_m, QK_T, offs_d, D, T)
-    sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, chunk)
+    sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, CHUNK)
+    row_term = offs_m.to(tl.float32) * per_pos
     m_i = tl.full((BM,), float("-inf"), tl.float32)
     l_i = tl.zeros((BM,), tl.float32)
     acc = tl.zeros((BM, BD), tl.float32)
     for n0 in range(0, tl.minimum(m0 + BM, T), BN):  # causal: keys up to the block's last query
         offs_n = n0 + tl.arange(0, BN)
         k, v = _rows(K, qk, offs_n, QK_T, offs_d, D, T), _rows(V, vo, offs_n, VO_T, offs_d, D, T)
-        _, z, _, _, _ = _scores(q, k, offs_m, offs_n, T, sc_row, lam, eps, barrier, chunk, PREC)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)
+        z, _, _, _ = _logits(s, offs_m[:, None], offs_n[None, :], T, sc_row[:, None] + offs_n[None, :], lam, eps,
+                             row_term[:, None], per_pos, FAST_MATH)
         m_new = tl.maximum(m_i, tl.max(z, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows past T see no key
-        p = tl.exp(z - m_safe[:, None])
+        p = _exp(z - m_safe[:, None], FAST_MATH)
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PREC)  # accumulates in place
@@ -139,36 +187,40 @@ def _forward_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, LSE, T, D, rows_per_member,
 
 
 @triton.jit
-def _dscores(p, do, v, delta, sig, sc, lam, eps, PREC: tl.constexpr):
+def _dscores(p, dp, delta, sig, sc, keep, lam, eps):
     """d loss / d s from the probabilities: the softmax's backward p (dp - delta), times d z / d s =
-    1 + lam sc sig (1 - sig) / (sig sc + eps)."""
-    dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+    1 + lam sc sig (1 - sig) / (sig sc + eps); zero where the key is not seen (whatever its scale entry holds)."""
     u = sig * sc
     slope = (u / (u + eps)) * (1.0 - sig) * lam + 1.0
-    return p * (dp - delta[:, None]) * slope
+    return tl.where(keep, p * (dp - delta) * slope, 0.0)
 
 
 @triton.jit
 def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T, D, rows_per_member, n_chunks,
-                          chunk, H, QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr, BM: tl.constexpr,
-                          BN: tl.constexpr, BD: tl.constexpr):
+                          CHUNK: tl.constexpr, H, QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr,
+                          BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, FAST_MATH: tl.constexpr):
     n0 = tl.program_id(1) * BN
     r = tl.program_id(0)
-    lam, eps, barrier = _knobs(LAM, EPS, BAR, r, rows_per_member)
+    lam, eps, per_pos = _knobs(LAM, EPS, BAR, r, rows_per_member, CHUNK)
     offs_n, offs_d = n0 + tl.arange(0, BN), tl.arange(0, BD)
     qk, vo = _base(r, H, QK_PB, QK_H), _base(r, H, VO_PB, VO_H)  # q, k, dk | v, d out, dv
     k, v = _rows(K, qk, offs_n, QK_T, offs_d, D, T), _rows(V, vo, offs_n, VO_T, offs_d, D, T)
     dk = tl.zeros((BN, BD), tl.float32)
     dv = tl.zeros((BN, BD), tl.float32)
+    # The block's scores transposed, (keys x queries): k q^T, so that dv += p^T d out and dk += ds^T q take them as
+    # they are.
     for m0 in range((n0 // BM) * BM, T, BM):  # the query blocks that see these keys, in order
         offs_m = m0 + tl.arange(0, BM)
         q, do, lse, delta = _query_block(Q, DO, LSE, DELTA, r, qk, QK_T, vo, VO_T, offs_m, offs_d, D, T)
-        sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, chunk)
-        s, z, sc, sig, keep = _scores(q, k, offs_m, offs_n, T, sc_row, lam, eps, barrier, chunk, PREC)
-        p = tl.where(keep, tl.exp(z - lse[:, None]), 0.0)
-        dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=PREC)
-        ds = _dscores(p, do, v, delta, sig, sc, lam, eps, PREC)
-        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=PREC)
+        sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, CHUNK)
+        s = tl.dot(k, tl.trans(q), input_precision=PREC)
+        z, sig, sc, keep = _logits(s, offs_m[None, :], offs_n[:, None], T, sc_row[None, :] + offs_n[:, None], lam,
+                                   eps, (offs_m.to(tl.float32) * per_pos)[None, :], per_pos, FAST_MATH)
+        p = tl.where(keep, _exp(z - lse[None, :], FAST_MATH), 0.0)
+        dv = tl.dot(p.to(do.dtype), do, dv, input_precision=PREC)
+        dp = tl.dot(v, tl.trans(do), input_precision=PREC)
+        ds = _dscores(p, dp, delta[None, :], sig, sc, keep, lam, eps)
+        dk = tl.dot(ds.to(q.dtype), q, dk, input_precision=PREC)
     kv_mask = (offs_n < T)[:, None] & (offs_d < D)[None, :]
     tl.store(DK + qk + offs_n[:, None] * QK_T + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + vo + offs_n[:, None] * VO_T + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
@@ -176,13 +228,13 @@ def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T,
 
 @triton.jit
 def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, DO, LSE, DELTA, DQ, T, D, rows_per_member, n_chunks,
-                        chunk, H, QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr, BM: tl.constexpr,
-                        BN: tl.constexpr, BD: tl.constexpr):
+                        CHUNK: tl.constexpr, H, QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr,
+                        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, FAST_MATH: tl.constexpr):
     """dq of a block of queries; first their delta = sum_d out * d out (the softmax backward's sum_j p dp), which it
     writes for the dk/dv kernel, launched after it."""
     m0 = tl.program_id(1) * BM
     r = tl.program_id(0)
-    lam, eps, barrier = _knobs(LAM, EPS, BAR, r, rows_per_member)
+    lam, eps, per_pos = _knobs(LAM, EPS, BAR, r, rows_per_member, CHUNK)
     offs_m, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BD)
     qk, vo = _base(r, H, QK_PB, QK_H), _base(r, H, VO_PB, VO_H)  # q, k, dq | v, out, d out
     q, do = _rows(Q, qk, offs_m, QK_T, offs_d, D, T), _rows(DO, vo, offs_m, VO_T, offs_d, D, T)
@@ -190,14 +242,17 @@ def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, DO, LSE, DELTA, DQ, T, 
     o = _rows(OUT, vo, offs_m, VO_T, offs_d, D, T)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + r.to(tl.int64) * T + offs_m, delta, mask=offs_m < T)
-    sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, chunk)
+    sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, CHUNK)
+    row_term = offs_m.to(tl.float32) * per_pos
     dq = tl.zeros((BM, BD), tl.float32)
     for n0 in range(0, tl.minimum(m0 + BM, T), BN):
         offs_n = n0 + tl.arange(0, BN)
         k, v = _rows(K, qk, offs_n, QK_T, offs_d, D, T), _rows(V, vo, offs_n, VO_T, offs_d, D, T)
-        s, z, sc, sig, keep = _scores(q, k, offs_m, offs_n, T, sc_row, lam, eps, barrier, chunk, PREC)
-        p = tl.where(keep, tl.exp(z - lse[:, None]), 0.0)
-        ds = _dscores(p, do, v, delta, sig, sc, lam, eps, PREC)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)
+        z, sig, sc, keep = _logits(s, offs_m[:, None], offs_n[None, :], T, sc_row[:, None] + offs_n[None, :], lam,
+                                   eps, row_term[:, None], per_pos, FAST_MATH)
+        p = tl.where(keep, _exp(z - lse[:, None], FAST_MATH), 0.0)
+        ds = _dscores(p, tl.dot(do, tl.trans(v), input_precision=PREC), delta[:, None], sig, sc, keep, lam, eps)
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
     tl.store(DQ + qk + offs_m[:, None] * QK_T + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=(offs_m < T)[:, None] & (offs_d < D)[None, :])
@@ -207,10 +262,12 @@ def _launch(kernel, launch: Launch, blocks: int, args: tuple, T: int, D: int, R:
             n_chunks: int, chunk: int, precision: str, H: int, qk: tuple[int, int, int],
             vo: tuple[int, int, int]) -> None:
     """kernel over R rows x `blocks` blocks of each row's queries (forward, dq) or keys (dk/dv); qk and vo are the
-    layouts (`_layout`) of q, k and their gradients and of v, out and theirs."""
+    layouts (`_layout`) of q, k and their gradients and of v, out and theirs. FAST_MATH on CUDA tensors only: CPU
+    tensors are run by Triton's interpreter, which has no libdevice."""
     block_d = max(16, triton.next_power_of_2(D))  # tl.dot needs 16 or more
     kernel[(R, blocks)](*args, T, D, rows_per_member, n_chunks, chunk, H, *qk, *vo, PREC=precision,
-                        BM=launch.queries, BN=launch.keys, BD=block_d, num_warps=launch.warps, num_stages=launch.stages)
+                        BM=launch.queries, BN=launch.keys, BD=block_d, FAST_MATH=args[0].device.type == "cuda",
+                        num_warps=launch.warps, num_stages=launch.stages)
 
 
 def _layout(t: torch.Tensor) -> tuple[int, int, int] | None:
@@ -284,7 +341,8 @@ def presynaptic_attention(q: torch.Tensor, key: torch.Tensor, v: torch.Tensor, s
     q, key, v: (P, B, H, T, D) of one dtype in DTYPES, in any layout (q and key are read in place where they share
     one whose D is contiguous, v likewise; the output takes v's layout, so v as a (P, B, T, H, D) projection's view
     gives an output whose (P, B, T, H * D) view needs no copy); scales: (P, B, H, n_chunks, T) float32 with
-    n_chunks = ceil(T / chunk); lam, eps, barrier: (P,) float32. Gradients flow to q, key and v."""
+    n_chunks = ceil(T / chunk), whose entries for keys after a chunk's queries are read but not used (they may hold
+    anything); lam, eps, barrier: (P,) float32. Gradients flow to q, key and v."""
     if q.dtype not in DTYPES or key.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"q, key and v must share one dtype of {DTYPES}, got {q.dtype}, {key.dtype}, {v.dtype}")
     T = q.shape[-2]
@@ -293,3 +351,17 @@ def presynaptic_attention(q: torch.Tensor, key: torch.Tensor, v: torch.Tensor, s
                          f"{tuple(scales.shape)}")
     args = [t.contiguous() for t in (scales, lam.float(), eps.float(), barrier.float())]
     return _PresynapticAttention.apply(q, key, v, *args, chunk)
+
+
+def dense_reference(q: torch.Tensor, key: torch.Tensor, v: torch.Tensor, scales: torch.Tensor, lam: torch.Tensor,
+                    eps: torch.Tensor, barrier: torch.Tensor, chunk: int) -> torch.Tensor:
+    """What presynaptic_attention computes (same arguments), as the formula over the whole (queries x keys) matrix in
+    the inputs' dtype: the kernels' reference in float64 (tests/test_fused_attention.py, and on a GPU
+    bench/gpu_check.py's `attention_error`)."""
+    T = q.shape[-2]
+    i, j = torch.arange(T, device=q.device)[:, None], torch.arange(T, device=q.device)[None, :]
+    s = q @ key.transpose(-1, -2)
+    sc = scales[..., (i // chunk).expand(T, T), j.expand(T, T)].to(s.dtype)
+    per = lambda x: x.to(s.dtype).view(-1, 1, 1, 1, 1)  # noqa: E731
+    z = s + per(lam) * torch.log(torch.sigmoid(s) * sc + per(eps)) - per(barrier) * (i - j).to(s.dtype) / chunk
+    return torch.softmax(z.masked_fill(j > i, float("-inf")), -1) @ v

@@ -59,6 +59,7 @@ def test_gpu_check_smoke_on_cpu_writes_a_complete_report(tmp_path, monkeypatch):
     if fused:
         assert report["kernel_count_fused"]["kernels_per_step"] < counted["kernels_per_step"]
         assert report["kernel_bits"] == {"fp32": dict.fromkeys(KERNEL_BITS, True)}
+        assert list(report["attention_error"]) == ["fp32"] and report["attention_error"]["fp32"]["within"]
     assert report["errors"] == {} and report["skipped"] == []
 
 
@@ -130,6 +131,7 @@ def test_tune_kernels_smoke_times_each_setting_and_restores_the_constants(tmp_pa
     assert max(losses) - min(losses) <= 1e-5 * max(losses)
     assert tune.in_force() == before
     assert report["kernel_bits"] == {"fp32": dict.fromkeys(KERNEL_BITS, True)}
+    assert list(report["attention_error"]) == ["fp32"] and report["attention_error"]["fp32"]["within"]
     assert json.loads((tmp_path / "tune.json").read_text()) == json.loads(json.dumps(report))
 
 

@@ -1,12 +1,14 @@
 """`TrainConfig.fused_attention`: the presynaptic attention's logits, softmax and p @ v as Triton kernels
 (nanochat/fused_attention.py), checked on the CPU in Triton's interpreter.
 
-The kernel against a float64 reference written from the formula (values and gradients, several chunk sizes, lengths
-that are not a multiple of the kernel's blocks, float32 and float16), one member's NaN left in its own rows, and
-training with the kernel against the default chunked attention (a mixed population with stochastic release; a
-member alone vs in the population; a repeat bit for bit), the dtype the kernel gets under autocast, and the kernels
-compiled for an sm_90 GPU by Triton's compiler, which needs no GPU. The interpreter runs the kernels' programs one by
-one in numpy, so the shapes are small. Triton is in the `test` extra; CUDA builds of torch bring their own.
+The kernel against the formula in float64 (`fused_attention.dense_reference`; values and gradients, several chunk
+sizes, lengths that are not a multiple of the kernel's blocks, float32 and float16), one member's NaN left in its
+own rows, and training with the kernel against the default chunked attention (a mixed population with stochastic
+release; a member alone vs in the population; a repeat bit for bit), the dtype the kernel gets under autocast, and
+the kernels compiled for an sm_90 GPU by Triton's compiler, which needs no GPU. The interpreter runs the kernels'
+programs one by one in numpy, so the shapes are small; it has no libdevice, so the GPU's approximate log, exp and
+division are checked on a GPU (bench/gpu_check.py's `attention_error`). Triton is in the `test` extra; CUDA builds
+of torch bring their own.
 """
 
 import importlib
@@ -46,17 +48,6 @@ def _inputs(P, B, H, T, D, chunk, seed=0):
     return q, key, v, scales, lam, eps, barrier
 
 
-def _reference(q, key, v, scales, lam, eps, barrier, chunk):
-    """The formula in float64, over the whole (queries x keys) matrix."""
-    T = q.shape[-2]
-    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
-    s = q @ key.transpose(-1, -2)
-    sc = scales[..., (i // chunk).expand(T, T), j.expand(T, T)]
-    per = lambda x: x.double().view(-1, 1, 1, 1, 1)  # noqa: E731
-    z = s + per(lam) * torch.log(torch.sigmoid(s) * sc + per(eps)) - per(barrier) * (i - j).double() / chunk
-    return torch.softmax(z.masked_fill(j > i, float("-inf")), -1) @ v
-
-
 def _values_and_grads(fn, inputs, grad_out, dtype):
     q, key, v = (x.to(dtype, copy=True).requires_grad_() for x in inputs[:3])
     y = fn(q, key, v, *inputs[3:])
@@ -67,7 +58,7 @@ def _values_and_grads(fn, inputs, grad_out, dtype):
 def test_kernel_matches_a_float64_reference_values_and_gradients(interpreted, T, chunk, D):
     inputs = _inputs(3, 2, 2, T, D, chunk)
     grad_out = torch.randn(3, 2, 2, T, D, generator=torch.Generator().manual_seed(1))
-    ref = _values_and_grads(lambda *a: _reference(*a, chunk), inputs, grad_out, torch.float64)
+    ref = _values_and_grads(lambda *a: interpreted.dense_reference(*a, chunk), inputs, grad_out, torch.float64)
     got = _values_and_grads(lambda *a: interpreted.presynaptic_attention(*a, chunk), inputs, grad_out,
                             torch.float32)
     for name, a, b in zip(("y", "dq", "dk", "dv"), got, ref):
@@ -83,7 +74,7 @@ def test_other_block_shapes_compute_the_same_attention(interpreted, monkeypatch,
         monkeypatch.setattr(interpreted, name, interpreted.Launch(*blocks))
     inputs = _inputs(2, 1, 2, 40, 16, 8)
     grad_out = torch.randn(2, 1, 2, 40, 16, generator=torch.Generator().manual_seed(1))
-    ref = _values_and_grads(lambda *a: _reference(*a, 8), inputs, grad_out, torch.float64)
+    ref = _values_and_grads(lambda *a: interpreted.dense_reference(*a, 8), inputs, grad_out, torch.float64)
     got = _values_and_grads(lambda *a: interpreted.presynaptic_attention(*a, 8), inputs, grad_out, torch.float32)
     for name, a, b in zip(("y", "dq", "dk", "dv"), got, ref):
         assert (a.double() - b).abs().max() <= 1e-5 * b.abs().max(), name
@@ -132,7 +123,7 @@ def test_kernel_in_half_precision_is_close_to_the_reference(interpreted):
     bfloat16 wrongly (a 16 x 16 bf16 dot comes out ~1e10 off), so bfloat16 is checked on a GPU (bench/gpu_check.py)."""
     inputs = _inputs(2, 2, 2, 40, 16, 8)
     grad_out = torch.randn(2, 2, 2, 40, 16, generator=torch.Generator().manual_seed(1))
-    ref = _values_and_grads(lambda *a: _reference(*a, 8), inputs, grad_out, torch.float64)
+    ref = _values_and_grads(lambda *a: interpreted.dense_reference(*a, 8), inputs, grad_out, torch.float64)
     got = _values_and_grads(lambda *a: interpreted.presynaptic_attention(*a, 8), inputs, grad_out, torch.float16)
     for name, a, b in zip(("y", "dq", "dk", "dv"), got, ref):
         assert a.dtype == torch.float16
@@ -265,8 +256,8 @@ for dtype, precision in (("fp32", "tf32"), ("bf16", "ieee")):  # the attention, 
     inputs = {n: "*" + dtype for n in ("Q", "K", "V", "OUT", "DO", "DK", "DV", "DQ")}
     for kernel, launch in ((fa._forward_kernel, fa.FORWARD), (fa._backward_dkdv_kernel, fa.BACKWARD_DKDV),
                            (fa._backward_dq_kernel, fa.BACKWARD_DQ)):
-        build(kernel, {"PREC": precision, "BM": launch.queries, "BN": launch.keys, "BD": 32}, inputs, launch.warps,
-              launch.stages)
+        build(kernel, {"PREC": precision, "BM": launch.queries, "BN": launch.keys, "BD": 32, "FAST_MATH": True,
+                       "CHUNK": 32}, inputs, launch.warps, launch.stages)
 for keys in (256, 2048):  # the release edges, rows of 256 and 2,048 keys
     rows = max(1, et.KEYS_PER_PROGRAM // keys)
     build(et._top_edges_kernel, {"K": 8, "BR": rows, "BN": keys}, {"IDX": "*i64", "VALID": "*i1"},
