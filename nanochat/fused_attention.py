@@ -26,7 +26,8 @@ Matmuls follow the run's precision: float32 inputs use TF32 when `torch.backends
 
 A score's work is what the kernels' time goes to, so it is kept small: on the GPU the log, the exponentials and the
 sigmoid's division are the hardware's approximate instructions (FAST_MATH below), the distance penalty is a row's
-and a column's term, and the causal mask is one comparison a score (the scales are masked per key only).
+and a column's term, the causal mask is one comparison a score (the scales are masked per key only), and a block
+whose queries share a chunk reads one row of scales.
 
 Triton compiles these for the GPU. Its interpreter (`TRITON_INTERPRET=1`, set before triton is imported) runs them
 on CPU tensors, slowly, with tl.log and tl.exp; the tests check them that way against the formula in float64
@@ -56,11 +57,12 @@ class Launch(NamedTuple):
 # dk/dv kernel gives a program a block of keys and walks the query blocks that see them, its scores transposed (keys
 # x queries, as dk and dv take them). Forward and dq use 64 queries and 32 keys, dk/dv 32 queries and 64 keys, on
 # Triton's default 4 warps and 3 stages; none was timed on a GPU (bench/tune_kernels.py times alternatives).
-# Compiled for sm_90 in TF32 by Triton 3.9 they take 176 (forward), 226 (dk/dv) and 243 (dq) registers a thread,
-# none spilled, so an SM holds two programs; a score costs their key loops 1.6, 2.3 and 2.1 warp instructions
-# (bench/tune_kernels.py --resources), where the build before this file's fast log, per-key masks and transposed
-# dk/dv took 3.1, 4.7 and 3.7 (64 x 32 blocks each; dq spilled 40 bytes). Fixed numbers, not triton.autotune: a
-# block's size sets the order of its sums, so a run must not pick one by timing.
+# Compiled for sm_90 in TF32 by Triton 3.9 they take 176 (forward), 223 (dk/dv) and 243 (dq) registers a thread,
+# none spilled, so an SM holds two programs; at the baseline's chunk of 32 a score costs their key loops 1.6, 2.0 and
+# 2.1 warp instructions (bench/tune_kernels.py --resources), where the build before this file's fast log, per-key
+# masks, transposed dk/dv and one row of scales a block took 3.1, 4.7 and 3.7 (64 x 32 blocks each; dq spilled 40
+# bytes). Fixed numbers, not triton.autotune: a block's size sets the order of its sums, so a run must not pick one
+# by timing.
 FORWARD = Launch(64, 32)
 BACKWARD_DKDV = Launch(32, 64)
 BACKWARD_DQ = Launch(64, 32)
@@ -101,16 +103,15 @@ def _sigmoid(x, FAST_MATH: tl.constexpr):
 
 @triton.jit
 def _logits(s, m, n, T, sc, lam, eps, row_term, per_pos, FAST_MATH: tl.constexpr):
-    """A block's logits z from its raw scores s (-inf outside the causal triangle), and the sigmoid, the scale and
-    `keep` (query m sees key n) behind them. The block is (queries x keys) or, for the dk/dv kernel, (keys x
-    queries): m and n are the query and key positions, row_term and `sc` (pointers to each score's scale) shaped to
-    broadcast so. The distance penalty -barrier (i - j) / chunk is per_pos j - row_term, with per_pos = barrier /
-    chunk and row_term = per_pos i: a product a key and a query instead of a conversion and a division a score."""
+    """A block's logits z from its raw scores s (-inf outside the causal triangle), and the sigmoid and `keep` (query
+    m sees key n) behind them. The block is (queries x keys) or, for the dk/dv kernel, (keys x queries): m and n are
+    the query and key positions, row_term and the scales sc (`_block_scales`) shaped to broadcast so. The distance
+    penalty -barrier (i - j) / chunk is per_pos j - row_term, with per_pos = barrier / chunk and row_term = per_pos i:
+    a product a key and a query instead of a conversion and a division a score."""
     keep = (n <= m) & (m < T)  # a key past T is past every query
-    sc = tl.load(sc, mask=n < T, other=0.0)  # keys a query does not see too (masked per key, not per score): unused
     sig = _sigmoid(s, FAST_MATH)
     z = (lam * _log(sig * sc + eps, FAST_MATH) + s) + (n.to(tl.float32) * per_pos - row_term)
-    return tl.where(keep, z, float("-inf")), sig, sc, keep
+    return tl.where(keep, z, float("-inf")), sig, keep
 
 
 @triton.jit
@@ -136,9 +137,27 @@ def _knobs(LAM, EPS, BAR, r, rows_per_member, chunk):
 
 
 @triton.jit
-def _scale_rows(SC, r, offs_m, T, n_chunks, chunk):
-    """Pointers to the scale table's row of each query's chunk (of the last chunk for rows past T)."""
-    return SC + r.to(tl.int64) * n_chunks * T + (tl.minimum(offs_m, T - 1) // chunk) * T
+def _block_scales(SC, r, m0, offs_m, offs_n, T, n_chunks, CHUNK: tl.constexpr, BM: tl.constexpr,
+                  KEYS_FIRST: tl.constexpr):
+    """The scales of row r's block of queries offs_m (from m0) and keys offs_n, (queries x keys), or (keys x queries)
+    with KEYS_FIRST, each query's from its chunk's row of the table. When the block's queries share a chunk (BM
+    divides CHUNK) that is one row, read once a key and broadcast; else each score reads its own. The scales of keys
+    a query does not see are read too (masked per key, not per score) and not used; rows past T read the last
+    chunk's."""
+    table = SC + r.to(tl.int64) * n_chunks * T
+    if CHUNK % BM == 0:
+        row = tl.load(table + (m0 // CHUNK) * T + offs_n, mask=offs_n < T, other=0.0)
+        if KEYS_FIRST:
+            sc = row[:, None]
+        else:
+            sc = row[None, :]
+    else:
+        rows = table + (tl.minimum(offs_m, T - 1) // CHUNK) * T
+        if KEYS_FIRST:
+            sc = tl.load(rows[None, :] + offs_n[:, None], mask=(offs_n < T)[:, None], other=0.0)
+        else:
+            sc = tl.load(rows[:, None] + offs_n[None, :], mask=(offs_n < T)[None, :], other=0.0)
+    return sc
 
 
 @triton.jit
@@ -161,7 +180,6 @@ def _forward_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, LSE, T, D, rows_per_member,
     offs_m, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BD)
     qk, vo = _base(r, H, QK_PB, QK_H), _base(r, H, VO_PB, VO_H)  # q, k | v, out: each pair's layout
     q = _rows(Q, qk, offs_m, QK_T, offs_d, D, T)
-    sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, CHUNK)
     row_term = offs_m.to(tl.float32) * per_pos
     m_i = tl.full((BM,), float("-inf"), tl.float32)
     l_i = tl.zeros((BM,), tl.float32)
@@ -170,8 +188,8 @@ def _forward_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, LSE, T, D, rows_per_member,
         offs_n = n0 + tl.arange(0, BN)
         k, v = _rows(K, qk, offs_n, QK_T, offs_d, D, T), _rows(V, vo, offs_n, VO_T, offs_d, D, T)
         s = tl.dot(q, tl.trans(k), input_precision=PREC)
-        z, _, _, _ = _logits(s, offs_m[:, None], offs_n[None, :], T, sc_row[:, None] + offs_n[None, :], lam, eps,
-                             row_term[:, None], per_pos, FAST_MATH)
+        sc = _block_scales(SC, r, m0, offs_m, offs_n, T, n_chunks, CHUNK, BM, False)
+        z, _, _ = _logits(s, offs_m[:, None], offs_n[None, :], T, sc, lam, eps, row_term[:, None], per_pos, FAST_MATH)
         m_new = tl.maximum(m_i, tl.max(z, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows past T see no key
         p = _exp(z - m_safe[:, None], FAST_MATH)
@@ -212,10 +230,10 @@ def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T,
     for m0 in range((n0 // BM) * BM, T, BM):  # the query blocks that see these keys, in order
         offs_m = m0 + tl.arange(0, BM)
         q, do, lse, delta = _query_block(Q, DO, LSE, DELTA, r, qk, QK_T, vo, VO_T, offs_m, offs_d, D, T)
-        sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, CHUNK)
         s = tl.dot(k, tl.trans(q), input_precision=PREC)
-        z, sig, sc, keep = _logits(s, offs_m[None, :], offs_n[:, None], T, sc_row[None, :] + offs_n[:, None], lam,
-                                   eps, (offs_m.to(tl.float32) * per_pos)[None, :], per_pos, FAST_MATH)
+        sc = _block_scales(SC, r, m0, offs_m, offs_n, T, n_chunks, CHUNK, BM, True)
+        z, sig, keep = _logits(s, offs_m[None, :], offs_n[:, None], T, sc, lam, eps,
+                               (offs_m.to(tl.float32) * per_pos)[None, :], per_pos, FAST_MATH)
         p = tl.where(keep, _exp(z - lse[None, :], FAST_MATH), 0.0)
         dv = tl.dot(p.to(do.dtype), do, dv, input_precision=PREC)
         dp = tl.dot(v, tl.trans(do), input_precision=PREC)
@@ -242,15 +260,15 @@ def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, DO, LSE, DELTA, DQ, T, 
     o = _rows(OUT, vo, offs_m, VO_T, offs_d, D, T)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + r.to(tl.int64) * T + offs_m, delta, mask=offs_m < T)
-    sc_row = _scale_rows(SC, r, offs_m, T, n_chunks, CHUNK)
     row_term = offs_m.to(tl.float32) * per_pos
     dq = tl.zeros((BM, BD), tl.float32)
     for n0 in range(0, tl.minimum(m0 + BM, T), BN):
         offs_n = n0 + tl.arange(0, BN)
         k, v = _rows(K, qk, offs_n, QK_T, offs_d, D, T), _rows(V, vo, offs_n, VO_T, offs_d, D, T)
         s = tl.dot(q, tl.trans(k), input_precision=PREC)
-        z, sig, sc, keep = _logits(s, offs_m[:, None], offs_n[None, :], T, sc_row[:, None] + offs_n[None, :], lam,
-                                   eps, row_term[:, None], per_pos, FAST_MATH)
+        sc = _block_scales(SC, r, m0, offs_m, offs_n, T, n_chunks, CHUNK, BM, False)
+        z, sig, keep = _logits(s, offs_m[:, None], offs_n[None, :], T, sc, lam, eps, row_term[:, None], per_pos,
+                               FAST_MATH)
         p = tl.where(keep, _exp(z - lse[:, None], FAST_MATH), 0.0)
         ds = _dscores(p, tl.dot(do, tl.trans(v), input_precision=PREC), delta[:, None], sig, sc, keep, lam, eps)
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
