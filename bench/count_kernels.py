@@ -31,8 +31,8 @@ dispatch mode that sees every aten operator below autograd:
   launches one by one.
 
 With --fused-attention (TrainConfig.fused_attention) the step runs the real modules of its Triton kernels
-(fused_attention.py, edges_triton.py, release_triton.py, rotary_triton.py, relu2_triton.py; this needs Triton
-installed), whose torch operators are counted as usual; only the kernels cannot run on meta tensors, so each
+(fused_attention.py, edges_triton.py, release_triton.py, rotary_triton.py, relu2_triton.py, norm_triton.py; this
+needs Triton installed), whose torch operators are counted as usual; only the kernels cannot run on meta tensors, so each
 `kernel[grid](...)` launch stands in as one operator (`count_kernels::triton_kernel`).
 
 The count does not grow with the population (one model serves P = 1 and P = N, with no Python loop over members),
@@ -128,10 +128,10 @@ class _Launch:
 
 def _triton_modules() -> dict:
     """The modules of TrainConfig.fused_attention, by name (they import Triton)."""
-    from nanochat import edges_triton, fused_attention, release_triton, relu2_triton, rotary_triton
+    from nanochat import edges_triton, fused_attention, norm_triton, release_triton, relu2_triton, rotary_triton
 
     return {"edges_triton": edges_triton, "fused_attention": fused_attention, "release_triton": release_triton,
-            "rotary_triton": rotary_triton, "relu2_triton": relu2_triton}
+            "rotary_triton": rotary_triton, "relu2_triton": relu2_triton, "norm_triton": norm_triton}
 
 
 def _fused_parts() -> dict:
@@ -151,6 +151,8 @@ def _fused_parts() -> dict:
         m["rotary_triton"]._NormRotary.backward: "q and k norm and rotary kernels",
         m["relu2_triton"]._ReluSquared.forward: "MLP relu^2 kernels",
         m["relu2_triton"]._ReluSquared.backward: "MLP relu^2 kernels",
+        m["norm_triton"]._Norm.forward: "RMSNorm and LayerNorm kernels",
+        m["norm_triton"]._Norm.backward: "RMSNorm and LayerNorm kernels",
     }
 
 

@@ -375,8 +375,8 @@ class AttentionChains:
     once the state loop has run, and the state loop's `state_step` and `logit_scale` are
     nanochat/release_triton.py's (four launches per chunk instead of ~150), and `norm_rotary` (q and k's norm,
     rotation and scale) is nanochat/rotary_triton.py's (one launch each way instead of ~20); without it `kernel` is
-    None and the rest are the torch definitions. (The flag's fifth kernel, the MLP's relu^2, is the MLP's:
-    `SynapticGPT`.)
+    None and the rest are the torch definitions. (The flag's other kernels, the norms and the MLP's relu^2, are the
+    model's `RowOps`: `SynapticGPT`.)
     """
 
     def __init__(self, fuse: bool, device: torch.device, kernels: TritonKernels | None = None):
@@ -400,6 +400,8 @@ class TritonKernels(NamedTuple):
     logit_scale: Callable  # release_triton.logit_scale: PresynapticState.logit_scale
     norm_rotary: Callable  # rotary_triton.norm_rotary: norm_rotary
     relu_squared: Callable  # relu2_triton.relu_squared: relu_squared, the MLP's activation (the same bits)
+    rms_norm: Callable  # norm_triton.rms_norm: rms_norm (to float rounding)
+    layer_norm: Callable  # norm_triton.layer_norm: layer_norm (to float rounding)
 
 
 def fused_attention_kernels(device: torch.device) -> TritonKernels:
@@ -409,12 +411,13 @@ def fused_attention_kernels(device: torch.device) -> TritonKernels:
         raise ConfigError.about("fused_attention", f"needs a CUDA device, got {device.type!r} (its Triton kernels "
                                                    "run on a CPU only in Triton's slow interpreter, TRITON_INTERPRET=1)")
     try:
-        from . import relu2_triton, release_triton, rotary_triton
+        from . import norm_triton, relu2_triton, release_triton, rotary_triton
         from .fused_attention import presynaptic_attention
     except ImportError as e:
         raise ConfigError.about("fused_attention", f"needs Triton, which does not import here ({e})") from None
     return TritonKernels(presynaptic_attention, release_triton.state_step, release_triton.logit_scale,
-                         rotary_triton.norm_rotary, relu2_triton.relu_squared)
+                         rotary_triton.norm_rotary, relu2_triton.relu_squared, norm_triton.rms_norm,
+                         norm_triton.layer_norm)
 
 
 def _state_step(state: PresynapticState, d: torch.Tensor, own: torch.Tensor, n_keys: int, next_keys: int,
@@ -665,33 +668,52 @@ def relu_squared(h: torch.Tensor) -> torch.Tensor:
     return _ReluSquared.apply(h)
 
 
-class SynapticMLP(nn.Module):
-    """LayerNorm -> SynapticLinear(C, 4C) -> ReLU^2 -> SynapticLinear(4C, C). `activation` computes relu^2: the
-    torch definition, or the same bits as a Triton kernel (`TritonKernels.relu_squared`)."""
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.shape[-1],))
 
-    def __init__(self, mcfg: ModelConfig, rank: int, population: int,
-                 activation: Callable[[torch.Tensor], torch.Tensor] | None = None):
+
+def layer_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.layer_norm(x, (x.shape[-1],))
+
+
+class RowOps(NamedTuple):
+    """The model's norms and MLP activation: the torch definitions (`TORCH_ROW_OPS`), or with
+    `TrainConfig.fused_attention` Triton kernels (the same bits for relu^2; the norms to float rounding)."""
+
+    rms_norm: Callable[[torch.Tensor], torch.Tensor]  # over the last dimension, no weight
+    layer_norm: Callable[[torch.Tensor], torch.Tensor]  # over the last dimension, no weight or bias
+    relu_squared: Callable[[torch.Tensor], torch.Tensor]
+
+
+TORCH_ROW_OPS = RowOps(rms_norm, layer_norm, relu_squared)
+
+
+class SynapticMLP(nn.Module):
+    """LayerNorm -> SynapticLinear(C, 4C) -> ReLU^2 -> SynapticLinear(4C, C), the norm and relu^2 from `ops`."""
+
+    def __init__(self, mcfg: ModelConfig, rank: int, population: int, ops: RowOps = TORCH_ROW_OPS):
         super().__init__()
         C = mcfg.n_embd
         self.fc = SynapticLinear(population, C, 4 * C, rank)
         self.proj = SynapticLinear(population, 4 * C, C, rank, zero_init=True)
-        self.activation = activation if activation is not None else relu_squared
+        self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         P, B, T, C = x.shape
-        h = self.fc(F.layer_norm(x, (C,)).reshape(P, B * T, C))
-        return self.proj(self.activation(h)).view(P, B, T, C)
+        h = self.fc(self.ops.layer_norm(x).reshape(P, B * T, C))
+        return self.proj(self.ops.relu_squared(h)).view(P, B, T, C)
 
 
 class Block(nn.Module):
     def __init__(self, mcfg: ModelConfig, rank: int, population: int, chains: AttentionChains,
-                 activation: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 ops: RowOps = TORCH_ROW_OPS):
         super().__init__()
         self.attn = PresynapticAttention(mcfg, population, chains)
-        self.mlp = SynapticMLP(mcfg, rank, population, activation)
+        self.mlp = SynapticMLP(mcfg, rank, population, ops)
+        self.norm = ops.rms_norm
 
     def forward(self, x, cos, sin, k: Knobs, noise: ReleaseNoise | None):
-        x = x + self.attn(F.rms_norm(x, (x.shape[-1],)), cos, sin, k, noise)
+        x = x + self.attn(self.norm(x), cos, sin, k, noise)
         return x + self.mlp(x)
 
 
@@ -715,8 +737,9 @@ class SynapticGPT(nn.Module):
         self.wte = nn.Parameter(torch.empty(P, mcfg.vocab_size, mcfg.n_embd))
         kernels = fused_attention_kernels(device) if fused_attention else None
         chains = AttentionChains(compile, device, kernels)  # shared by the layers (compiled once)
-        activation = kernels.relu_squared if kernels is not None else relu_squared
-        self.blocks = nn.ModuleList([Block(mcfg, rank, P, chains, activation) for _ in range(mcfg.n_layer)])
+        self.ops = TORCH_ROW_OPS if kernels is None else RowOps(kernels.rms_norm, kernels.layer_norm,
+                                                                 kernels.relu_squared)
+        self.blocks = nn.ModuleList([Block(mcfg, rank, P, chains, self.ops) for _ in range(mcfg.n_layer)])
         self.lm_head = nn.Parameter(torch.empty(P, mcfg.n_embd, mcfg.vocab_size))
         D = mcfg.head_dim
         inv_freq = 1.0 / (10000 ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
@@ -761,12 +784,12 @@ class SynapticGPT(nn.Module):
         P, (B, T) = self.population, idx.shape
         V = self.mcfg.vocab_size
         x = _TokenLookup.apply(self.wte, idx.reshape(-1)).view(P, B, T, -1)
-        x = F.rms_norm(x, (x.shape[-1],))
+        x = self.ops.rms_norm(x)
         cos, sin = self.cos[:T], self.sin[:T]
         noise = self.noise if self.training else None
         for block in self.blocks:
             x = block(x, cos, sin, self.knobs, noise)
-        x = F.rms_norm(x, (x.shape[-1],))
+        x = self.ops.rms_norm(x)
         logits = torch.bmm(x.reshape(P, B * T, -1), self.lm_head)
         ce = F.cross_entropy(logits.reshape(P * B * T, V), targets.reshape(-1).repeat(P), reduction="none")
         return member_mean(ce.view(P, B * T))

@@ -213,9 +213,14 @@ def test_count_kernels_takes_the_gpu_path_and_does_not_grow_with_the_population(
     fused = count(2, TRAINER_MODEL, batch_size=2, fused_attention=True)
     layers, chunks = TRAINER_MODEL.n_layer, 2
     # per layer the attention's forward, dk/dv and dq, q's and k's norm and rotation each way and the MLP's relu^2
-    # each way; per chunk the edges, the release, the running mean and a logit scale
-    assert fused["ops"]["count_kernels::triton_kernel"] == 3 * layers + 4 * layers + 2 * layers + 4 * chunks * layers
+    # each way; per chunk the edges, the release, the running mean and a logit scale; the residual stream's norms
+    # each way (an RMSNorm and a LayerNorm a layer, and the RMSNorms after the embedding and before the head)
+    norms = 2 * (2 * layers + 2)
+    assert (fused["ops"]["count_kernels::triton_kernel"]
+            == 3 * layers + 4 * layers + 2 * layers + 4 * chunks * layers + norms)
     assert fused["parts"]["q and k norm and rotary kernels"] == 4 * layers
+    assert fused["parts"]["RMSNorm and LayerNorm kernels"] == norms
+    assert not {"aten::native_layer_norm", "count_kernels::fused_rms_norm"} & set(fused["ops"])
     assert fused["parts"]["MLP relu^2 kernels"] == 2 * layers and "aten::relu" not in fused["ops"]
     assert fused["parts"]["top-k edges"] == chunks * layers and "aten::topk" not in fused["ops"]
     assert fused["parts"]["fused attention kernels, forward"] == layers

@@ -245,7 +245,7 @@ import sys
 sys.path.insert(0, BENCH)
 from tune_kernels import compile_for_hopper
 from nanochat import edges_triton as et, fused_attention as fa, release_triton as rt, relu2_triton as r2
-from nanochat import rotary_triton as ro
+from nanochat import norm_triton as nt, rotary_triton as ro
 
 
 def build(kernel, constants, pointers=None, warps=4, stages=3, aligned=()):
@@ -277,6 +277,9 @@ build(rt._logit_scale_kernel, {"N_KNOBS": 19, "BL": 256})
 for dtype in ("fp32", "bf16"):  # q and k's norm and rotation, from float32 or 16-bit projections
     for kernel in (ro._forward_kernel, ro._backward_kernel):
         build(kernel, {"BR": ro.ROWS_PER_PROGRAM, "BD": 32}, {"X": "*" + dtype})
+for center in (False, True):  # the RMSNorm and the LayerNorm each way, rows of 128
+    build(nt._forward_kernel, {"CENTER": center, "BR": nt.ROWS, "BC": 128})
+    build(nt._backward_kernel, {"CENTER": center, "BR": nt.ROWS, "BC": 128})
 for dtype in ("fp32", "bf16"):  # the MLP's relu^2 each way (d out in h's dtype)
     build(r2._forward_kernel, {"BLOCK": r2.BLOCK}, {"X": "*" + dtype, "Y": "*" + dtype})
     build(r2._backward_kernel, {"BLOCK": r2.BLOCK}, {"X": "*" + dtype, "G": "*" + dtype, "DX": "*" + dtype})
@@ -287,8 +290,8 @@ def test_kernels_compile_for_a_hopper_gpu_without_one():
     """The interpreter does not compile anything: here Triton's compiler builds every Triton kernel of
     `fused_attention` for sm_90 (an H100/H200) down to a cubin, as a GPU's first step would: the attention's three
     in float32 with TF32 products and in bfloat16, the release edges' by both methods (nanochat/edges_triton.py),
-    the state step's (nanochat/release_triton.py), q and k's norm and rotation (nanochat/rotary_triton.py) and the
-    MLP's relu^2 (nanochat/relu2_triton.py)."""
+    the state step's (nanochat/release_triton.py), q and k's norm and rotation (nanochat/rotary_triton.py), the
+    RMSNorm and LayerNorm (nanochat/norm_triton.py) and the MLP's relu^2 (nanochat/relu2_triton.py)."""
     if importlib.util.find_spec("triton") is None:
         pytest.skip("needs Triton (the test extra installs it on Linux x86-64)")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -297,4 +300,4 @@ def test_kernels_compile_for_a_hopper_gpu_without_one():
     done = subprocess.run([sys.executable, "-c", f"BENCH = {bench!r}\n" + COMPILE_FOR_HOPPER], env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(done.stdout.splitlines()) == 6 + 2 + 2 + 4 + 2 + 4 + 4
+    assert len(done.stdout.splitlines()) == 6 + 2 + 2 + 4 + 2 + 4 + 4 + 4

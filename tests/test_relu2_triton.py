@@ -77,7 +77,7 @@ def test_fused_models_mlp_uses_the_kernel(r2):
 
     net = synaptic.SynapticGPT(ModelConfig(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, sequence_len=16),
                                [SynapticConfig(presyn_chunk=8)] * 2, [0, 1], "cpu", fused_attention=True)
-    assert net.blocks[0].mlp.activation is r2.relu_squared
+    assert net.blocks[0].mlp.ops.relu_squared is r2.relu_squared
     plain = synaptic.SynapticGPT(ModelConfig(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, sequence_len=16),
                                  [SynapticConfig(presyn_chunk=8)] * 2, [0, 1], "cpu")
-    assert plain.blocks[0].mlp.activation is synaptic.relu_squared
+    assert plain.blocks[0].mlp.ops.relu_squared is synaptic.relu_squared
