@@ -76,29 +76,17 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # or so), far inside TF32's and bf16's rounding; bench/gpu_check.py's `attention_error` checks the result on a GPU.
 @triton.jit
 def _log(x, FAST_MATH: tl.constexpr):
-    if FAST_MATH:
-        y = libdevice.fast_logf(x)
-    else:
-        y = tl.log(x)
-    return y
+    return libdevice.fast_logf(x) if FAST_MATH else tl.log(x)
 
 
 @triton.jit
 def _exp(x, FAST_MATH: tl.constexpr):
-    if FAST_MATH:
-        y = libdevice.fast_expf(x)
-    else:
-        y = tl.exp(x)
-    return y
+    return libdevice.fast_expf(x) if FAST_MATH else tl.exp(x)
 
 
 @triton.jit
 def _sigmoid(x, FAST_MATH: tl.constexpr):
-    if FAST_MATH:
-        y = libdevice.fast_dividef(1.0, 1.0 + libdevice.fast_expf(-x))
-    else:
-        y = tl.sigmoid(x)
-    return y
+    return libdevice.fast_dividef(1.0, 1.0 + libdevice.fast_expf(-x)) if FAST_MATH else tl.sigmoid(x)
 
 
 @triton.jit
