@@ -10,17 +10,17 @@ the attention; the kernel computes it from positions and does not read it.
 
 Why: on an H200, torch.topk on CUDA (a radix select per row, `gatherTopK`) was 10.6% of a training step's kernel
 time at P = 32 and 14.5% at P = 128, 0.88 ms per call there (bench/RESULTS.md); a chunk's top 8 of at most a few
-hundred keys per row is a few passes over registers. A program holds a block of rows whole: each key gets one 64-bit
-rank (its dot's place in the order above, then the earlier position first), k rounds of a row maximum pick the
-chosen keys, and a running count over the row gives each its slot in key order ("rounds"). The other method ("scan",
-`METHOD`) gives each row to one thread, which reads its keys in order, four to a load, and inserts each into its
-best k so far (a key that ties a listed one ranks after it, being later); then each chosen key's slot is the number
-of chosen keys before it. Compiled for sm_90 (Triton 3.9, bench/tune_kernels.py --resources), a row of 256 keys
-costs the rounds 1,189 warp instructions (one warp, 145 registers, values crossing its threads) and the scan about
-320 (a loop of 160 per 4 keys, 32 rows to a warp; 32 registers); which is faster, only a GPU says. Nothing depends
-on how the GPU schedules either: the edges are a function of the dots, as on the CPU, so stochastic release (which
-draws its uniforms per slot) sees the same edges on every device. It is used with `TrainConfig.fused_attention`
-(release_triton.state_step).
+hundred keys per row is a few passes over registers. A program holds a block of rows whole: each key gets its dot's
+place in the order above as an int32, k rounds each pick the row's largest and, of the keys that have it, the
+earliest, and a running count over the row gives each chosen key its slot in key order ("rounds"). The other method
+("scan", `METHOD`) gives each row to one thread, which reads its keys in order, four to a load, and inserts each
+into its best k so far (a key that ties a listed one ranks after it, being later); then each chosen key's slot is
+the number of chosen keys before it. Compiled for sm_90 (Triton 3.9, bench/tune_kernels.py --resources), a row of
+256 keys costs the rounds 864 warp instructions (one warp, 80 registers, values crossing its threads; 1,189 and 145
+when a round took one maximum of 64-bit (order, position) ranks) and the scan about 320 (a loop of 160 per 4 keys,
+32 rows to a warp; 32 registers); which is faster, only a GPU says. Nothing depends on how the GPU schedules either:
+the edges are a function of the dots, as on the CPU, so stochastic release (which draws its uniforms per slot) sees
+the same edges on every device. It is used with `TrainConfig.fused_attention` (release_triton.state_step).
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ import triton.language as tl
 # A program takes as many whole rows as fit in 256 keys (at least one row), on one warp per 256 of its keys (at most
 # 8). Timed on an H200 at P = 128, rows of 32 to 256 keys (bench/tune_kernels.py): of seven settings this was
 # the fastest, a training step of 76.1 ms against 79.4 ms with the former 1,024 keys on 8 warps (one per 128 keys).
-# Compiled for sm_90 (ptxas): 145 registers for a 256-key row on 1 warp, no spills; longer rows get more warps (1
-# warp spills from 1,024 keys; 2,048 keys on 8 warps use 90 registers), not timed on a GPU.
+# Compiled for sm_90 (ptxas): 80 registers for a 256-key row on 1 warp, no spills; longer rows get more warps (1,024
+# keys on 4 use 64 registers, 2,048 on 8 use 72), not timed on a GPU. (The timed build ranked 64-bit keys: 145
+# registers, and a 1,024-key row spilled on 1 warp.)
 KEYS_PER_PROGRAM = 256
 KEYS_PER_WARP = 256
 MAX_WARPS = 8
@@ -65,14 +66,14 @@ def _top_edges_kernel(DOTS, VALS, IDX, VALID, rows, n, q, K: tl.constexpr, BR: t
     order = tl.where(x == 0.0, 0, order)
     order = tl.where(x != x, 0x7FFFFFFF, order)
     order = tl.where(visible, order, -0x7FFFFFFF)
-    # One int64 per key, unique in its row: the order, then the earlier position first.
-    rank = (order.to(tl.int64) << 32) | (BN - 1 - j)[None, :].to(tl.int64)
-    taken = (tl.zeros((BR, BN), tl.int64) - 1) << 63  # below every rank
-    chosen = tl.zeros((BR, BN), tl.int32) != 0
+    # Each round takes the row's largest order, and of the keys that have it the earliest: two 32-bit reductions
+    # (one instruction each across a warp on sm_90), where one over a 64-bit (order, position) rank took a dozen.
+    # A taken key's order becomes the int32 minimum, below every key, seen or not: that is what marks it chosen.
     for _ in tl.static_range(K):
-        hit = rank == tl.max(rank, 1)[:, None]
-        chosen = chosen | hit
-        rank = tl.where(hit, taken, rank)
+        at_top = order == tl.max(order, 1)[:, None]
+        hit = j[None, :] == tl.min(tl.where(at_top, j[None, :], BN), 1)[:, None]
+        order = tl.where(hit, -2147483648, order)
+    chosen = order == -2147483648
     slot = tl.cumsum(chosen.to(tl.int32), 1) - 1  # the chosen keys in ascending position
     finite = visible & (tl.abs(x) < float("inf"))
     out = r.to(tl.int64)[:, None] * K + slot
