@@ -36,8 +36,9 @@ from .release_kernel import KNOB_COLUMNS, knob_table, member_draws
 # sums), on one warp per 256 edges (at most 8), so that a step's sums stay inside a warp. Timed on an H200 at P = 128,
 # 256 edges a row (bench/tune_kernels.py): of twelve settings this was the fastest, a training step of 76.1 ms
 # against 93.5 ms with the former 8 keys on 8 warps (32 edges a warp). Compiled for sm_90 (ptxas), 256 edges on 1
-# warp use 251 registers without stochastic draws and 255 with them, spilling 1.1 KB, and still ran fastest; rows
-# of more edges get more warps (512 on 1 warp spill 7 KB with draws), not timed on a GPU.
+# warp use 218 registers without stochastic draws and 255 with them, spilling 416 bytes (the timed build compared
+# int64 keys under a mask: 251 and 255 registers, 1.1 KB spilled); rows of more edges get more warps (512 on 1 warp
+# spill 2 KB with draws, on 2 warps 400 bytes), not timed on a GPU.
 KEY_BLOCK = 4
 EDGES_PER_WARP = 256
 MAX_WARPS = 8
@@ -55,9 +56,9 @@ UPDATE_BLOCK = 256
 # summed across threads, and a key's sum runs over the queries in order. The match sums in a tree, so the two round
 # differently (tests/test_release_triton.py holds both to the torch definition). Compiled for sm_90 with stochastic
 # rows (bench/tune_kernels.py --resources, Triton 3.9), a row of 256 keys and 32 queries costs the match's key loop
-# 64 x 1,131 = 72k warp instructions on one warp (255 registers, 1 KB spilled), the search's on 4 warps (64 edges a
-# warp) 4 x 32 x 133 = 17k (94 registers, none spilled); which is faster only a GPU says, so the match stays until
-# one times it.
+# 64 x 644 = 41k warp instructions on one warp (255 registers, 416 bytes spilled; 64 x 1,131 = 72k in the timed
+# build, whose loop reloaded 157 spilled values a step), the search's on 4 warps (64 edges a warp) 4 x 32 x 133 =
+# 17k (94 registers, none spilled); which is faster only a GPU says, so the match stays until one times it.
 KEY_SUMS = "match"
 
 
@@ -126,9 +127,10 @@ def _round_half_even(x):
 
 
 @triton.jit
-def _key_sums(idx, live, r_e, vals, valid, key):
-    """Each of a block of keys' release, drive and valid edges: sums over the row's edges that point to it."""
-    match = (idx[:, None] == key[None, :]) & live[:, None]
+def _key_sums(edge_key, r_e, vals, valid, key):
+    """Each of a block of keys' release, drive and valid edges: sums over the row's edges that point to it
+    (`edge_key`, an int32 a edge, -1 for the slots past the row's edges)."""
+    match = edge_key[:, None] == key[None, :]
     released = tl.sum(tl.where(match, r_e[:, None], 0.0), 0)
     drive = tl.sum(tl.where(match, vals[:, None], 0.0), 0)
     count = tl.sum(tl.where(match, valid[:, None], 0.0), 0)
@@ -234,6 +236,9 @@ def _release_kernel(C, RRP, RES, SN, CL, AMP, EN, QUEUE, IDX, VALS, VALID, ROW_U
     if SEARCH:  # each edge's release, for the threads of the keys that look it up
         tl.store(EDGE_R + at, r_e, mask=live)
     tl.debug_barrier()  # every edge has read its key's state before any key is written (and its release is stored)
+    # Each edge's key for the key loop's comparisons: 32 bits (one compare, not two), -1 past the row's edges (so
+    # that no key matches them and the loop needs no mask): the same sums, in half the registers.
+    edge_key = tl.where(live, idx, -1).to(tl.int32)
     # 2. Every key: the sums of its edges, then its update in place.
     rate = (1.0 - tau) * alpha
     rec = _knob(KNOBS, member, 8, N_KNOBS)
@@ -260,7 +265,7 @@ def _release_kernel(C, RRP, RES, SN, CL, AMP, EN, QUEUE, IDX, VALS, VALID, ROW_U
         sums = row.to(tl.int64) * 3 * T
         for k0 in range(0, n_keys, BK):
             key = k0 + tl.arange(0, BK)
-            released, drive, count = _key_sums(idx, live, r_e, vals, valid, key)
+            released, drive, count = _key_sums(edge_key, r_e, vals, valid, key)
             tl.store(SUMS + sums + key, released, mask=key < n_keys)
             tl.store(SUMS + sums + T + key, drive, mask=key < n_keys)
             tl.store(SUMS + sums + 2 * T + key, count, mask=key < n_keys)
@@ -276,7 +281,7 @@ def _release_kernel(C, RRP, RES, SN, CL, AMP, EN, QUEUE, IDX, VALS, VALID, ROW_U
     else:  # each step of the key loop sums BK keys' edges and updates those keys
         for k0 in range(0, n_keys, BK):
             key = k0 + tl.arange(0, BK)
-            released, drive, count = _key_sums(idx, live, r_e, vals, valid, key)
+            released, drive, count = _key_sums(edge_key, r_e, vals, valid, key)
             _update_keys(C, RRP, RES, SN, CL, AMP, EN, QUEUE, state + key, key < n_keys, released, drive, count, tau,
                          rate, rec, init_rrp, prime, unprime, nsf, init_clamp, amp_load, amp_leak, init_amp, fill,
                          use, DELAY)
