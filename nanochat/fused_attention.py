@@ -57,12 +57,12 @@ class Launch(NamedTuple):
 # dk/dv kernel gives a program a block of keys and walks the query blocks that see them, its scores transposed (keys
 # x queries, as dk and dv take them). Forward and dq use 64 queries and 32 keys, dk/dv 32 queries and 64 keys, on
 # Triton's default 4 warps and 3 stages; none was timed on a GPU (bench/tune_kernels.py times alternatives).
-# Compiled for sm_90 in TF32 by Triton 3.9 they take 176 (forward), 223 (dk/dv) and 243 (dq) registers a thread,
-# none spilled, so an SM holds two programs; at the baseline's chunk of 32 a score costs their key loops 1.6, 2.0 and
-# 2.1 warp instructions (bench/tune_kernels.py --resources), where the build before this file's fast log, per-key
-# masks, transposed dk/dv and one row of scales a block took 3.1, 4.7 and 3.7 (64 x 32 blocks each; dq spilled 40
-# bytes). Fixed numbers, not triton.autotune: a block's size sets the order of its sums, so a run must not pick one
-# by timing.
+# Compiled for sm_90 in TF32 by Triton 3.9 they take 176 (forward), 206 (dk/dv) and 199 (dq) registers a thread,
+# none spilled, so an SM holds two programs; at the baseline's chunk of 32 a score costs their key loops 1.57, 1.75
+# and 1.81 warp instructions (bench/tune_kernels.py --resources), where the build before this file's fast math,
+# per-key masks, transposed dk/dv and one row of scales a block took 3.06, 4.74 and 3.70 (64 x 32 blocks each; dq
+# spilled 40 bytes). Fixed numbers, not triton.autotune: a block's size sets the order of its sums, so a run must not
+# pick one by timing.
 FORWARD = Launch(64, 32)
 BACKWARD_DKDV = Launch(32, 64)
 BACKWARD_DQ = Launch(64, 32)
@@ -70,10 +70,11 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 # FAST_MATH (on the GPU; Triton's interpreter, which runs the kernels on CPU tensors, has no libdevice): the
-# hardware's approximate instructions, flushing subnormals to zero, for the four transcendental operations of a
-# score. A log is one MUFU.LG2 instead of tl.log's polynomial of about twenty instructions, an exp drops tl.exp's
-# subnormal handling, the sigmoid's division is one reciprocal. Each is within a few ulp of float32 (max error 2^-21
-# or so), far inside TF32's and bf16's rounding; bench/gpu_check.py's `attention_error` checks the result on a GPU.
+# hardware's approximate instructions, flushing subnormals to zero, for a score's log, exponentials and divisions. A
+# log is one MUFU.LG2 instead of tl.log's polynomial of about twenty instructions, an exp drops tl.exp's subnormal
+# handling, a division is a reciprocal and a product without IEEE division's range checks. Each is within a few ulp
+# of float32 (max error 2^-21 or so), far inside TF32's and bf16's rounding; bench/gpu_check.py's `attention_error`
+# checks the result on a GPU.
 @triton.jit
 def _log(x, FAST_MATH: tl.constexpr):
     return libdevice.fast_logf(x) if FAST_MATH else tl.log(x)
@@ -82,6 +83,11 @@ def _log(x, FAST_MATH: tl.constexpr):
 @triton.jit
 def _exp(x, FAST_MATH: tl.constexpr):
     return libdevice.fast_expf(x) if FAST_MATH else tl.exp(x)
+
+
+@triton.jit
+def _div(x, y, FAST_MATH: tl.constexpr):
+    return libdevice.fast_dividef(x, y) if FAST_MATH else x / y
 
 
 @triton.jit
@@ -193,11 +199,11 @@ def _forward_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, LSE, T, D, rows_per_member,
 
 
 @triton.jit
-def _dscores(p, dp, delta, sig, sc, keep, lam, eps):
+def _dscores(p, dp, delta, sig, sc, keep, lam, eps, FAST_MATH: tl.constexpr):
     """d loss / d s from the probabilities: the softmax's backward p (dp - delta), times d z / d s =
     1 + lam sc sig (1 - sig) / (sig sc + eps); zero where the key is not seen (whatever its scale entry holds)."""
     u = sig * sc
-    slope = (u / (u + eps)) * (1.0 - sig) * lam + 1.0
+    slope = _div(u, u + eps, FAST_MATH) * (1.0 - sig) * lam + 1.0
     return tl.where(keep, p * (dp - delta) * slope, 0.0)
 
 
@@ -225,7 +231,7 @@ def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T,
         p = tl.where(keep, _exp(z - lse[None, :], FAST_MATH), 0.0)
         dv = tl.dot(p.to(do.dtype), do, dv, input_precision=PREC)
         dp = tl.dot(v, tl.trans(do), input_precision=PREC)
-        ds = _dscores(p, dp, delta[None, :], sig, sc, keep, lam, eps)
+        ds = _dscores(p, dp, delta[None, :], sig, sc, keep, lam, eps, FAST_MATH)
         dk = tl.dot(ds.to(q.dtype), q, dk, input_precision=PREC)
     kv_mask = (offs_n < T)[:, None] & (offs_d < D)[None, :]
     tl.store(DK + qk + offs_n[:, None] * QK_T + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
@@ -258,7 +264,8 @@ def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, DO, LSE, DELTA, DQ, T, 
         z, sig, keep = _logits(s, offs_m[:, None], offs_n[None, :], T, sc, lam, eps, row_term[:, None], per_pos,
                                FAST_MATH)
         p = tl.where(keep, _exp(z - lse[:, None], FAST_MATH), 0.0)
-        ds = _dscores(p, tl.dot(do, tl.trans(v), input_precision=PREC), delta[:, None], sig, sc, keep, lam, eps)
+        ds = _dscores(p, tl.dot(do, tl.trans(v), input_precision=PREC), delta[:, None], sig, sc, keep, lam, eps,
+                      FAST_MATH)
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PREC)
     tl.store(DQ + qk + offs_m[:, None] * QK_T + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=(offs_m < T)[:, None] & (offs_d < D)[None, :])
