@@ -27,7 +27,7 @@ Matmuls follow the run's precision: float32 inputs use TF32 when `torch.backends
 A score's work is what the kernels' time goes to, so it is kept small: on the GPU the log, the exponentials and the
 sigmoid's division are the hardware's approximate instructions (FAST_MATH below), the distance penalty is a row's
 and a column's term, the causal mask is one comparison a score (the scales are masked per key only), and a block
-whose queries share a chunk reads one row of scales.
+reads a row of scales once for each chunk its queries span, not a scale for each score.
 
 Triton compiles these for the GPU. Its interpreter (`TRITON_INTERPRET=1`, set before triton is imported) runs them
 on CPU tensors, slowly, with tl.log and tl.exp; the tests check them that way against the formula in float64
@@ -57,11 +57,11 @@ class Launch(NamedTuple):
 # dk/dv kernel gives a program a block of keys and walks the query blocks that see them, its scores transposed (keys
 # x queries, as dk and dv take them). Forward and dq use 64 queries and 32 keys, dk/dv 32 queries and 64 keys, on
 # Triton's default 4 warps and 3 stages; none was timed on a GPU (bench/tune_kernels.py times alternatives).
-# Compiled for sm_90 in TF32 by Triton 3.9 they take 176 (forward), 206 (dk/dv) and 199 (dq) registers a thread,
-# none spilled, so an SM holds two programs; at the baseline's chunk of 32 a score costs their key loops 1.57, 1.75
-# and 1.81 warp instructions (bench/tune_kernels.py --resources), where the build before this file's fast math,
-# per-key masks, transposed dk/dv and one row of scales a block took 3.06, 4.74 and 3.70 (64 x 32 blocks each; dq
-# spilled 40 bytes). Fixed numbers, not triton.autotune: a block's size sets the order of its sums, so a run must not
+# Compiled for sm_90 in TF32 by Triton 3.9 they take 135 (forward), 206 (dk/dv) and 166 (dq) registers a thread,
+# none spilled; at the baseline's chunk of 32 a score costs their key loops 1.40, 1.75 and 1.63 warp instructions
+# (bench/tune_kernels.py --resources), where the build before this file's fast math, per-key masks, transposed dk/dv
+# and a row of scales a chunk took 3.06, 4.74 and 3.70 (64 x 32 blocks each, 196, 206 and 255 registers; dq spilled
+# 40 bytes). Fixed numbers, not triton.autotune: a block's size sets the order of its sums, so a run must not
 # pick one by timing.
 FORWARD = Launch(64, 32)
 BACKWARD_DKDV = Launch(32, 64)
@@ -133,18 +133,29 @@ def _knobs(LAM, EPS, BAR, r, rows_per_member, chunk):
 @triton.jit
 def _block_scales(SC, r, m0, offs_m, offs_n, T, n_chunks, CHUNK: tl.constexpr, BM: tl.constexpr,
                   KEYS_FIRST: tl.constexpr):
-    """The scales of row r's block of queries offs_m (from m0) and keys offs_n, (queries x keys), or (keys x queries)
-    with KEYS_FIRST, each query's from its chunk's row of the table. When the block's queries share a chunk (BM
-    divides CHUNK) that is one row, read once a key and broadcast; else each score reads its own. The scales of keys
-    a query does not see are read too (masked per key, not per score) and not used; rows past T read the last
-    chunk's."""
+    """The scales of row r's block of BM queries from m0 (offs_m) and its keys offs_n, (queries x keys), or (keys x
+    queries) with KEYS_FIRST, each query's from its chunk's row of the table. Blocks and chunks that divide one
+    another (powers of two do) read each chunk's row once a key and broadcast it over the chunk's queries: one row
+    when the block lies in a chunk, BM / CHUNK rows when it holds whole chunks. Else each score reads its own. The
+    scales of keys a query does not see are read too (masked per key, not per score) and not used; rows past T read
+    the last chunk's."""
     table = SC + r.to(tl.int64) * n_chunks * T
+    BN: tl.constexpr = offs_n.shape[0]
     if CHUNK % BM == 0:
         row = tl.load(table + (m0 // CHUNK) * T + offs_n, mask=offs_n < T, other=0.0)
         if KEYS_FIRST:
             sc = row[:, None]
         else:
             sc = row[None, :]
+    elif BM % CHUNK == 0:
+        NC: tl.constexpr = BM // CHUNK
+        chunks = tl.minimum(m0 // CHUNK + tl.arange(0, NC), n_chunks - 1)
+        if KEYS_FIRST:
+            rows = tl.load(table + chunks[None, :] * T + offs_n[:, None], mask=(offs_n < T)[:, None], other=0.0)
+            sc = tl.reshape(tl.broadcast_to(rows[:, :, None], (BN, NC, CHUNK)), (BN, BM))
+        else:
+            rows = tl.load(table + chunks[:, None] * T + offs_n[None, :], mask=(offs_n < T)[None, :], other=0.0)
+            sc = tl.reshape(tl.broadcast_to(rows[:, None, :], (NC, CHUNK, BN)), (BM, BN))
     else:
         rows = table + (tl.minimum(offs_m, T - 1) // CHUNK) * T
         if KEYS_FIRST:

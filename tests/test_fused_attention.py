@@ -54,10 +54,12 @@ def _values_and_grads(fn, inputs, grad_out, dtype):
     return (y, *torch.autograd.grad(y, (q, key, v), grad_out.to(y.dtype)))
 
 
-@pytest.mark.parametrize("T, chunk, D", [(40, 8, 16), (70, 16, 32), (33, 4, 8), (70, 32, 16), (70, 64, 8)])
+@pytest.mark.parametrize("T, chunk, D", [(40, 8, 16), (70, 16, 32), (33, 4, 8), (70, 32, 16), (70, 64, 8),
+                                         (70, 24, 16)])
 def test_kernel_matches_a_float64_reference_values_and_gradients(interpreted, T, chunk, D):
-    """Chunks smaller than a block of queries (each score reads its own scale), and chunks of 32 and 64, which
-    hold whole blocks of dk/dv's 32 queries and the forward's and dq's 64 (one row of scales a block)."""
+    """A block's scales three ways: blocks of queries holding whole chunks (chunks of 4 to 32 in the forward's and
+    dq's 64 queries: a row a chunk), blocks inside one chunk (32 and 64: one row), and chunks of 24, which neither
+    divide nor are divided by the blocks (each score reads its own)."""
     inputs = _inputs(3, 2, 2, T, D, chunk)
     grad_out = torch.randn(3, 2, 2, T, D, generator=torch.Generator().manual_seed(1))
     ref = _values_and_grads(lambda *a: interpreted.dense_reference(*a, chunk), inputs, grad_out, torch.float64)
