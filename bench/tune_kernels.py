@@ -187,8 +187,9 @@ def resource_usage(compiled) -> dict:
 
 def _builds(phase: str):
     """(variant, kernel, constants, pointers, warps, stages, aligned) of a phase's kernel with the settings in force,
-    at the baseline's shapes: heads of 32, release rows of 256 edges (a chunk's 32 queries x their top 8) and top-k
-    rows of 256 keys. Warps come from the modules' own rules (warps_for)."""
+    at the baseline's shapes: heads of 32 and sequences of 256 in chunks of 32 (the attention's blocks tile them:
+    EVEN), release rows of 256 edges (a chunk's 32 queries x their top 8) and top-k rows of 256 keys. Warps come from
+    the modules' own rules (warps_for)."""
     if phase in ("dkdv", "dq", "forward"):
         kernel = {"dkdv": fused_attention._backward_dkdv_kernel, "dq": fused_attention._backward_dq_kernel,
                   "forward": fused_attention._forward_kernel}[phase]
@@ -196,7 +197,7 @@ def _builds(phase: str):
         for dtype, precision in (("fp32", "tf32"), ("bf16", "ieee")):
             pointers = {n: "*" + dtype for n in ("Q", "K", "V", "OUT", "DO", "DK", "DV", "DQ")}
             yield (dtype, kernel, {"PREC": precision, "BM": launch.queries, "BN": launch.keys, "BD": 32,
-                                   "FAST_MATH": True, "CHUNK": 32}, pointers,
+                                   "FAST_MATH": True, "CHUNK": 32, "EVEN": True}, pointers,
                    launch.warps, launch.stages, ())
     elif phase == "release":
         rt = release_triton

@@ -57,11 +57,11 @@ class Launch(NamedTuple):
 # dk/dv kernel gives a program a block of keys and walks the query blocks that see them, its scores transposed (keys
 # x queries, as dk and dv take them). Forward and dq use 64 queries and 32 keys, dk/dv 32 queries and 64 keys, on
 # Triton's default 4 warps and 3 stages; none was timed on a GPU (bench/tune_kernels.py times alternatives).
-# Compiled for sm_90 in TF32 by Triton 3.9 they take 135 (forward), 206 (dk/dv) and 166 (dq) registers a thread,
-# none spilled; at the baseline's chunk of 32 a score costs their key loops 1.40, 1.75 and 1.63 warp instructions
-# (bench/tune_kernels.py --resources), where the build before this file's fast math, per-key masks, transposed dk/dv
-# and a row of scales a chunk took 3.06, 4.74 and 3.70 (64 x 32 blocks each, 196, 206 and 255 registers; dq spilled
-# 40 bytes). Fixed numbers, not triton.autotune: a block's size sets the order of its sums, so a run must not
+# Compiled for sm_90 in TF32 by Triton 3.9 they take 150 (forward), 211 (dk/dv) and 200 (dq) registers a thread,
+# none spilled; at the baseline's shapes (chunk 32, T 256, D 32: no load masked) a score costs their key loops 1.22,
+# 1.71 and 1.40 warp instructions (bench/tune_kernels.py --resources), where the build before this file's fast math,
+# per-key masks, transposed dk/dv, a row of scales a chunk and unmasked loads took 3.06, 4.74 and 3.70 (64 x 32
+# blocks each, 196, 206 and 255 registers; dq spilled 40 bytes). Fixed numbers, not triton.autotune: a block's size sets the order of its sums, so a run must not
 # pick one by timing.
 FORWARD = Launch(64, 32)
 BACKWARD_DKDV = Launch(32, 64)
@@ -116,10 +116,15 @@ def _base(r, H, S_PB, S_H):
 
 
 @triton.jit
-def _rows(X, base, offs, S_T, offs_d, D, T):
-    """A block of rows (len(offs), BD) of one (T, D) matrix whose rows are S_T apart, zero past T and past D."""
-    return tl.load(X + base + offs[:, None] * S_T + offs_d[None, :], mask=(offs < T)[:, None] & (offs_d < D)[None, :],
-                   other=0.0)
+def _rows(X, base, offs, S_T, offs_d, D, T, EVEN: tl.constexpr):
+    """A block of rows (len(offs), BD) of one (T, D) matrix whose rows are S_T apart, zero past T and past D. EVEN:
+    the blocks tile T and D exactly, so no load needs a mask (a predicate and a select fewer per element)."""
+    if EVEN:
+        rows = tl.load(X + base + offs[:, None] * S_T + offs_d[None, :])
+    else:
+        rows = tl.load(X + base + offs[:, None] * S_T + offs_d[None, :],
+                       mask=(offs < T)[:, None] & (offs_d < D)[None, :], other=0.0)
+    return rows
 
 
 @triton.jit
@@ -166,32 +171,32 @@ def _block_scales(SC, r, m0, offs_m, offs_n, T, n_chunks, CHUNK: tl.constexpr, B
 
 
 @triton.jit
-def _query_block(Q, DO, LSE, DELTA, r, qk, QK_T, vo, VO_T, offs_m, offs_d, D, T):
+def _query_block(Q, DO, LSE, DELTA, r, qk, QK_T, vo, VO_T, offs_m, offs_d, D, T, EVEN: tl.constexpr):
     """What the dk/dv kernel reads of a block of queries: q, d out, and each row's log-sum-exp and delta (the dq
     kernel, which writes delta, loads the first three itself)."""
-    q, do = _rows(Q, qk, offs_m, QK_T, offs_d, D, T), _rows(DO, vo, offs_m, VO_T, offs_d, D, T)
-    lse = tl.load(LSE + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
-    delta = tl.load(DELTA + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
+    q, do = _rows(Q, qk, offs_m, QK_T, offs_d, D, T, EVEN), _rows(DO, vo, offs_m, VO_T, offs_d, D, T, EVEN)
+    lse = tl.load(LSE + r.to(tl.int64) * T + offs_m, mask=(offs_m < T) | EVEN, other=0.0)
+    delta = tl.load(DELTA + r.to(tl.int64) * T + offs_m, mask=(offs_m < T) | EVEN, other=0.0)
     return q, do, lse, delta
 
 
 @triton.jit
 def _forward_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, LSE, T, D, rows_per_member, n_chunks, CHUNK: tl.constexpr, H,
                     QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                    BD: tl.constexpr, FAST_MATH: tl.constexpr):
+                    BD: tl.constexpr, FAST_MATH: tl.constexpr, EVEN: tl.constexpr):
     m0 = tl.program_id(1) * BM
     r = tl.program_id(0)  # one (member, batch row, head): on the grid's x, which has room for 2**31 - 1
     lam, eps, per_pos = _knobs(LAM, EPS, BAR, r, rows_per_member, CHUNK)
     offs_m, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BD)
     qk, vo = _base(r, H, QK_PB, QK_H), _base(r, H, VO_PB, VO_H)  # q, k | v, out: each pair's layout
-    q = _rows(Q, qk, offs_m, QK_T, offs_d, D, T)
+    q = _rows(Q, qk, offs_m, QK_T, offs_d, D, T, EVEN)
     row_term = offs_m.to(tl.float32) * per_pos
     m_i = tl.full((BM,), float("-inf"), tl.float32)
     l_i = tl.zeros((BM,), tl.float32)
     acc = tl.zeros((BM, BD), tl.float32)
     for n0 in range(0, tl.minimum(m0 + BM, T), BN):  # causal: keys up to the block's last query
         offs_n = n0 + tl.arange(0, BN)
-        k, v = _rows(K, qk, offs_n, QK_T, offs_d, D, T), _rows(V, vo, offs_n, VO_T, offs_d, D, T)
+        k, v = _rows(K, qk, offs_n, QK_T, offs_d, D, T, EVEN), _rows(V, vo, offs_n, VO_T, offs_d, D, T, EVEN)
         s = tl.dot(q, tl.trans(k), input_precision=PREC)
         sc = _block_scales(SC, r, m0, offs_m, offs_n, T, n_chunks, CHUNK, BM, False)
         z, _, _ = _logits(s, offs_m[:, None], offs_n[None, :], T, sc, lam, eps, row_term[:, None], per_pos, FAST_MATH)
@@ -221,20 +226,21 @@ def _dscores(p, dp, delta, sig, sc, keep, lam, eps, FAST_MATH: tl.constexpr):
 @triton.jit
 def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T, D, rows_per_member, n_chunks,
                           CHUNK: tl.constexpr, H, QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr,
-                          BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, FAST_MATH: tl.constexpr):
+                          BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, FAST_MATH: tl.constexpr,
+                          EVEN: tl.constexpr):
     n0 = tl.program_id(1) * BN
     r = tl.program_id(0)
     lam, eps, per_pos = _knobs(LAM, EPS, BAR, r, rows_per_member, CHUNK)
     offs_n, offs_d = n0 + tl.arange(0, BN), tl.arange(0, BD)
     qk, vo = _base(r, H, QK_PB, QK_H), _base(r, H, VO_PB, VO_H)  # q, k, dk | v, d out, dv
-    k, v = _rows(K, qk, offs_n, QK_T, offs_d, D, T), _rows(V, vo, offs_n, VO_T, offs_d, D, T)
+    k, v = _rows(K, qk, offs_n, QK_T, offs_d, D, T, EVEN), _rows(V, vo, offs_n, VO_T, offs_d, D, T, EVEN)
     dk = tl.zeros((BN, BD), tl.float32)
     dv = tl.zeros((BN, BD), tl.float32)
     # The block's scores transposed, (keys x queries): k q^T, so that dv += p^T d out and dk += ds^T q take them as
     # they are.
     for m0 in range((n0 // BM) * BM, T, BM):  # the query blocks that see these keys, in order
         offs_m = m0 + tl.arange(0, BM)
-        q, do, lse, delta = _query_block(Q, DO, LSE, DELTA, r, qk, QK_T, vo, VO_T, offs_m, offs_d, D, T)
+        q, do, lse, delta = _query_block(Q, DO, LSE, DELTA, r, qk, QK_T, vo, VO_T, offs_m, offs_d, D, T, EVEN)
         s = tl.dot(k, tl.trans(q), input_precision=PREC)
         sc = _block_scales(SC, r, m0, offs_m, offs_n, T, n_chunks, CHUNK, BM, True)
         z, sig, keep = _logits(s, offs_m[None, :], offs_n[:, None], T, sc, lam, eps,
@@ -252,7 +258,8 @@ def _backward_dkdv_kernel(Q, K, V, SC, LAM, EPS, BAR, DO, LSE, DELTA, DK, DV, T,
 @triton.jit
 def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, DO, LSE, DELTA, DQ, T, D, rows_per_member, n_chunks,
                         CHUNK: tl.constexpr, H, QK_PB, QK_H, QK_T, VO_PB, VO_H, VO_T, PREC: tl.constexpr,
-                        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, FAST_MATH: tl.constexpr):
+                        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, FAST_MATH: tl.constexpr,
+                        EVEN: tl.constexpr):
     """dq of a block of queries; first their delta = sum_d out * d out (the softmax backward's sum_j p dp), which it
     writes for the dk/dv kernel, launched after it."""
     m0 = tl.program_id(1) * BM
@@ -260,16 +267,16 @@ def _backward_dq_kernel(Q, K, V, SC, LAM, EPS, BAR, OUT, DO, LSE, DELTA, DQ, T, 
     lam, eps, per_pos = _knobs(LAM, EPS, BAR, r, rows_per_member, CHUNK)
     offs_m, offs_d = m0 + tl.arange(0, BM), tl.arange(0, BD)
     qk, vo = _base(r, H, QK_PB, QK_H), _base(r, H, VO_PB, VO_H)  # q, k, dq | v, out, d out
-    q, do = _rows(Q, qk, offs_m, QK_T, offs_d, D, T), _rows(DO, vo, offs_m, VO_T, offs_d, D, T)
+    q, do = _rows(Q, qk, offs_m, QK_T, offs_d, D, T, EVEN), _rows(DO, vo, offs_m, VO_T, offs_d, D, T, EVEN)
     lse = tl.load(LSE + r.to(tl.int64) * T + offs_m, mask=offs_m < T, other=0.0)
-    o = _rows(OUT, vo, offs_m, VO_T, offs_d, D, T)
+    o = _rows(OUT, vo, offs_m, VO_T, offs_d, D, T, EVEN)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + r.to(tl.int64) * T + offs_m, delta, mask=offs_m < T)
     row_term = offs_m.to(tl.float32) * per_pos
     dq = tl.zeros((BM, BD), tl.float32)
     for n0 in range(0, tl.minimum(m0 + BM, T), BN):
         offs_n = n0 + tl.arange(0, BN)
-        k, v = _rows(K, qk, offs_n, QK_T, offs_d, D, T), _rows(V, vo, offs_n, VO_T, offs_d, D, T)
+        k, v = _rows(K, qk, offs_n, QK_T, offs_d, D, T, EVEN), _rows(V, vo, offs_n, VO_T, offs_d, D, T, EVEN)
         s = tl.dot(q, tl.trans(k), input_precision=PREC)
         sc = _block_scales(SC, r, m0, offs_m, offs_n, T, n_chunks, CHUNK, BM, False)
         z, sig, keep = _logits(s, offs_m[:, None], offs_n[None, :], T, sc, lam, eps, row_term[:, None], per_pos,
@@ -291,6 +298,7 @@ def _launch(kernel, launch: Launch, blocks: int, args: tuple, T: int, D: int, R:
     block_d = max(16, triton.next_power_of_2(D))  # tl.dot needs 16 or more
     kernel[(R, blocks)](*args, T, D, rows_per_member, n_chunks, chunk, H, *qk, *vo, PREC=precision,
                         BM=launch.queries, BN=launch.keys, BD=block_d, FAST_MATH=args[0].device.type == "cuda",
+                        EVEN=T % launch.queries == 0 and T % launch.keys == 0 and D == block_d,
                         num_warps=launch.warps, num_stages=launch.stages)
 
 

@@ -55,11 +55,12 @@ def _values_and_grads(fn, inputs, grad_out, dtype):
 
 
 @pytest.mark.parametrize("T, chunk, D", [(40, 8, 16), (70, 16, 32), (33, 4, 8), (70, 32, 16), (70, 64, 8),
-                                         (70, 24, 16)])
+                                         (70, 24, 16), (64, 16, 16)])
 def test_kernel_matches_a_float64_reference_values_and_gradients(interpreted, T, chunk, D):
     """A block's scales three ways: blocks of queries holding whole chunks (chunks of 4 to 32 in the forward's and
     dq's 64 queries: a row a chunk), blocks inside one chunk (32 and 64: one row), and chunks of 24, which neither
-    divide nor are divided by the blocks (each score reads its own)."""
+    divide nor are divided by the blocks (each score reads its own). Lengths and head sizes past the blocks' (masked
+    loads), and one that the blocks tile exactly (T = 64, D = 16: no load masked)."""
     inputs = _inputs(3, 2, 2, T, D, chunk)
     grad_out = torch.randn(3, 2, 2, T, D, generator=torch.Generator().manual_seed(1))
     ref = _values_and_grads(lambda *a: interpreted.dense_reference(*a, chunk), inputs, grad_out, torch.float64)
@@ -261,7 +262,7 @@ for dtype, precision in (("fp32", "tf32"), ("bf16", "ieee")):  # the attention, 
     for kernel, launch in ((fa._forward_kernel, fa.FORWARD), (fa._backward_dkdv_kernel, fa.BACKWARD_DKDV),
                            (fa._backward_dq_kernel, fa.BACKWARD_DQ)):
         build(kernel, {"PREC": precision, "BM": launch.queries, "BN": launch.keys, "BD": 32, "FAST_MATH": True,
-                       "CHUNK": 32}, inputs, launch.warps, launch.stages)
+                       "CHUNK": 32, "EVEN": True}, inputs, launch.warps, launch.stages)
 for keys in (256, 2048):  # the release edges, rows of 256 and 2,048 keys
     rows = max(1, et.KEYS_PER_PROGRAM // keys)
     build(et._top_edges_kernel, {"K": 8, "BR": rows, "BN": keys}, {"IDX": "*i64", "VALID": "*i1"},
