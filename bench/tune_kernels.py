@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "compare_rows": [], "skipped": 0})
     report["kernel_bits"] = gpu_check.kernel_bits(dev, ("fp32",) if args.smoke else ("fp32", "bf16"))  # a second
     print(json.dumps({"kernel_bits": report["kernel_bits"]}), flush=True)
-    report["attention_error"] = (gpu_check.attention_error(dev, ("fp32",), 40) if args.smoke  # seconds
+    report["attention_error"] = (gpu_check.attention_error(dev, ("fp32",), (40,)) if args.smoke  # seconds
                                  else gpu_check.attention_error(dev))
     print(json.dumps({"attention_error": report["attention_error"]}), flush=True)
 
