@@ -32,8 +32,8 @@ dispatch mode that sees every aten operator below autograd:
 
 With --fused-attention (TrainConfig.fused_attention) the step runs the real modules of its Triton kernels
 (fused_attention.py, edges_triton.py, release_triton.py, rotary_triton.py, relu2_triton.py, norm_triton.py; this
-needs Triton installed), whose torch operators are counted as usual; only the kernels cannot run on meta tensors, so each
-`kernel[grid](...)` launch stands in as one operator (`count_kernels::triton_kernel`).
+needs Triton installed), whose torch operators are counted as usual; only the kernels cannot run on meta tensors, so
+each `kernel[grid](...)` launch stands in as one operator (`count_kernels::triton_kernel`).
 
 The count does not grow with the population (one model serves P = 1 and P = N, with no Python loop over members),
 which the tests check; P = 1 launches one clone fewer in autograd.

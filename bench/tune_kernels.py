@@ -141,8 +141,9 @@ def losses_agree(losses: list[float], reference: list[float], rel: float = LOSS_
 
 # --- resources: each setting compiled for sm_90 on the CPU -------------------------------------------------------
 
-_INTEGERS = {"T", "D", "n_cols", "rows_per_member", "n_chunks", "chunk", "rows", "n", "q", "n_keys", "Qc", "row_u_stride",
-             "u_stride", "n_rows", "tokens", "H", "B", "out_row", "QK_PB", "QK_H", "QK_T", "VO_PB", "VO_H", "VO_T"}
+_INTEGERS = {"T", "D", "n_cols", "rows_per_member", "n_chunks", "chunk", "rows", "n", "q", "n_keys",
+             "Qc", "row_u_stride", "u_stride", "n_rows", "tokens", "H", "B", "out_row", "QK_PB", "QK_H",
+             "QK_T", "VO_PB", "VO_H", "VO_T"}
 _FLOATS = {"scale", "eps"}
 
 

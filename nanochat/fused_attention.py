@@ -54,15 +54,15 @@ class Launch(NamedTuple):
 
 
 # The forward and the dq kernel give a program a block of queries and walk the causal keys a block at a time; the
-# dk/dv kernel gives a program a block of keys and walks the query blocks that see them, its scores transposed (keys
-# x queries, as dk and dv take them). Forward and dq use 64 queries and 32 keys, dk/dv 32 queries and 64 keys, on
-# Triton's default 4 warps and 3 stages; none was timed on a GPU (bench/tune_kernels.py times alternatives).
-# Compiled for sm_90 in TF32 by Triton 3.9 they take 150 (forward), 211 (dk/dv) and 200 (dq) registers a thread,
-# none spilled; at the baseline's shapes (chunk 32, T 256, D 32: no load masked) a score costs their key loops 1.22,
-# 1.71 and 1.40 warp instructions (bench/tune_kernels.py --resources), where the build before this file's fast math,
-# per-key masks, transposed dk/dv, a row of scales a chunk and unmasked loads took 3.06, 4.74 and 3.70 (64 x 32
-# blocks each, 196, 206 and 255 registers; dq spilled 40 bytes). Fixed numbers, not triton.autotune: a block's size sets the order of its sums, so a run must not
-# pick one by timing.
+# dk/dv kernel gives a program a block of keys and walks the query blocks that see them, its scores transposed (keys x
+# queries, as dk and dv take them). Forward and dq use 64 queries and 32 keys, dk/dv 32 queries and 64 keys, on
+# Triton's default 4 warps and 3 stages; none was timed on a GPU (bench/tune_kernels.py times alternatives). Compiled
+# for sm_90 in TF32 by Triton 3.9 they take 150 (forward), 211 (dk/dv) and 200 (dq) registers a thread, none spilled;
+# at the baseline's shapes (chunk 32, T 256, D 32: no load masked) a score costs their key loops 1.22, 1.71 and 1.40
+# warp instructions (bench/tune_kernels.py --resources), where the build before this file's fast math, per-key masks,
+# transposed dk/dv, a row of scales a chunk and unmasked loads took 3.06, 4.74 and 3.70 (64 x 32 blocks each, 196, 206
+# and 255 registers; dq spilled 40 bytes). Fixed numbers, not triton.autotune: a block's size sets the order of its
+# sums, so a run must not pick one by timing.
 FORWARD = Launch(64, 32)
 BACKWARD_DKDV = Launch(32, 64)
 BACKWARD_DQ = Launch(64, 32)
