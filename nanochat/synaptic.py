@@ -399,9 +399,7 @@ class TritonKernels(NamedTuple):
     state_step: Callable  # release_triton.state_step: _state_step
     logit_scale: Callable  # release_triton.logit_scale: PresynapticState.logit_scale
     norm_rotary: Callable  # rotary_triton.norm_rotary: norm_rotary
-    relu_squared: Callable  # relu2_triton.relu_squared: relu_squared, the MLP's activation (the same bits)
-    rms_norm: Callable  # norm_triton.rms_norm: rms_norm (to float rounding)
-    layer_norm: Callable  # norm_triton.layer_norm: layer_norm (to float rounding)
+    row_ops: RowOps  # norm_triton's norms and relu2_triton's relu^2: the model's norms and MLP activation
 
 
 def fused_attention_kernels(device: torch.device) -> TritonKernels:
@@ -416,8 +414,8 @@ def fused_attention_kernels(device: torch.device) -> TritonKernels:
     except ImportError as e:
         raise ConfigError.about("fused_attention", f"needs Triton, which does not import here ({e})") from None
     return TritonKernels(presynaptic_attention, release_triton.state_step, release_triton.logit_scale,
-                         rotary_triton.norm_rotary, relu2_triton.relu_squared, norm_triton.rms_norm,
-                         norm_triton.layer_norm)
+                         rotary_triton.norm_rotary,
+                         RowOps(norm_triton.rms_norm, norm_triton.layer_norm, relu2_triton.relu_squared))
 
 
 def _state_step(state: PresynapticState, d: torch.Tensor, own: torch.Tensor, n_keys: int, next_keys: int,
@@ -710,10 +708,10 @@ class Block(nn.Module):
         super().__init__()
         self.attn = PresynapticAttention(mcfg, population, chains)
         self.mlp = SynapticMLP(mcfg, rank, population, ops)
-        self.norm = ops.rms_norm
+        self.ops = ops
 
     def forward(self, x, cos, sin, k: Knobs, noise: ReleaseNoise | None):
-        x = x + self.attn(self.norm(x), cos, sin, k, noise)
+        x = x + self.attn(self.ops.rms_norm(x), cos, sin, k, noise)
         return x + self.mlp(x)
 
 
@@ -737,8 +735,7 @@ class SynapticGPT(nn.Module):
         self.wte = nn.Parameter(torch.empty(P, mcfg.vocab_size, mcfg.n_embd))
         kernels = fused_attention_kernels(device) if fused_attention else None
         chains = AttentionChains(compile, device, kernels)  # shared by the layers (compiled once)
-        self.ops = TORCH_ROW_OPS if kernels is None else RowOps(kernels.rms_norm, kernels.layer_norm,
-                                                                 kernels.relu_squared)
+        self.ops = TORCH_ROW_OPS if kernels is None else kernels.row_ops
         self.blocks = nn.ModuleList([Block(mcfg, rank, P, chains, self.ops) for _ in range(mcfg.n_layer)])
         self.lm_head = nn.Parameter(torch.empty(P, mcfg.n_embd, mcfg.vocab_size))
         D = mcfg.head_dim

@@ -92,6 +92,6 @@ def test_fused_model_norms_with_the_kernels(nt):
     model = ModelConfig(n_layer=1, n_embd=32, n_head=2, n_kv_head=2, sequence_len=16)
     net = synaptic.SynapticGPT(model, [SynapticConfig(presyn_chunk=8)] * 2, [0, 1], "cpu", fused_attention=True)
     assert (net.ops.rms_norm, net.ops.layer_norm) == (nt.rms_norm, nt.layer_norm)
-    assert net.blocks[0].norm is nt.rms_norm and net.blocks[0].mlp.ops.layer_norm is nt.layer_norm
+    assert net.blocks[0].ops.rms_norm is nt.rms_norm and net.blocks[0].mlp.ops.layer_norm is nt.layer_norm
     plain = synaptic.SynapticGPT(model, [SynapticConfig(presyn_chunk=8)] * 2, [0, 1], "cpu")
-    assert plain.ops == synaptic.TORCH_ROW_OPS and plain.blocks[0].norm is synaptic.rms_norm
+    assert plain.ops == synaptic.TORCH_ROW_OPS and plain.blocks[0].ops.rms_norm is synaptic.rms_norm
