@@ -64,8 +64,8 @@ def _backward_kernel(X, G, STATS, DX, n_rows, n_cols, CENTER: tl.constexpr, BR: 
     if CENTER:
         x = tl.where(inside, x - tl.load(STATS + n_rows + r, mask=r < n_rows, other=0.0)[:, None], 0.0)
     xhat = x * rstd[:, None]
-    slope = tl.sum(g * xhat, 1) / n_cols
-    dx = g - xhat * slope[:, None]
+    mean_gx = tl.sum(g * xhat, 1) / n_cols
+    dx = g - xhat * mean_gx[:, None]
     if CENTER:
         dx = dx - (tl.sum(g, 1) / n_cols)[:, None]
     tl.store(DX + at, (dx * rstd[:, None]).to(DX.dtype.element_ty), mask=inside)

@@ -129,7 +129,7 @@ def _round_half_even(x):
 @triton.jit
 def _key_sums(edge_key, r_e, vals, valid, key):
     """Each of a block of keys' release, drive and valid edges: sums over the row's edges that point to it
-    (`edge_key`, an int32 a edge, -1 for the slots past the row's edges)."""
+    (`edge_key`: each edge's key as an int32, -1 for the slots past the row's edges)."""
     match = edge_key[:, None] == key[None, :]
     released = tl.sum(tl.where(match, r_e[:, None], 0.0), 0)
     drive = tl.sum(tl.where(match, vals[:, None], 0.0), 0)
